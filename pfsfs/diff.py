@@ -1,0 +1,80 @@
+"""Comparing two commits (or two directories): added, removed, modified paths with sizes.
+
+Subtrees whose tree ids are equal are skipped without reading them, so a diff costs in
+proportion to what changed. ``modified`` means the content changed (or the type); a change of
+mode, owner or mtime alone is reported as ``metadata``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from .model import Entry
+
+if TYPE_CHECKING:
+    from .repository import Repository
+
+
+@dataclass(frozen=True)
+class DiffItem:
+    path: str
+    status: str  # added | removed | modified | metadata
+    type: str
+    old_size: int | None
+    new_size: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _content_equal(a: Entry, b: Entry) -> bool:
+    return a.type == b.type and a.content_id() == b.content_id() and a.target == b.target
+
+
+def _meta_equal(a: Entry, b: Entry) -> bool:
+    return (a.mode, a.uid, a.gid, a.mtime_ns) == (b.mode, b.uid, b.gid, b.mtime_ns)
+
+
+def diff_entries(
+    repo: Repository, old: Entry | None, new: Entry | None, path: str = ""
+) -> Iterator[DiffItem]:
+    """Differences between two directory entries (either may be None: empty)."""
+    old_tree = repo.list_dir(old) if old is not None and old.is_dir else {}
+    new_tree = repo.list_dir(new) if new is not None and new.is_dir else {}
+    for name in sorted(old_tree.keys() | new_tree.keys()):
+        a, b = old_tree.get(name), new_tree.get(name)
+        child = f"{path}/{name.decode(errors='surrogateescape')}"
+        if a is not None and b is not None and a.is_dir and b.is_dir:
+            if a.ref is not None and b.ref is not None and a.ref.id == b.ref.id:
+                if not _meta_equal(a, b):
+                    yield DiffItem(child + "/", "metadata", "d", a.size, b.size)
+                continue
+            yield from diff_entries(repo, a, b, child)
+            continue
+        if a is None:
+            assert b is not None
+            yield from _whole(repo, b, child, "added")
+        elif b is None:
+            yield from _whole(repo, a, child, "removed")
+        elif not _content_equal(a, b):
+            if a.is_dir or b.is_dir:
+                yield from _whole(repo, a, child, "removed")
+                yield from _whole(repo, b, child, "added")
+            else:
+                yield DiffItem(child, "modified", b.type, a.size, b.size)
+        elif not _meta_equal(a, b):
+            yield DiffItem(child, "metadata", b.type, a.size, b.size)
+
+
+def _whole(repo: Repository, entry: Entry, path: str, status: str) -> Iterator[DiffItem]:
+    """Every file of an added or removed subtree."""
+    sizes = (None, entry.size) if status == "added" else (entry.size, None)
+    if not entry.is_dir:
+        yield DiffItem(path, status, entry.type, *sizes)
+        return
+    for sub, child in repo.walk(entry, path.encode(errors="surrogateescape")):
+        if not child.is_dir:
+            s = (None, child.size) if status == "added" else (child.size, None)
+            yield DiffItem(sub.decode(errors="surrogateescape"), status, child.type, *s)

@@ -1,0 +1,179 @@
+"""Reading and writing located objects: chunks, manifests and trees, packed or standalone.
+
+``ObjectWriter`` is one write session (a ``put``, a snapshot): small objects go into an
+in-memory pack buffer that is written as one blob when it fills or the session ends; large
+chunks are written as their own blob. Objects already known durable (index ``objects``) or
+already written in this session are not written again. ``finish`` flushes the store (the
+durability barrier) and only then records the new locators in the index, so the index never
+names an object a crash could have lost.
+
+``ObjectReader`` fetches and *verifies*: every chunk and object is re-hashed on read and a
+mismatch raises ``Corruption`` — wrong bytes are never returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+
+from . import model
+from .errors import Corruption, NotFound
+from .ids import hash_bytes, to_hex
+from .index import Index
+from .model import Entry, Locator, ManifestChunk
+from .store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+#: Objects smaller than this go into packs (one blob per ~16 MiB instead of one per object).
+PACK_THRESHOLD = 128 << 10
+PACK_TARGET = 16 << 20
+
+
+class ObjectWriter:
+    """One write session against a store; not thread-safe."""
+
+    def __init__(self, store: ObjectStore, index: Index) -> None:
+        self.store = store
+        self.index = index
+        self._pending: dict[bytes, Locator] = {}
+        self._new: list[Locator] = []
+        self._pack_name = b""
+        self._pack = bytearray()
+        self.bytes_written = 0  # stored bytes this session added (after dedup)
+
+    def _known(self, object_id: bytes) -> Locator | None:
+        loc = self._pending.get(object_id)
+        if loc is None:
+            loc = self.index.get_object(object_id)
+        return loc
+
+    def _add(self, object_id: bytes, data: bytes | memoryview) -> Locator:
+        if len(data) < PACK_THRESHOLD:
+            if not self._pack_name:
+                self._pack_name = os.urandom(16)
+            loc = Locator(object_id, self._pack_name, len(self._pack), len(data))
+            self._pack += data
+            if len(self._pack) >= PACK_TARGET:
+                self._seal_pack()
+        else:
+            self.store.put(model.chunk_key(object_id), data)
+            loc = Locator(object_id, b"", 0, len(data))
+        self.bytes_written += len(data)
+        self._pending[object_id] = loc
+        self._new.append(loc)
+        return loc
+
+    def _seal_pack(self) -> None:
+        if self._pack:
+            self.store.put(model.pack_key(self._pack_name), bytes(self._pack))
+        self._pack_name = b""
+        self._pack = bytearray()
+
+    def put_chunk(self, data: bytes | memoryview) -> Locator:
+        """Store one chunk of file content (raw bytes, id = BLAKE3 of them)."""
+        object_id = hash_bytes(data)
+        return self._known(object_id) or self._add(object_id, data)
+
+    def put_encoded(self, data: bytes) -> Locator:
+        """Store an encoded object (manifest, tree)."""
+        object_id = hash_bytes(data)
+        return self._known(object_id) or self._add(object_id, data)
+
+    def put_manifest(self, chunks: list[ManifestChunk]) -> Locator:
+        return self.put_encoded(model.encode_manifest(chunks))
+
+    def put_tree(self, entries: dict[bytes, Entry]) -> Locator:
+        return self.put_encoded(model.encode_tree(entries))
+
+    def put_commit(self, commit_bytes: bytes) -> bytes:
+        """Write a commit as a standalone blob (refs point at commits by id alone)."""
+        commit_id = hash_bytes(commit_bytes)
+        self.store.put(model.commit_key(commit_id), commit_bytes)
+        return commit_id
+
+    def finish(self) -> None:
+        """Write the open pack, make everything durable, then record it in the index."""
+        self._seal_pack()
+        self.store.flush()
+        if self._new:
+            self.index.add_objects(self._new)
+        self._new = []
+        self._pending.clear()
+
+    def abandon(self) -> None:
+        """Drop the session: what was written stays unreferenced until gc removes it."""
+        self._pack = bytearray()
+        self._pack_name = b""
+        self._new = []
+        self._pending.clear()
+
+
+class ObjectReader:
+    """Verified reads with a small in-process cache of decoded trees and manifests."""
+
+    def __init__(self, store: ObjectStore, index: Index, cache_entries: int = 4096) -> None:
+        self.store = store
+        self.index = index
+        self._cache: OrderedDict[bytes, object] = OrderedDict()
+        self._cache_entries = cache_entries
+
+    def read_raw(self, loc: Locator) -> bytes:
+        """The located object's bytes, verified against its id."""
+        key = model.blob_key(loc)
+        try:
+            if loc.pack:
+                data = self.store.get(key, loc.offset, loc.length)
+            else:
+                data = self.store.get(key)
+        except NotFound:
+            raise Corruption(
+                f"object {loc.hex[:16]} is missing from the store ({key}); run `pfsfs fsck`"
+            ) from None
+        if hash_bytes(data) != loc.id:
+            raise Corruption(
+                f"object {loc.hex[:16]} in {key} is corrupt (content does not match its hash); "
+                "run `pfsfs fsck`"
+            )
+        return data
+
+    def _cached(self, object_id: bytes) -> object | None:
+        value = self._cache.get(object_id)
+        if value is not None:
+            self._cache.move_to_end(object_id)
+        return value
+
+    def _remember(self, object_id: bytes, value: object) -> None:
+        self._cache[object_id] = value
+        if len(self._cache) > self._cache_entries:
+            self._cache.popitem(last=False)
+
+    def read_tree(self, loc: Locator) -> dict[bytes, Entry]:
+        tree = self._cached(loc.id)
+        if tree is None:
+            tree = model.decode_tree(self.read_raw(loc))
+            self._remember(loc.id, tree)
+        return dict(tree)  # type: ignore[call-overload]
+
+    def read_manifest(self, loc: Locator) -> list[ManifestChunk]:
+        manifest = self._cached(loc.id)
+        if manifest is None:
+            manifest = model.decode_manifest(self.read_raw(loc))
+            self._remember(loc.id, manifest)
+        return manifest  # type: ignore[return-value]
+
+    def read_commit(self, commit_id: bytes) -> model.Commit:
+        """A commit by id: from the index cache, else from the store (then cached)."""
+        data = self.index.get_commit(commit_id)
+        if data is None:
+            try:
+                data = self.store.get(model.commit_key(commit_id))
+            except NotFound:
+                raise NotFound(f"commit {to_hex(commit_id)} does not exist") from None
+            if hash_bytes(data) != commit_id:
+                raise Corruption(f"commit {to_hex(commit_id)} is corrupt in the store")
+            commit = model.Commit.decode(data)
+            self.index.add_commit(commit.repo, commit_id, data)
+            return commit
+        return model.Commit.decode(data)

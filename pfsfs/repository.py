@@ -1,0 +1,522 @@
+"""The Repository facade: the one API that the CLI, the daemon and pipelines use.
+
+It ties the store (blobs + refs), the LMDB index and the versioning model together: repos and
+branches (refs ``repos/<name>`` and ``branches/<repo>/<branch>``), ref resolution, reading
+trees and files, and committing change sets with compare-and-swap on the branch.
+Diff, gc/fsck and file transfer live in their own modules and take a ``Repository``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import heapq
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import codec
+from .changes import ChangeSet, apply_changes, split_path
+from .chunking import Chunker, ChunkParams
+from .errors import (
+    AlreadyExists,
+    BranchMoved,
+    InvalidInput,
+    NotFound,
+    RefChanged,
+)
+from .home import HomeConfig, default_home, open_store, read_config, write_config
+from .ids import HEX_LEN, is_hex, to_hex
+from .index import Index
+from .model import DIR, Commit, Entry, ManifestChunk
+from .objects import ObjectReader, ObjectWriter
+from .refspec import MIN_PREFIX, RefSpec, check_name, parse_ref
+from .store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BRANCH = "master"
+
+
+def default_author() -> str:
+    env = os.environ.get("PFSFS_AUTHOR")
+    if env:
+        return env
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A ref resolved to a commit (``commit`` is None on a branch with no commits yet)."""
+
+    repo: str
+    branch: str | None
+    commit: bytes | None
+    path: tuple[bytes, ...] = ()
+
+    def describe(self) -> str:
+        if self.branch:
+            return f"{self.repo}@{self.branch}"
+        return f"{self.repo}@{to_hex(self.commit)[:12]}" if self.commit else self.repo
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    name: str
+    description: str
+    created_ns: int
+    output_of: str | None
+    branches: dict[str, bytes | None]
+
+
+def _ref_value(commit_id: bytes | None) -> bytes:
+    return to_hex(commit_id).encode() if commit_id else b""
+
+
+def _ref_commit(value: bytes) -> bytes | None:
+    return bytes.fromhex(value.decode()) if value else None
+
+
+class Repository:
+    """Open with ``Repository.open(home)``; close when done."""
+
+    def __init__(self, home: Path, config: HomeConfig, store: ObjectStore, index: Index) -> None:
+        self.home = home
+        self.config = config
+        self.store = store
+        self.index = index
+        self.reader = ObjectReader(store, index)
+        self._params: ChunkParams | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, home: Path | str | None = None, *, create: bool = True) -> Repository:
+        """Open the home (creating a local one on first use when ``create``)."""
+        home_path = Path(home).expanduser() if home else default_home()
+        config = read_config(home_path)
+        if config is None:
+            if not create:
+                raise NotFound(f"no pfsfs home at {home_path}; run `pfsfs init`")
+            return cls.init(home_path)
+        store = open_store(home_path, config)
+        return cls(home_path, config, store, Index(home_path / "index"))
+
+    @classmethod
+    def init(
+        cls,
+        home: Path,
+        config: HomeConfig | None = None,
+        params: ChunkParams | None = None,
+    ) -> Repository:
+        """Create a home (idempotent) and the store's shared settings if the store is new."""
+        config = config or HomeConfig.local()
+        existing = read_config(home)
+        if existing is not None and existing != config:
+            raise AlreadyExists(f"{home} is already initialised with store {existing.store}")
+        store = open_store(home, config)
+        stored = store.get_ref("config")
+        if stored is None:
+            settings = {
+                "format": codec.FORMAT_VERSION,
+                "chunking": (params or ChunkParams()).to_dict(),
+            }
+            try:
+                store.set_ref("config", None, codec.pack_value(settings))
+            except RefChanged:
+                pass  # another machine initialised the same store first; use its settings
+        write_config(home, config)
+        return cls(home, config, store, Index(home / "index"))
+
+    def close(self) -> None:
+        self.index.close()
+        self.store.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def chunk_params(self) -> ChunkParams:
+        if self._params is None:
+            value = self.store.get_ref("config")
+            settings = codec.unpack_value(value) if value else {}
+            self._params = ChunkParams.from_dict(
+                settings.get("chunking") or ChunkParams().to_dict()
+            )
+        return self._params
+
+    def chunker(self) -> Chunker:
+        return Chunker(self.chunk_params)
+
+    # -- locking -----------------------------------------------------------------------------
+    @contextmanager
+    def _gc_lock(self, exclusive: bool) -> Iterator[None]:
+        """Writers share this lock; gc takes it exclusively, so it never deletes objects a
+        write session in this home is about to reference."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.home / "gc.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def writer(self) -> Iterator[ObjectWriter]:
+        """A write session; objects become durable and indexed when the block exits cleanly."""
+        with self._gc_lock(exclusive=False):
+            w = ObjectWriter(self.store, self.index)
+            try:
+                yield w
+            except BaseException:
+                w.abandon()
+                raise
+            w.finish()
+
+    @contextmanager
+    def gc_lock(self) -> Iterator[None]:
+        with self._gc_lock(exclusive=True):
+            yield
+
+    # -- repos -------------------------------------------------------------------------------
+    def create_repo(
+        self, name: str, description: str = "", *, output_of: str | None = None
+    ) -> None:
+        check_name("repo", name)
+        record = {"created_ns": time.time_ns(), "description": description, "output_of": output_of}
+        try:
+            self.store.set_ref(f"repos/{name}", None, codec.pack_value(record))
+        except RefChanged:
+            raise AlreadyExists(f"repo {name!r} already exists") from None
+        self.store.set_ref(f"branches/{name}/{DEFAULT_BRANCH}", None, b"")
+
+    def repo_record(self, name: str) -> dict[str, Any]:
+        check_name("repo", name)
+        value = self.store.get_ref(f"repos/{name}")
+        if value is None:
+            raise NotFound(f"repo {name!r} does not exist")
+        return codec.unpack_value(value)
+
+    def update_repo_record(self, name: str, **changes: Any) -> None:
+        old = self.store.get_ref(f"repos/{name}")
+        if old is None:
+            raise NotFound(f"repo {name!r} does not exist")
+        record = {**codec.unpack_value(old), **changes}
+        self.store.set_ref(f"repos/{name}", old, codec.pack_value(record))
+
+    def list_repos(self) -> list[RepoInfo]:
+        result = []
+        for ref, value in self.store.list_refs("repos/"):
+            name = ref.split("/", 1)[1]
+            record = codec.unpack_value(value)
+            result.append(
+                RepoInfo(
+                    name,
+                    record.get("description", ""),
+                    record.get("created_ns", 0),
+                    record.get("output_of"),
+                    self.list_branches(name),
+                )
+            )
+        return sorted(result, key=lambda r: r.name)
+
+    def delete_repo(self, name: str) -> None:
+        self.repo_record(name)
+        for branch in self.list_branches(name):
+            self.store.set_ref(
+                f"branches/{name}/{branch}",
+                self.store.get_ref(f"branches/{name}/{branch}"),
+                None,
+            )
+        old = self.store.get_ref(f"repos/{name}")
+        if old is not None:
+            self.store.set_ref(f"repos/{name}", old, None)
+        self.index.drop_repo_commits(name)
+
+    # -- branches ----------------------------------------------------------------------------
+    def list_branches(self, repo: str) -> dict[str, bytes | None]:
+        prefix = f"branches/{repo}/"
+        return {
+            ref[len(prefix) :]: _ref_commit(value) for ref, value in self.store.list_refs(prefix)
+        }
+
+    def branch_head(self, repo: str, branch: str) -> bytes | None:
+        """The branch's head commit (None: no commits yet). Raises NotFound."""
+        value = self.store.get_ref(f"branches/{check_name('repo', repo)}/{branch}")
+        if value is None:
+            self.repo_record(repo)
+            raise NotFound(f"branch {repo}@{branch} does not exist")
+        return _ref_commit(value)
+
+    def create_branch(self, repo: str, branch: str, head: bytes | None = None) -> None:
+        self.repo_record(repo)
+        check_name("branch", branch)
+        try:
+            self.store.set_ref(f"branches/{repo}/{branch}", None, _ref_value(head))
+        except RefChanged:
+            raise AlreadyExists(f"branch {repo}@{branch} already exists") from None
+
+    def delete_branch(self, repo: str, branch: str) -> None:
+        head = self.branch_head(repo, branch)
+        try:
+            self.store.set_ref(f"branches/{repo}/{branch}", _ref_value(head), None)
+        except RefChanged:
+            raise BranchMoved(
+                f"branch {repo}@{branch} moved while deleting it; try again"
+            ) from None
+
+    def move_branch(
+        self, repo: str, branch: str, expected: bytes | None, new: bytes | None
+    ) -> None:
+        """Compare-and-swap the branch head; ``BranchMoved`` if it is not at ``expected``."""
+        try:
+            self.store.set_ref(f"branches/{repo}/{branch}", _ref_value(expected), _ref_value(new))
+        except RefChanged:
+            now = self.store.get_ref(f"branches/{repo}/{branch}")
+            if now is None:
+                raise NotFound(f"branch {repo}@{branch} was deleted meanwhile") from None
+            raise BranchMoved(
+                f"branch {repo}@{branch} moved (now at {now.decode()[:12] or 'nothing'}, "
+                f"expected {to_hex(expected)[:12] if expected else 'nothing'}); "
+                "nothing was committed"
+            ) from None
+
+    # -- resolving ---------------------------------------------------------------------------
+    def resolve(self, ref: RefSpec | str) -> Resolved:
+        spec = parse_ref(ref) if isinstance(ref, str) else ref
+        self.repo_record(spec.repo)
+        name = spec.ref or DEFAULT_BRANCH
+        branch: str | None = None
+        value = self.store.get_ref(f"branches/{spec.repo}/{name}")
+        if value is not None:
+            branch, commit = name, _ref_commit(value)
+        elif is_hex(name.lower()):
+            commit = self._commit_by_prefix(spec.repo, name.lower())
+        else:
+            raise NotFound(f"branch {spec.repo}@{name} does not exist")
+        for i in range(spec.back):
+            if commit is None:
+                break
+            parents = self.read_commit(commit).parents
+            if not parents:
+                raise NotFound(f"{spec.repo}@{name}~{spec.back}: history has only {i + 1} commits")
+            commit = parents[0]
+        if spec.back:
+            branch = None  # an ancestor is not the branch head: mounts of it are read-only
+        path = split_path(spec.path) if spec.path else ()
+        return Resolved(spec.repo, branch, commit, path)
+
+    def _commit_by_prefix(self, repo: str, prefix: str) -> bytes:
+        if len(prefix) < MIN_PREFIX:
+            raise InvalidInput(
+                f"{prefix!r} is neither a branch of {repo} nor a commit id "
+                f"(give at least {MIN_PREFIX} hex characters)"
+            )
+        if len(prefix) > HEX_LEN:
+            raise InvalidInput(f"{prefix!r} is longer than a commit id")
+        found = self.index.repo_commits_with_prefix(repo, prefix)
+        if not found:
+            self._index_repo_history(repo)
+            found = self.index.repo_commits_with_prefix(repo, prefix)
+        if not found:
+            raise NotFound(f"no commit {prefix} in repo {repo}")
+        if len(found) > 1:
+            listed = ", ".join(sorted(to_hex(c)[:16] for c in found))
+            raise InvalidInput(f"commit prefix {prefix} is ambiguous in {repo}: {listed}")
+        return found[0]
+
+    def _index_repo_history(self, repo: str) -> None:
+        """Read every commit reachable from the repo's branches (fills the index cache)."""
+        heads = [c for c in self.list_branches(repo).values() if c]
+        for _ in self.log_many(heads):
+            pass
+
+    # -- reading -----------------------------------------------------------------------------
+    def read_commit(self, commit_id: bytes) -> Commit:
+        return self.reader.read_commit(commit_id)
+
+    def root_of(self, commit_id: bytes | None) -> Entry:
+        """The root directory entry of a commit (an empty directory for None)."""
+        if commit_id is None:
+            return Entry(DIR, 0o755, os.getuid(), os.getgid(), 0)
+        return self.read_commit(commit_id).root
+
+    def list_dir(self, entry: Entry) -> dict[bytes, Entry]:
+        if not entry.is_dir:
+            raise InvalidInput("not a directory")
+        return self.reader.read_tree(entry.ref) if entry.ref else {}
+
+    def lookup(self, root: Entry, path: tuple[bytes, ...], what: str = "") -> Entry:
+        """The entry at ``path`` below ``root`` (``what`` names the ref in errors)."""
+        entry = root
+        for i, name in enumerate(path):
+            if not entry.is_dir:
+                shown = "/" + b"/".join(path[:i]).decode(errors="replace")
+                raise InvalidInput(f"{what}{shown} is not a directory")
+            child = self.list_dir(entry).get(name)
+            if child is None:
+                shown = "/" + b"/".join(path).decode(errors="replace")
+                raise NotFound(f"{what}{shown} does not exist")
+            entry = child
+        return entry
+
+    def walk(self, entry: Entry, prefix: bytes = b"") -> Iterator[tuple[bytes, Entry]]:
+        """Every ``(path, entry)`` below a directory entry, depth first, sorted by name."""
+        for name, child in sorted(self.list_dir(entry).items()):
+            path = prefix + b"/" + name
+            yield path, child
+            if child.is_dir:
+                yield from self.walk(child, path)
+
+    def manifest(self, entry: Entry) -> list[ManifestChunk]:
+        return self.reader.read_manifest(entry.ref) if entry.ref else []
+
+    def iter_file(self, entry: Entry) -> Iterator[bytes]:
+        """A file's content, chunk by chunk, every chunk verified."""
+        if entry.type != "f":
+            raise InvalidInput("not a regular file")
+        for chunk in self.manifest(entry):
+            yield self.reader.read_raw(chunk.loc)
+
+    # -- committing --------------------------------------------------------------------------
+    def commit(
+        self,
+        repo: str,
+        branch: str,
+        changes: ChangeSet,
+        message: str = "",
+        *,
+        parent: bytes | None | type[Ellipsis] = ...,
+        author: str | None = None,
+        provenance: dict[str, Any] | None = None,
+        writer: ObjectWriter | None = None,
+        rebase: bool = False,
+    ) -> bytes:
+        """Apply ``changes`` on top of the branch head (or ``parent``) and move the branch.
+
+        If the branch moved meanwhile, ``rebase=True`` re-applies the change set on the new
+        head (path-level: later writes win); otherwise ``BranchMoved`` is raised and nothing is
+        committed. Returns the new commit id once it is durable and the branch points at it.
+        """
+        if writer is None:
+            with self.writer() as w:
+                return self.commit(
+                    repo,
+                    branch,
+                    changes,
+                    message,
+                    parent=parent,
+                    author=author,
+                    provenance=provenance,
+                    writer=w,
+                    rebase=rebase,
+                )
+        base = self.branch_head(repo, branch) if parent is ... else parent
+        while True:
+            root = apply_changes(changes, self.root_of(base) if base else None, self.reader, writer)
+            commit = Commit(
+                repo,
+                root,
+                (base,) if base else (),
+                message,
+                time.time_ns(),
+                author or default_author(),
+                provenance or {},
+            )
+            encoded = commit.encode()
+            commit_id = writer.put_commit(encoded)
+            writer.finish()  # durable before the ref can point at it
+            try:
+                self.move_branch(repo, branch, base, commit_id)
+            except BranchMoved:
+                if not rebase:
+                    raise
+                base = self.branch_head(repo, branch)
+                continue
+            self.index.add_commit(repo, commit_id, encoded)
+            log.info("committed %s to %s@%s", to_hex(commit_id)[:12], repo, branch)
+            return commit_id
+
+    def commit_root(
+        self,
+        repo: str,
+        branch: str,
+        root: Entry,
+        message: str,
+        *,
+        parents: tuple[bytes, ...],
+        expected: bytes | None,
+        author: str | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> bytes:
+        """Commit an already-built root entry (rollback, merges) with CAS on the branch."""
+        commit = Commit(
+            repo,
+            root,
+            parents,
+            message,
+            time.time_ns(),
+            author or default_author(),
+            provenance or {},
+        )
+        encoded = commit.encode()
+        with self.writer() as w:
+            commit_id = w.put_commit(encoded)
+        self.move_branch(repo, branch, expected, commit_id)
+        self.index.add_commit(repo, commit_id, encoded)
+        return commit_id
+
+    # -- history -----------------------------------------------------------------------------
+    def log_many(self, heads: list[bytes]) -> Iterator[tuple[bytes, Commit]]:
+        """Commits reachable from ``heads``, newest first, each once."""
+        heap: list[tuple[int, bytes, Commit]] = []
+        seen: set[bytes] = set()
+        for head in heads:
+            if head not in seen:
+                seen.add(head)
+                c = self.read_commit(head)
+                heapq.heappush(heap, (-c.time_ns, head, c))
+        while heap:
+            _, cid, c = heapq.heappop(heap)
+            yield cid, c
+            for p in c.parents:
+                if p not in seen:
+                    seen.add(p)
+                    pc = self.read_commit(p)
+                    heapq.heappush(heap, (-pc.time_ns, p, pc))
+
+    def log(self, commit_id: bytes | None) -> Iterator[tuple[bytes, Commit]]:
+        return self.log_many([commit_id] if commit_id else [])
+
+    def rollback(self, repo: str, branch: str, to: bytes, *, hard: bool = False) -> bytes:
+        """Make a NEW commit whose tree is ``to``'s (history kept), or with ``hard`` move the
+        branch pointer itself. Returns the branch's new head."""
+        head = self.branch_head(repo, branch)
+        target = self.read_commit(to)
+        if target.repo != repo:
+            raise InvalidInput(
+                f"commit {to_hex(to)[:12]} belongs to repo {target.repo}, not {repo}"
+            )
+        if hard:
+            self.move_branch(repo, branch, head, to)
+            return to
+        return self.commit_root(
+            repo,
+            branch,
+            target.root,
+            f"rollback to {to_hex(to)[:12]}",
+            parents=(head,) if head else (),
+            expected=head,
+        )

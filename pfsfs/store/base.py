@@ -1,0 +1,91 @@
+"""The narrow object-store interface every backend implements.
+
+Two kinds of state:
+
+* **Blobs** — immutable bytes under a string key (``chunk/<hex>``, ``commit/<hex>``,
+  ``pack/<hex>``). ``put`` of an existing key with the same bytes is a no-op in effect;
+  content-addressed writes are idempotent. ``get`` may read a byte range (packs are read that
+  way). After ``put`` returns *and* ``flush`` has returned, the blob survives a crash.
+* **Refs** — small mutable values (branch heads, repo records) that move only by
+  compare-and-swap, so two writers can never lose each other's updates.
+
+Keys are ``/``-separated, made of ``[A-Za-z0-9._-]`` components; backends may map them to
+fan-out directories or prefixes as they see fit. Ref names follow the same rule.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape a directory or prefix; return the key unchanged."""
+    if not _KEY_RE.match(key) or any(part in (".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid store key {key!r}")
+    return key
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What ``list`` reports of one blob."""
+
+    key: str
+    size: int
+    mtime: float  # seconds since the epoch; gc's grace period is measured against it
+
+
+class ObjectStore(abc.ABC):
+    """Blob + ref storage. Implementations must pass ``tests/test_store_contract.py``."""
+
+    #: A short human description, e.g. ``/home/x/.local/share/pfsfs/store`` or ``s3://b/p``.
+    location: str = ""
+
+    # -- blobs -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        """Store ``data`` under ``key`` atomically: readers see all of it or nothing."""
+
+    @abc.abstractmethod
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Return the blob (or ``length`` bytes from ``offset``). Raises ``NotFound``."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether a blob is stored under ``key``."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        """Every blob whose key starts with ``prefix``, in no particular order."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove a blob; deleting a missing key is not an error."""
+
+    def flush(self) -> None:  # noqa: B027 - optional hook, default does nothing
+        """Durability barrier: every ``put`` that returned before this call is on stable storage
+        when it returns. Callers flush before moving a ref to point at new objects."""
+
+    # -- refs --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_ref(self, name: str) -> bytes | None:
+        """The ref's current value, or ``None`` if it does not exist."""
+
+    @abc.abstractmethod
+    def set_ref(self, name: str, expected: bytes | None, new: bytes | None) -> None:
+        """Compare-and-swap: set ``name`` to ``new`` only if its value is ``expected``.
+
+        ``expected=None`` means "must not exist" (create); ``new=None`` deletes the ref.
+        Raises ``RefChanged`` if the current value differs — nothing is written then.
+        """
+
+    @abc.abstractmethod
+    def list_refs(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        """Every ``(name, value)`` whose name starts with ``prefix``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (connections, environments)."""

@@ -1,0 +1,195 @@
+"""The embedded default object store: blobs as files in a local directory, refs in LMDB.
+
+Blobs live under ``<root>/<key dirname>/<2 hex fan-out>/<name>`` so no directory grows past a
+few thousand entries. Each ``put`` writes a temp file, fsyncs it and renames it into place, so a
+blob is either absent or whole; ``flush`` fsyncs the directories that received new names, which
+makes the renames themselves durable before a ref is moved.
+
+Refs live in a small LMDB environment (``<root>/refs``): a write transaction serialises
+compare-and-swap across every process on the machine, and LMDB commits are durable.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+
+from ..errors import NotFound, RefChanged, StoreError, StoreFull
+from .base import BlobInfo, ObjectStore, check_key
+
+log = logging.getLogger(__name__)
+
+_REFS_MAP_SIZE = 1 << 30
+
+
+def io_error(exc: OSError, what: str) -> StoreError:
+    """Turn an OSError into the store error a user should see."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFull(f"no space left on device while {what}")
+    return StoreError(f"{what}: {exc.strerror or exc}")
+
+
+class LocalObjectStore(ObjectStore):
+    """Files on a local filesystem; refs in LMDB."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.location = str(self.root)
+        self._dirty_dirs: set[Path] = set()
+        self._dirty_lock = threading.Lock()
+        self._refs_env: lmdb.Environment | None = None
+
+    # -- paths -------------------------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        check_key(key)
+        head, _, name = key.rpartition("/")
+        fan = name[:2] if len(name) > 8 else "_"
+        return self.root / head / fan / name if head else self.root / fan / name
+
+    # -- blobs -------------------------------------------------------------------------------
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        path = self._path(key)
+        if path.exists():
+            return  # content-addressed: same key, same bytes
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+        except OSError as exc:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise io_error(exc, f"writing {key} to {self.location}") from None
+        with self._dirty_lock:
+            self._dirty_dirs.add(path.parent)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                if offset:
+                    f.seek(offset)
+                data = f.read() if length is None else f.read(length)
+        except FileNotFoundError:
+            raise NotFound(f"object {key} is missing from the store at {self.location}") from None
+        except OSError as exc:
+            raise io_error(exc, f"reading {key} from {self.location}") from None
+        if length is not None and len(data) != length:
+            raise NotFound(f"object {key} in {self.location} is shorter than expected")
+        return data
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        # Walk from the deepest directory the prefix names, then filter by key.
+        if not self.root.exists():
+            return
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            if rel == "refs" or rel.startswith("refs" + os.sep):
+                dirnames[:] = []
+                continue
+            parts = [] if rel == "." else rel.split(os.sep)
+            if not parts:
+                continue
+            head = "/".join(parts[:-1])  # drop the fan-out component
+            for name in filenames:
+                if name.startswith("."):
+                    continue
+                key = f"{head}/{name}" if head else name
+                if key.startswith(prefix):
+                    try:
+                        st = os.stat(os.path.join(dirpath, name))
+                    except FileNotFoundError:
+                        continue
+                    yield BlobInfo(key, st.st_size, st.st_mtime)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise io_error(exc, f"deleting {key} from {self.location}") from None
+
+    def flush(self) -> None:
+        with self._dirty_lock:
+            dirs, self._dirty_dirs = self._dirty_dirs, set()
+        for directory in dirs | {d.parent for d in dirs}:
+            try:
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise io_error(exc, f"syncing {directory}") from None
+
+    # -- refs --------------------------------------------------------------------------------
+    def _refs(self) -> lmdb.Environment:
+        if self._refs_env is None:
+            path = self.root / "refs"
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                self._refs_env = lmdb.open(str(path), map_size=_REFS_MAP_SIZE, max_dbs=1)
+            except (OSError, lmdb.Error) as exc:
+                raise StoreError(f"cannot open the ref table in {path}: {exc}") from None
+        return self._refs_env
+
+    def get_ref(self, name: str) -> bytes | None:
+        check_key(name)
+        with self._refs().begin() as txn:
+            value = txn.get(name.encode())
+        return bytes(value) if value is not None else None
+
+    def set_ref(self, name: str, expected: bytes | None, new: bytes | None) -> None:
+        check_key(name)
+        try:
+            with self._refs().begin(write=True) as txn:
+                current = txn.get(name.encode())
+                current = bytes(current) if current is not None else None
+                if current != expected:
+                    raise RefChanged(f"ref {name} changed concurrently")
+                if new is None:
+                    txn.delete(name.encode())
+                else:
+                    txn.put(name.encode(), new)
+        except lmdb.MapFullError:
+            raise StoreFull(f"the ref table in {self.location} is full") from None
+        except lmdb.Error as exc:
+            raise StoreError(f"updating ref {name}: {exc}") from None
+
+    def list_refs(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        with self._refs().begin() as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(prefix.encode()):
+                return
+            for key, value in cursor:
+                name = bytes(key).decode()
+                if not name.startswith(prefix):
+                    break
+                yield name, bytes(value)
+
+    def close(self) -> None:
+        if self._refs_env is not None:
+            self._refs_env.close()
+            self._refs_env = None
