@@ -236,10 +236,11 @@ def du(repo: Repository, commit_id: bytes | None) -> tuple[int, int]:
 
 
 def stats(repo: Repository) -> dict[str, int]:
-    """Logical bytes of every branch head vs bytes the store actually holds."""
+    """Logical bytes of every reachable commit (each version counted whole, as copies would
+    be) vs bytes the store actually holds: their ratio is what dedup saves."""
     heads = {cid for _, cid in branch_heads(repo)}
-    logical = sum(repo.read_commit(c).size for c in heads)
     r = reachable(repo, heads)
+    logical = sum(repo.read_commit(c).size for c in r.commits)
     stored = sum(info.size for info in repo.store.list())
     return {
         "branches": len(branch_heads(repo)),

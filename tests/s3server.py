@@ -95,7 +95,9 @@ def _wait_ready(proc: subprocess.Popen[bytes], endpoint: str, timeout: float) ->
         if proc.poll() is not None:
             return False
         try:
-            with urllib.request.urlopen(endpoint + "/", timeout=1):
+            # /moto-api/ is moto's own dashboard: it does not count as an S3 request (which
+            # matters with INITIAL_NO_AUTH_ACTION_COUNT).
+            with urllib.request.urlopen(endpoint + "/moto-api/", timeout=1):
                 return True
         except urllib.error.HTTPError:
             return True  # it answered, even if with an error status
@@ -105,8 +107,14 @@ def _wait_ready(proc: subprocess.Popen[bytes], endpoint: str, timeout: float) ->
 
 
 @contextmanager
-def run_moto_server(bucket: str = "pfsfs-test", timeout: float = 20.0) -> Iterator[MotoServer]:
-    """Start a moto S3 server, create ``bucket`` on it, yield it, and always kill it."""
+def run_moto_server(
+    bucket: str = "pfsfs-test", timeout: float = 20.0, extra_env: dict[str, str] | None = None
+) -> Iterator[MotoServer]:
+    """Start a moto S3 server, create ``bucket`` on it, yield it, and always kill it.
+
+    ``extra_env`` goes to the server process only, e.g. ``INITIAL_NO_AUTH_ACTION_COUNT=1``
+    makes moto check credentials after the first request (the bucket creation).
+    """
     binary = moto_server_binary()
     if binary is None:
         raise RuntimeError("moto_server is not installed (pip install 'moto[server]')")
@@ -123,6 +131,7 @@ def run_moto_server(bucket: str = "pfsfs-test", timeout: float = 20.0) -> Iterat
                         stdout=out,
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,
+                        env={**os.environ, **(extra_env or {})},
                     )
                 if _wait_ready(proc, endpoint, timeout):
                     break

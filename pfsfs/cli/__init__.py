@@ -1,0 +1,1 @@
+"""The ``pfsfs`` command line (click). Only this package prints."""

@@ -1,0 +1,91 @@
+"""Shared CLI plumbing: the repository context, output helpers, progress bars, errors.
+
+Every command gets the open ``Repository`` from ``ctx.obj`` (opened lazily from ``--home``),
+prints JSON with ``--json`` where scripts need it, and lets ``PfsError`` propagate to
+``main`` which prints one line and exits with the error's code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..repository import Repository
+
+
+class AppContext:
+    """What ``ctx.obj`` holds: the home path and a lazily opened repository."""
+
+    def __init__(self, home: str | None) -> None:
+        self.home = home
+        self._repo: Repository | None = None
+
+    @property
+    def repo(self) -> Repository:
+        if self._repo is None:
+            self._repo = Repository.open(Path(self.home) if self.home else None)
+        return self._repo
+
+    @property
+    def home_path(self) -> Path:
+        from ..home import default_home
+
+        return Path(self.home).expanduser() if self.home else default_home()
+
+    def close(self) -> None:
+        if self._repo is not None:
+            self._repo.close()
+            self._repo = None
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def human_time(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+
+
+@contextmanager
+def progress_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A throttled progress bar on stderr, only when stderr is a terminal."""
+    if not sys.stderr.isatty() or total <= 0:
+        yield lambda _n: None
+        return
+    with click.progressbar(
+        length=total, label=label, file=sys.stderr, show_pos=False, update_min_steps=1
+    ) as bar:
+        last = [0.0, 0]
+
+        def update(n: int) -> None:
+            last[1] += n
+            now = time.monotonic()
+            if now - last[0] >= 0.1:  # redraw at most 10 times a second
+                bar.update(last[1])
+                last[0], last[1] = now, 0
+
+        yield update
+        bar.update(last[1])

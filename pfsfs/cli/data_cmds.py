@@ -1,0 +1,240 @@
+"""``pfsfs put``, ``get``, ``cat`` and ``ls``: files in and out of commits."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import click
+
+from ..changes import ChangeSet, split_path
+from ..errors import InvalidInput, NotFound, ReadOnly
+from ..ids import to_hex
+from ..model import DIR, FIFO, FILE, SYMLINK, Entry
+from ..refspec import check_name, parse_ref
+from ..repository import Repository
+from ..transfer import (
+    export_file,
+    export_special,
+    export_tree,
+    ingest_stream,
+    ingest_tree,
+    total_size,
+)
+from .common import (
+    AppContext,
+    emit_json,
+    human_bytes,
+    human_time,
+    json_option,
+    pass_app,
+    progress_bar,
+)
+
+
+def writable_branch(repository: Repository, repo: str, branch: str) -> None:
+    """Refuse writes to pipeline output repos; create the branch on first write."""
+    record = repository.repo_record(repo)
+    if record.get("output_of"):
+        raise ReadOnly(
+            f"repo {repo} is the output of pipeline {record['output_of']}; it is read-only"
+        )
+    if branch not in repository.list_branches(repo):
+        repository.create_branch(repo, check_name("branch", branch))
+
+
+@click.command()
+@click.argument("target", metavar="REPO@BRANCH[:/PATH]")
+@click.option("-f", "--file", "source", required=True, help="File, directory, or - for stdin.")
+@click.option("-r", "--recursive", is_flag=True, help="Put a directory and everything in it.")
+@click.option("-m", "--message", default=None, help="Commit message.")
+@pass_app
+def put(app: AppContext, target: str, source: str, recursive: bool, message: str | None) -> None:
+    """Add or replace files on a branch: one commit per call."""
+    spec = parse_ref(target)
+    if spec.back:
+        raise InvalidInput(f"{target}: can only put to a branch head")
+    repository = app.repo
+    repo, branch = spec.repo, spec.ref or "master"
+    if branch not in repository.list_branches(repo):
+        repository.repo_record(repo)
+        if len(branch) >= 6 and all(c in "0123456789abcdef" for c in branch):
+            try:
+                repository.resolve(spec)
+                raise InvalidInput(f"{target}: can only put to a branch, not a commit")
+            except NotFound:
+                pass
+    writable_branch(repository, repo, branch)
+    if source == "-":
+        if spec.path is None or spec.path.endswith("/"):
+            raise InvalidInput("with -f -, give the destination path: repo@branch:/path/to/file")
+        dest = split_path(spec.path)
+    else:
+        src = Path(source)
+        if not src.exists() and not src.is_symlink():
+            raise NotFound(f"{source} does not exist")
+        base = os.fsencode(src.resolve().name if source in (".", "./") else src.name)
+        if spec.path is None:
+            dest = (base,)
+        elif spec.path.endswith("/"):
+            dest = split_path(spec.path) + (base,)
+        else:
+            dest = split_path(spec.path)
+    if not dest:
+        raise InvalidInput("cannot put onto the root itself; name a path inside the repo")
+    changes = ChangeSet()
+    with repository.writer() as writer:
+        chunker = repository.chunker()
+        if source == "-":
+            entry = ingest_stream(sys.stdin.buffer, writer, chunker)
+            changes.put(dest, entry)
+            count = 1
+        else:
+            with progress_bar(total_size(Path(source), recursive), "put") as update:
+                count = ingest_tree(
+                    Path(source),
+                    dest,
+                    changes,
+                    writer,
+                    chunker,
+                    recursive=recursive,
+                    progress=update,
+                )
+        shown = "/" + b"/".join(dest).decode(errors="replace")
+        commit_id = repository.commit(
+            repo, branch, changes, message or f"put {shown}", writer=writer, rebase=True
+        )
+    click.echo(
+        f"{to_hex(commit_id)}  ({count} file{'s' if count != 1 else ''} -> {repo}@{branch}:{shown})"
+    )
+
+
+def _resolve_entry(repository: Repository, ref: str) -> tuple[Entry, str, tuple[bytes, ...]]:
+    resolved = repository.resolve(ref)
+    root = repository.root_of(resolved.commit)
+    entry = repository.lookup(root, resolved.path, f"{resolved.describe()}:")
+    return entry, resolved.describe(), resolved.path
+
+
+@click.command()
+@click.argument("ref", metavar="REPO@REF:/PATH")
+@click.option("-o", "--output", type=click.Path(), help="Write here instead of stdout.")
+@pass_app
+def get(app: AppContext, ref: str, output: str | None) -> None:
+    """Copy a file (to stdout or -o) or a directory (recursively, to -o) out of a commit."""
+    repository = app.repo
+    entry, where, path = _resolve_entry(repository, ref)
+    name = path[-1] if path else os.fsencode(parse_ref(ref).repo)
+    if entry.is_dir:
+        out = os.fsencode(output) if output else name
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise InvalidInput(f"{os.fsdecode(out)} exists and is not a directory")
+        with progress_bar(entry.size, "get") as update:
+            n = export_tree(repository, entry, out, update)
+        click.echo(f"{n} files written to {os.fsdecode(out)}", err=True)
+        return
+    if output is None:
+        if entry.type != FILE:
+            raise InvalidInput(f"{where}:{_shown(path)} is not a regular file")
+        _to_stdout(repository, entry)
+        return
+    out = os.fsencode(output)
+    if os.path.isdir(out) and not os.path.islink(out):
+        out = os.path.join(out, name)
+    if entry.type == FILE:
+        with progress_bar(entry.size, "get") as update:
+            export_file(_counting(repository, entry, update), entry, out)
+    else:
+        export_special(entry, out)
+
+
+def _counting(repository: Repository, entry: Entry, update):  # type: ignore[no-untyped-def]
+    for data in repository.iter_file(entry):
+        update(len(data))
+        yield data
+
+
+def _to_stdout(repository: Repository, entry: Entry) -> None:
+    out = sys.stdout.buffer
+    for data in repository.iter_file(entry):
+        out.write(data)
+    out.flush()
+
+
+def _shown(path: tuple[bytes, ...]) -> str:
+    return "/" + b"/".join(path).decode(errors="replace")
+
+
+@click.command()
+@click.argument("ref", metavar="REPO@REF:/PATH")
+@pass_app
+def cat(app: AppContext, ref: str) -> None:
+    """Print a file of a commit."""
+    entry, where, path = _resolve_entry(app.repo, ref)
+    if entry.is_dir:
+        raise InvalidInput(f"{where}:{_shown(path)} is a directory")
+    if entry.type != FILE:
+        raise InvalidInput(f"{where}:{_shown(path)} is not a regular file")
+    _to_stdout(app.repo, entry)
+
+
+def _mode_string(entry: Entry) -> str:
+    kind = {DIR: stat.S_IFDIR, FILE: stat.S_IFREG, SYMLINK: stat.S_IFLNK, FIFO: stat.S_IFIFO}
+    return stat.filemode(kind[entry.type] | entry.mode)
+
+
+@click.command()
+@click.argument("ref", metavar="REPO@REF[:/PATH]")
+@click.option("-l", "long", is_flag=True, help="Mode, size, mtime.")
+@click.option("-R", "recursive", is_flag=True, help="List subdirectories too.")
+@json_option
+@pass_app
+def ls(app: AppContext, ref: str, long: bool, recursive: bool, as_json: bool) -> None:
+    """List a directory of a commit."""
+    repository = app.repo
+    entry, _, path = _resolve_entry(repository, ref)
+    prefix = b"/".join(path)
+    prefix = b"/" + prefix if prefix else b""
+    if entry.is_dir:
+        if recursive:
+            items = list(repository.walk(entry, prefix))
+        else:
+            items = [(prefix + b"/" + n, e) for n, e in sorted(repository.list_dir(entry).items())]
+    else:
+        items = [(prefix, entry)]
+    if as_json:
+        emit_json(
+            [
+                {
+                    "path": p.decode(errors="surrogateescape"),
+                    "type": e.type,
+                    "mode": oct(e.mode),
+                    "size": e.size,
+                    "mtime_ns": e.mtime_ns,
+                    **({"target": e.target.decode(errors="surrogateescape")} if e.target else {}),
+                }
+                for p, e in items
+            ]
+        )
+        return
+    for p, e in items:
+        shown = (
+            p.decode(errors="replace")
+            if recursive
+            else os.path.basename(p).decode(errors="replace")
+        )
+        if e.is_dir:
+            shown += "/"
+        if e.type == SYMLINK:
+            shown += " -> " + e.target.decode(errors="replace")
+        if long:
+            click.echo(
+                f"{_mode_string(e)} {human_bytes(e.size):>10}  {human_time(e.mtime_ns)}  {shown}"
+            )
+        else:
+            click.echo(shown)
+
+
+COMMANDS = [put, get, cat, ls]

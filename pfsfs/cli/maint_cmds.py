@@ -1,0 +1,68 @@
+"""``pfsfs gc``, ``fsck`` and ``stats``."""
+
+from __future__ import annotations
+
+import click
+
+from .. import maintenance
+from ..errors import Corruption
+from .common import AppContext, emit_json, human_bytes, json_option, pass_app
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@click.option(
+    "--grace",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Keep unreachable objects younger than this many seconds.",
+)
+@json_option
+@pass_app
+def gc(app: AppContext, dry_run: bool, grace: float, as_json: bool) -> None:
+    """Delete objects no branch (or open mount, or running job) can reach."""
+    report = maintenance.gc(app.repo, dry_run=dry_run, grace=grace)
+    if as_json:
+        emit_json(vars(report))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} {report.deleted_blobs} objects, {human_bytes(report.deleted_bytes)} "
+        f"{'reclaimable' if dry_run else 'reclaimed'}"
+    )
+    if report.kept_young:
+        click.echo(f"kept {report.kept_young} unreachable objects younger than {grace:g}s")
+
+
+@click.command()
+@click.option("--deep", is_flag=True, help="Re-read and re-hash every object.")
+@pass_app
+def fsck(app: AppContext, deep: bool) -> None:
+    """Check that every reachable object exists (and with --deep, is intact)."""
+    problems = maintenance.fsck(app.repo, deep=deep)
+    for p in problems:
+        click.echo(p)
+    if problems:
+        raise Corruption(f"fsck found {len(problems)} problem(s)")
+    click.echo("ok: no problems found")
+
+
+@click.command()
+@json_option
+@pass_app
+def stats(app: AppContext, as_json: bool) -> None:
+    """Logical bytes of all branch heads vs bytes stored (the dedup ratio)."""
+    s = maintenance.stats(app.repo)
+    ratio = s["logical_bytes"] / s["stored_bytes"] if s["stored_bytes"] else 0.0
+    if as_json:
+        emit_json({**s, "dedup_ratio": round(ratio, 3)})
+        return
+    click.echo(f"branches: {s['branches']}  commits: {s['commits']}")
+    click.echo(
+        f"logical: {human_bytes(s['logical_bytes'])}  stored: {human_bytes(s['stored_bytes'])}"
+        f"  ratio: {ratio:.2f}x"
+    )
+
+
+COMMANDS = [gc, fsck, stats]

@@ -1,0 +1,138 @@
+"""``pfsfs repo ...`` and ``pfsfs branch ...``."""
+
+from __future__ import annotations
+
+import click
+
+from .. import maintenance
+from ..ids import to_hex
+from ..refspec import check_name, parse_branch
+from .common import AppContext, emit_json, human_bytes, human_time, json_option, pass_app
+
+
+@click.group()
+def repo() -> None:
+    """Create, list and delete repos."""
+
+
+@repo.command("create")
+@click.argument("name")
+@click.option("-d", "--description", default="", help="What the repo holds.")
+@pass_app
+def repo_create(app: AppContext, name: str, description: str) -> None:
+    """Create repo NAME with an empty master branch."""
+    app.repo.create_repo(check_name("repo", name), description)
+    click.echo(f"created repo {name}")
+
+
+@repo.command("list")
+@json_option
+@pass_app
+def repo_list(app: AppContext, as_json: bool) -> None:
+    """Repos with their size, branches and last commit."""
+    rows = []
+    for info in app.repo.list_repos():
+        heads = [c for c in info.branches.values() if c]
+        last = max((app.repo.read_commit(c) for c in heads), key=lambda c: c.time_ns, default=None)
+        master = info.branches.get("master")
+        size = app.repo.read_commit(master).size if master else 0
+        rows.append(
+            {
+                "name": info.name,
+                "description": info.description,
+                "branches": {b: to_hex(c) if c else None for b, c in sorted(info.branches.items())},
+                "size": size,
+                "last_commit_time": human_time(last.time_ns) if last else None,
+                "output_of": info.output_of,
+            }
+        )
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no repos (create one with `pfsfs repo create NAME`)")
+        return
+    click.echo(f"{'NAME':<20} {'SIZE':>10}  {'LAST COMMIT':<19}  BRANCHES")
+    for r in rows:
+        click.echo(
+            f"{r['name']:<20} {human_bytes(r['size']):>10}  {r['last_commit_time'] or '-':<19}  "
+            + ", ".join(r["branches"])
+        )
+
+
+@repo.command("delete")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Do not ask.")
+@pass_app
+def repo_delete(app: AppContext, name: str, force: bool) -> None:
+    """Delete repo NAME and its branches (its data goes at the next `pfsfs gc`)."""
+    app.repo.repo_record(name)
+    if not force:
+        click.confirm(f"delete repo {name} and all its branches?", abort=True, err=True)
+    app.repo.delete_repo(name)
+    click.echo(f"deleted repo {name}")
+
+
+@click.group()
+def branch() -> None:
+    """Create, list and delete branches."""
+
+
+@branch.command("create")
+@click.argument("target", metavar="REPO@BRANCH")
+@click.option("--from", "from_ref", metavar="REF", help="Start at this commit or branch.")
+@pass_app
+def branch_create(app: AppContext, target: str, from_ref: str | None) -> None:
+    """Create a branch (empty, or at --from REF)."""
+    name, new = parse_branch(target)
+    head = None
+    if from_ref:
+        ref = from_ref if "@" in from_ref else f"{name}@{from_ref}"
+        resolved = app.repo.resolve(ref)
+        if resolved.repo != name:
+            raise click.BadParameter("--from must name a commit of the same repo")
+        head = resolved.commit
+    app.repo.create_branch(name, new, head)
+    click.echo(f"created branch {name}@{new}" + (f" at {to_hex(head)[:12]}" if head else ""))
+
+
+@branch.command("list")
+@click.argument("name", metavar="REPO")
+@json_option
+@pass_app
+def branch_list(app: AppContext, name: str, as_json: bool) -> None:
+    """Branches of REPO with their heads."""
+    app.repo.repo_record(name)
+    branches = app.repo.list_branches(name)
+    if as_json:
+        emit_json({b: to_hex(c) if c else None for b, c in sorted(branches.items())})
+        return
+    for b, c in sorted(branches.items()):
+        click.echo(f"{b:<24} {to_hex(c) if c else '(no commits)'}")
+
+
+@branch.command("delete")
+@click.argument("target", metavar="REPO@BRANCH")
+@pass_app
+def branch_delete(app: AppContext, target: str) -> None:
+    """Delete a branch (its commits stay reachable from other branches, or go at gc)."""
+    name, b = parse_branch(target)
+    app.repo.delete_branch(name, b)
+    click.echo(f"deleted branch {name}@{b}")
+
+
+@click.command()
+@click.argument("ref", metavar="REF")
+@json_option
+@pass_app
+def du(app: AppContext, ref: str, as_json: bool) -> None:
+    """Logical vs stored bytes of one commit."""
+    resolved = app.repo.resolve(ref)
+    logical, stored = maintenance.du(app.repo, resolved.commit)
+    if as_json:
+        emit_json({"ref": ref, "logical_bytes": logical, "stored_bytes": stored})
+        return
+    click.echo(f"{ref}: {human_bytes(logical)} logical, {human_bytes(stored)} stored")
+
+
+COMMANDS = [repo, branch, du]
