@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need (see scripts/setup.sh) and runs the whole suite.
+# Extra arguments go to pytest, e.g. `scripts/test.sh -k mount -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+.venv/bin/ruff check pfsfs daemon tests scripts
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
