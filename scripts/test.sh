@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-.venv/bin/ruff check pfsfs daemon tests scripts
+.venv/bin/ruff check .
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
