@@ -13,6 +13,7 @@ round-trips.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -56,6 +57,20 @@ class Locator:
 
 def chunk_key(object_id: bytes) -> str:
     return f"chunk/{to_hex(object_id)}"
+
+
+#: First byte of a pack's name: what kind of objects it holds. Readers may fetch a whole
+#: metadata pack at once (trees of one commit live together) but only ranges of data packs.
+DATA_PACK = b"D"
+META_PACK = b"M"
+
+
+def new_pack_name(tag: bytes) -> bytes:
+    return tag + os.urandom(15)
+
+
+def is_meta_pack_key(key: str) -> bool:
+    return key.startswith("pack/" + META_PACK.hex())
 
 
 def pack_key(pack: bytes) -> str:

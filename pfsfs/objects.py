@@ -14,7 +14,6 @@ mismatch raises ``Corruption`` — wrong bytes are never returned.
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict
 
 from . import model
@@ -31,16 +30,47 @@ PACK_THRESHOLD = 128 << 10
 PACK_TARGET = 16 << 20
 
 
+class _PackBuffer:
+    """An open pack: objects appended in memory, written as one blob when sealed."""
+
+    def __init__(self, tag: bytes) -> None:
+        self.tag = tag
+        self.name = b""
+        self.data = bytearray()
+
+    def append(self, object_id: bytes, data: bytes | memoryview) -> Locator:
+        if not self.name:
+            self.name = model.new_pack_name(self.tag)
+        loc = Locator(object_id, self.name, len(self.data), len(data))
+        self.data += data
+        return loc
+
+    def seal(self, store: ObjectStore) -> None:
+        if self.data:
+            store.put(model.pack_key(self.name), bytes(self.data))
+        self.reset()
+
+    def reset(self) -> None:
+        self.name = b""
+        self.data = bytearray()
+
+
 class ObjectWriter:
-    """One write session against a store; not thread-safe."""
+    """One write session against a store; not thread-safe.
+
+    Metadata (manifests, trees) and small file content go to separate packs, so reading every
+    tree of a commit touches only the small metadata packs, never the file data.
+    """
 
     def __init__(self, store: ObjectStore, index: Index) -> None:
         self.store = store
         self.index = index
         self._pending: dict[bytes, Locator] = {}
         self._new: list[Locator] = []
-        self._pack_name = b""
-        self._pack = bytearray()
+        self._packs = {
+            model.DATA_PACK: _PackBuffer(model.DATA_PACK),
+            model.META_PACK: _PackBuffer(model.META_PACK),
+        }
         self.bytes_written = 0  # stored bytes this session added (after dedup)
 
     def _known(self, object_id: bytes) -> Locator | None:
@@ -49,14 +79,12 @@ class ObjectWriter:
             loc = self.index.get_object(object_id)
         return loc
 
-    def _add(self, object_id: bytes, data: bytes | memoryview) -> Locator:
+    def _add(self, object_id: bytes, data: bytes | memoryview, tag: bytes) -> Locator:
         if len(data) < PACK_THRESHOLD:
-            if not self._pack_name:
-                self._pack_name = os.urandom(16)
-            loc = Locator(object_id, self._pack_name, len(self._pack), len(data))
-            self._pack += data
-            if len(self._pack) >= PACK_TARGET:
-                self._seal_pack()
+            pack = self._packs[tag]
+            loc = pack.append(object_id, data)
+            if len(pack.data) >= PACK_TARGET:
+                pack.seal(self.store)
         else:
             self.store.put(model.chunk_key(object_id), data)
             loc = Locator(object_id, b"", 0, len(data))
@@ -65,21 +93,15 @@ class ObjectWriter:
         self._new.append(loc)
         return loc
 
-    def _seal_pack(self) -> None:
-        if self._pack:
-            self.store.put(model.pack_key(self._pack_name), bytes(self._pack))
-        self._pack_name = b""
-        self._pack = bytearray()
-
     def put_chunk(self, data: bytes | memoryview) -> Locator:
         """Store one chunk of file content (raw bytes, id = BLAKE3 of them)."""
         object_id = hash_bytes(data)
-        return self._known(object_id) or self._add(object_id, data)
+        return self._known(object_id) or self._add(object_id, data, model.DATA_PACK)
 
     def put_encoded(self, data: bytes) -> Locator:
         """Store an encoded object (manifest, tree)."""
         object_id = hash_bytes(data)
-        return self._known(object_id) or self._add(object_id, data)
+        return self._known(object_id) or self._add(object_id, data, model.META_PACK)
 
     def put_manifest(self, chunks: list[ManifestChunk]) -> Locator:
         return self.put_encoded(model.encode_manifest(chunks))
@@ -95,7 +117,8 @@ class ObjectWriter:
 
     def finish(self) -> None:
         """Write the open pack, make everything durable, then record it in the index."""
-        self._seal_pack()
+        for pack in self._packs.values():
+            pack.seal(self.store)
         self.store.flush()
         if self._new:
             self.index.add_objects(self._new)
@@ -104,8 +127,8 @@ class ObjectWriter:
 
     def abandon(self) -> None:
         """Drop the session: what was written stays unreferenced until gc removes it."""
-        self._pack = bytearray()
-        self._pack_name = b""
+        for pack in self._packs.values():
+            pack.reset()
         self._new = []
         self._pending.clear()
 

@@ -41,6 +41,17 @@ ensure_packages() {
 
 image_exists() { podman image exists "$1"; }
 
+# import_image TARBALL IMAGE --change ...: import, then drop the image it replaces (--force).
+import_image() {
+    local tarball="$1" image="$2" old
+    shift 2
+    old="$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
+    podman import "$@" "$tarball" "$image" >/dev/null
+    if [ -n "$old" ] && [ "$old" != "$(podman image inspect --format '{{.Id}}' "$image")" ]; then
+        podman rmi "$old" >/dev/null 2>&1 || true
+    fi
+}
+
 # The first Debian mirror apt is configured with (deb822 .sources or one-line sources.list).
 debian_mirror() {
     if [ -n "${PFSFS_DEBIAN_MIRROR:-}" ]; then echo "$PFSFS_DEBIAN_MIRROR"; return; fi
@@ -79,8 +90,8 @@ build_busybox() {
         >"$root/etc/passwd"
     printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
     tar --numeric-owner -C "$root" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
-    podman import --change 'CMD ["/bin/sh"]' --change 'ENV PATH=/bin:/sbin:/usr/bin:/usr/sbin' \
-        "$tarball" "$image" >/dev/null
+    import_image "$tarball" "$image" \
+        --change 'CMD ["/bin/sh"]' --change 'ENV PATH=/bin:/sbin:/usr/bin:/usr/sbin'
     say "built $image"
 }
 
@@ -104,9 +115,8 @@ build_python() {
     else
         say "using cached rootfs $tarball"
     fi
-    podman import --change 'CMD ["/usr/bin/python3"]' \
-        --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin' \
-        "$tarball" "$image" >/dev/null
+    import_image "$tarball" "$image" --change 'CMD ["/usr/bin/python3"]' \
+        --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin'
     say "built $image"
 }
 

@@ -219,12 +219,12 @@ def _parts(node: Input, commits: Mapping[BranchKey, InputCommit]) -> list[Part]:
     raise TypeError(f"not an input: {node!r}")
 
 
-def compute_datums(input: Input, commits: Mapping[BranchKey, InputCommit]) -> list[Datum]:
+def compute_datums(tree: Input, commits: Mapping[BranchKey, InputCommit]) -> list[Datum]:
     """All datums of a pipeline's input tree, given the commit of every `(repo, branch)` it
     reads (see `PipelineSpec.input_branches`)."""
     datums: list[Datum] = []
     seen: set[str] = set()
-    for part in _parts(input, commits):
+    for part in _parts(tree, commits):
         if not any(di.files for di in part):
             continue
         datum = Datum.of(part)

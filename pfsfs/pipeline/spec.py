@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import blake3
 import yaml
@@ -75,7 +75,7 @@ class GroupInput:
     inputs: tuple[PfsInput, ...]
 
 
-Input = Union[PfsInput, CrossInput, UnionInput, JoinInput, GroupInput]  # noqa: UP007
+Input = PfsInput | CrossInput | UnionInput | JoinInput | GroupInput
 
 
 @dataclass(frozen=True)

@@ -547,10 +547,11 @@ class S3ObjectStore(ObjectStore):
             nonlocal attempts
             attempts += 1
             if new is None:
-                # Conditional delete (If-Match on DeleteObject). Servers that ignore If-Match
-                # on DELETE (older radosgw) make this unconditional: a writer that moves the
-                # ref between our read and this delete loses its update. Deleting refs is rare
-                # (branch deletion) and callers do it under their own checks.
+                # Conditional delete (If-Match on DeleteObject): atomic on AWS and moto. Ceph
+                # radosgw 16.2 ignores If-Match on DELETE (measured), which makes this an
+                # unconditional delete there: a writer that moves the ref between our read
+                # above and this delete loses its update (a window of one round trip).
+                # Deleting refs is rare (branch deletion); creation and moves stay atomic.
                 return client.delete_object(Bucket=self.bucket, Key=s3key, IfMatch=etag)
             cond = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
             return client.put_object(
