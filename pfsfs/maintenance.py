@@ -170,6 +170,11 @@ def gc(repo: Repository, *, dry_run: bool = False, grace: float = 0.0) -> GcRepo
         # Forget first: a writer must never dedup against an object that is being deleted.
         repo.index.drop_objects(stale)
         for key, _ in doomed:
+            if repo.store.shared:
+                # A writer elsewhere may have touched it since we listed: keep it then.
+                now = repo.store.head(key)
+                if now is None or now.mtime > cutoff:
+                    continue
             if key.startswith("commit/"):
                 cid = bytes.fromhex(key.split("/", 1)[1])
                 data = repo.index.get_commit(cid)

@@ -14,6 +14,7 @@ mismatch raises ``Corruption`` — wrong bytes are never returned.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 
 from . import model
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 #: Objects smaller than this go into packs (one blob per ~16 MiB instead of one per object).
 PACK_THRESHOLD = 128 << 10
 PACK_TARGET = 16 << 20
+#: On a shared store, dedup hits recorded longer ago than this are re-validated (touched).
+#: Must stay well below the gc grace period of shared stores (one hour by default).
+REVALIDATE_AFTER = 600.0
 
 
 class _PackBuffer:
@@ -67,6 +71,7 @@ class ObjectWriter:
         self.index = index
         self._pending: dict[bytes, Locator] = {}
         self._new: list[Locator] = []
+        self._touched: set[str] = set()
         self._packs = {
             model.DATA_PACK: _PackBuffer(model.DATA_PACK),
             model.META_PACK: _PackBuffer(model.META_PACK),
@@ -75,8 +80,26 @@ class ObjectWriter:
 
     def _known(self, object_id: bytes) -> Locator | None:
         loc = self._pending.get(object_id)
-        if loc is None:
-            loc = self.index.get_object(object_id)
+        if loc is not None:
+            return loc
+        found = self.index.get_object(object_id)
+        if found is None:
+            return None
+        loc, verified_at = found
+        if self.store.shared and time.time() - verified_at > REVALIDATE_AFTER:
+            # Another machine's gc may have deleted it since (it may have been unreachable for
+            # longer than the grace period); touching also restarts that grace period, so the
+            # blob outlives the time until our ref move.
+            key = model.blob_key(loc)
+            if key not in self._touched:
+                try:
+                    self.store.touch(key)
+                except NotFound:
+                    self.index.drop_objects([object_id])
+                    return None
+                self._touched.add(key)
+            self._new.append(loc)  # re-recorded with a fresh verified_at at finish
+        self._pending[object_id] = loc
         return loc
 
     def _add(self, object_id: bytes, data: bytes | memoryview, tag: bytes) -> Locator:

@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..errors import NotFound
+
 _KEY_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 
@@ -44,6 +46,9 @@ class ObjectStore(abc.ABC):
 
     #: A short human description, e.g. ``/home/x/.local/share/pfsfs/store`` or ``s3://b/p``.
     location: str = ""
+    #: True when other machines may write to (and gc) this store at the same time. Writers then
+    #: re-validate old dedup hits with ``touch`` and gc re-checks each blob before deleting it.
+    shared: bool = False
 
     # -- blobs -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -61,6 +66,20 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         """Every blob whose key starts with ``prefix``, in no particular order."""
+
+    def head(self, key: str) -> BlobInfo | None:
+        """Size and modification time of one blob, or None if it is missing."""
+        for info in self.list(key):
+            if info.key == key:
+                return info
+        return None
+
+    def touch(self, key: str) -> None:
+        """Refresh a blob's modification time, so that a gc running elsewhere treats it as young
+        (within its grace period) and keeps it. Raises ``NotFound`` if the blob is gone. The
+        default only checks existence: enough for stores no other machine collects."""
+        if not self.exists(key):
+            raise NotFound(f"object {key} is missing from the store at {self.location}")
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:

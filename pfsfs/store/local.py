@@ -121,6 +121,13 @@ class LocalObjectStore(ObjectStore):
                         continue
                     yield BlobInfo(key, st.st_size, st.st_mtime)
 
+    def head(self, key: str) -> BlobInfo | None:
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError:
+            return None
+        return BlobInfo(key, st.st_size, st.st_mtime)
+
     def delete(self, key: str) -> None:
         try:
             self._path(key).unlink()
