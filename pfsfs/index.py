@@ -6,11 +6,13 @@ index can be deleted and rebuilt (``objects`` and ``commits`` refill as objects 
 
 Named databases (keys are bytes; "id" means a 32-byte BLAKE3 digest):
 
-``objects``   id → msgpack ``[pack: bytes, offset: int, length: int]``
+``objects``   id → msgpack ``[pack: bytes, offset: int, length: int, verified_at: float]``
               Objects known to be durable in the store, and where. Written only after the
               store's ``flush`` returned, so a crash never leaves an entry for a missing object.
               Writers consult it to skip re-uploading content (dedup). gc deletes entries of
               objects it removes. Invariant: entry present ⇒ blob present (modulo gc).
+              ``verified_at`` (epoch seconds) is when the blob was last written or touched; on a
+              shared store an older entry is re-validated before a writer relies on it.
 ``commits``   id → the commit's encoded bytes (exactly what ``commit/<hex>`` holds in the store).
               A cache that also lets ids be resolved from a hex prefix.
 ``repo_commits`` repo-name + b"\\0" + id → b"". Which commits belong to which repo (prefix lookup).
@@ -26,6 +28,7 @@ that owns it, with a line added to ``OTHER_DATABASES`` below.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,13 @@ MAP_SIZE = 1 << 38  # 256 GiB of address space; the file grows only as used
 
 CORE_DATABASES = ("objects", "commits", "repo_commits", "meta", "gc_roots")
 #: Databases owned by other modules (documented there): name → owning module.
-OTHER_DATABASES: dict[str, str] = {}
+OTHER_DATABASES: dict[str, str] = {
+    "pipelines": "pfsfs.pipeline.state",
+    "jobs": "pfsfs.pipeline.state",
+    "pipeline_jobs": "pfsfs.pipeline.state",
+    "datums": "pfsfs.pipeline.state",
+    "datum_cache": "pfsfs.pipeline.state",
+}
 
 
 class Index:
@@ -72,20 +81,23 @@ class Index:
         return self.env.begin()
 
     # -- objects -----------------------------------------------------------------------------
-    def get_object(self, object_id: bytes) -> Locator | None:
+    def get_object(self, object_id: bytes) -> tuple[Locator, float] | None:
+        """Where a durable object is, and when it was last verified to be there."""
         with self.read() as txn:
             value = txn.get(object_id, db=self.db("objects"))
         if value is None:
             return None
-        pack, offset, length = codec.unpack_value(value)
-        return Locator(object_id, pack, offset, length)
+        pack, offset, length, *rest = codec.unpack_value(value)
+        return Locator(object_id, pack, offset, length), (rest[0] if rest else 0.0)
 
     def add_objects(self, locators: list[Locator]) -> None:
         db = self.db("objects")
+        now = time.time()
         try:
             with self.write() as txn:
                 for loc in locators:
-                    txn.put(loc.id, codec.pack_value([loc.pack, loc.offset, loc.length]), db=db)
+                    value = codec.pack_value([loc.pack, loc.offset, loc.length, now])
+                    txn.put(loc.id, value, db=db)
         except lmdb.MapFullError:
             raise StoreFull(f"the index at {self.path} is full") from None
 
@@ -98,7 +110,7 @@ class Index:
     def iter_objects(self) -> Iterator[Locator]:
         with self.read() as txn:
             for key, value in txn.cursor(db=self.db("objects")):
-                pack, offset, length = codec.unpack_value(value)
+                pack, offset, length, *_ = codec.unpack_value(value)
                 yield Locator(bytes(key), pack, offset, length)
 
     # -- commits -----------------------------------------------------------------------------
