@@ -1,0 +1,610 @@
+"""``pfsfs pipeline|job|datum ...``, ``logs``, and the lineage commands (``provenance``,
+``subvenance``, ``wait``, ``lineage``, ``why``).
+
+Pipeline definitions and job state live in the home's index (``pfsfs.pipeline.state``); jobs
+run in the scheduler (the mount daemon, or ``python -m pfsfs.pipeline.scheduler``) or in the
+foreground with ``pfsfs pipeline run``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import Conflict, InvalidInput, PfsError
+from ..ids import to_hex
+from ..refspec import parse_ref
+from .common import AppContext, emit_json, human_time, json_option, pass_app
+
+
+def _state(app: AppContext) -> Any:
+    from ..pipeline.state import PipelineState
+
+    return PipelineState(app.repo.index)
+
+
+def _load(path: str) -> Any:
+    from ..pipeline.spec import load_spec, parse_spec
+
+    if path == "-":
+        return parse_spec(sys.stdin.read())
+    return load_spec(path)
+
+
+def _hint(app: AppContext, name: str) -> None:
+    from ..pipeline.scheduler import scheduler_pid
+
+    if scheduler_pid(app.home_path) is None:
+        click.echo(
+            f"note: nothing is processing pipelines for this home; run `pfsfs pipeline run "
+            f"{name}` now, or keep a scheduler running (`python -m pfsfs.pipeline.scheduler`).",
+            err=True,
+        )
+
+
+def _describe_input(spec_dict: dict[str, Any]) -> str:
+    from ..pipeline.spec import iter_pfs, parse_spec_dict
+
+    spec = parse_spec_dict(spec_dict)
+    return " ".join(f"{p.repo}@{p.branch}:{p.glob}" for _, p in iter_pfs(spec.input))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def _job_dict(job: Any) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "pipeline": job.pipeline,
+        "state": job.state,
+        "reason": job.reason,
+        "version": job.version,
+        "spec": job.spec_hash,
+        "inputs": job.inputs,
+        "counts": job.counts,
+        "output": job.output,
+        "created": human_time(job.created_ns) if job.created_ns else None,
+        "started": human_time(job.started_ns) if job.started_ns else None,
+        "finished": human_time(job.finished_ns) if job.finished_ns else None,
+        "duration": job.duration(),
+        "restarts": job.restarts,
+    }
+
+
+def _counts(job: Any) -> str:
+    c = job.counts or {}
+    return (
+        f"{c.get('processed', 0)} processed, {c.get('skipped', 0)} skipped, "
+        f"{c.get('failed', 0)} failed of {c.get('total', 0)}"
+    )
+
+
+# -- pipeline -----------------------------------------------------------------------------------
+
+
+@click.group()
+def pipeline() -> None:
+    """Create, update, inspect and run pipelines."""
+
+
+@pipeline.command("create")
+@click.option("-f", "--file", "path", required=True, help="Spec file (YAML or JSON; - = stdin).")
+@pass_app
+def pipeline_create(app: AppContext, path: str) -> None:
+    """Create a pipeline and its output repo (named like the pipeline)."""
+    from ..pipeline.state import create_pipeline
+
+    spec = _load(path)
+    create_pipeline(app.repo, spec)
+    click.echo(f"created pipeline {spec.name} (output repo {spec.name}@{spec.output_branch})")
+    _hint(app, spec.name)
+
+
+@pipeline.command("update")
+@click.option("-f", "--file", "path", required=True, help="Spec file (YAML or JSON; - = stdin).")
+@click.option("--reprocess", is_flag=True, help="Run every datum again (ignore reusable output).")
+@pass_app
+def pipeline_update(app: AppContext, path: str, reprocess: bool) -> None:
+    """Replace a pipeline's spec; datums whose transform changed run again."""
+    from ..pipeline.state import update_pipeline
+
+    spec = _load(path)
+    rec, changed = update_pipeline(app.repo, spec, reprocess=reprocess)
+    if not changed:
+        click.echo(f"pipeline {spec.name} is unchanged (version {rec.version})")
+        return
+    extra = " (every datum will run again)" if reprocess else ""
+    click.echo(f"updated pipeline {spec.name} to version {rec.version}{extra}")
+    if rec.state == "running":
+        _hint(app, spec.name)
+
+
+@pipeline.command("list")
+@json_option
+@pass_app
+def pipeline_list(app: AppContext, as_json: bool) -> None:
+    """Pipelines with their state and last job."""
+    state = _state(app)
+    rows = []
+    for rec in sorted(state.list_pipelines(), key=lambda r: r.name):
+        last = state.last_job(rec.name)
+        rows.append(
+            {
+                "name": rec.name,
+                "state": rec.state,
+                "version": rec.version,
+                "input": _describe_input(rec.spec),
+                "last_job": last.id if last else None,
+                "last_job_state": last.state if last else None,
+                "created": human_time(rec.created_ns),
+            }
+        )
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no pipelines (create one with `pfsfs pipeline create -f spec.yaml`)")
+        return
+    click.echo(f"{'NAME':<20} {'STATE':<8} {'VER':>3}  {'LAST JOB':<34} INPUT")
+    for r in rows:
+        last = f"{r['last_job']} {r['last_job_state']}" if r["last_job"] else "-"
+        click.echo(f"{r['name']:<20} {r['state']:<8} {r['version']:>3}  {last:<34} {r['input']}")
+
+
+@pipeline.command("inspect")
+@click.argument("name")
+@json_option
+@pass_app
+def pipeline_inspect(app: AppContext, name: str, as_json: bool) -> None:
+    """A pipeline's spec, state and recent jobs."""
+    state = _state(app)
+    rec = state.pipeline(name)
+    jobs = state.jobs_of(name)
+    branch = rec.spec.get("output_branch", "master")
+    head = app.repo.branch_head(name, branch) if name in _repo_names(app) else None
+    d = {
+        "name": rec.name,
+        "state": rec.state,
+        "version": rec.version,
+        "spec_hash": rec.hash,
+        "created": human_time(rec.created_ns),
+        "updated": human_time(rec.updated_ns),
+        "output": f"{name}@{branch}",
+        "output_head": to_hex(head) if head else None,
+        "jobs": len(jobs),
+        "recent_jobs": [_job_dict(j) for j in jobs[-5:]][::-1],
+        "spec": rec.spec,
+    }
+    if as_json:
+        emit_json(d)
+        return
+    for key in ("name", "state", "version", "spec_hash", "created", "updated", "output"):
+        click.echo(f"{key + ':':<13} {d[key]}")
+    click.echo(f"{'output head:':<13} {d['output_head'] or '(no commits yet)'}")
+    click.echo(f"{'jobs:':<13} {d['jobs']}")
+    for j in d["recent_jobs"]:
+        click.echo(f"  {j['id']}  {j['state']:<8} {j['started'] or '-'}  {j['reason']}")
+    click.echo("spec:")
+    click.echo("  " + json.dumps(rec.spec, indent=2, sort_keys=True).replace("\n", "\n  "))
+
+
+def _repo_names(app: AppContext) -> set[str]:
+    return {r.name for r in app.repo.list_repos()}
+
+
+@pipeline.command("delete")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Do not ask.")
+@click.option("--keep-repo", is_flag=True, help="Keep the output repo and its commits.")
+@pass_app
+def pipeline_delete(app: AppContext, name: str, force: bool, keep_repo: bool) -> None:
+    """Delete a pipeline, its jobs and (unless --keep-repo) its output repo."""
+    from ..pipeline.engine import jobs_dir
+    from ..pipeline.spec import parse_spec_dict
+
+    state = _state(app)
+    state.pipeline(name)
+    readers = sorted(
+        r.name
+        for r in state.list_pipelines()
+        if r.name != name and name in parse_spec_dict(r.spec).input_repos()
+    )
+    if readers and not keep_repo:
+        raise Conflict(
+            f"pipeline {readers[0]} reads repo {name}; delete it first "
+            "(or keep the repo with --keep-repo)"
+        )
+    what = "" if keep_repo else " and its output repo"
+    if not force:
+        click.confirm(f"delete pipeline {name}{what}?", abort=True, err=True)
+    job_ids = state.delete_pipeline(name)
+    if not keep_repo and name in _repo_names(app):
+        app.repo.delete_repo(name)
+    for job_id in job_ids:
+        shutil.rmtree(jobs_dir(app.repo.home) / job_id, ignore_errors=True)
+    click.echo(f"deleted pipeline {name}{what}")
+
+
+def _set_state(app: AppContext, name: str, new: str) -> None:
+    state = _state(app)
+    rec = state.pipeline(name)
+    if rec.state == new:
+        click.echo(f"pipeline {name} is already {new}")
+        return
+    rec.state = new
+    state.put_pipeline(rec)
+    click.echo(f"pipeline {name} {'started' if new == 'running' else 'stopped'}")
+
+
+@pipeline.command("stop")
+@click.argument("name")
+@pass_app
+def pipeline_stop(app: AppContext, name: str) -> None:
+    """Stop a pipeline: no new jobs; a running job is killed."""
+    _set_state(app, name, "stopped")
+
+
+@pipeline.command("start")
+@click.argument("name")
+@pass_app
+def pipeline_start(app: AppContext, name: str) -> None:
+    """Start a stopped pipeline: pending input gets processed."""
+    _set_state(app, name, "running")
+    _hint(app, name)
+
+
+@pipeline.command("run")
+@click.argument("names", nargs=-1)
+@pass_app
+def pipeline_run(app: AppContext, names: tuple[str, ...]) -> None:
+    """Process pending input now, in the foreground (all running pipelines in DAG order, or
+    the NAMES given). Exits non-zero if a job fails."""
+    import trio
+
+    from ..pipeline.engine import Engine
+    from ..pipeline.scheduler import run_pending
+
+    engine = Engine(app.repo)
+    failed: list[Any] = []
+
+    def report(item: Any) -> None:
+        if not hasattr(item, "counts"):
+            click.echo(f"pipeline {item.name}: up to date")
+            return
+        if item.state == "success":
+            click.echo(
+                f"job {item.id} of {item.pipeline}: success ({_counts(item)}) in "
+                f"{_duration(item.duration())}; output {item.pipeline}@{(item.output or '')[:12]}"
+            )
+        else:
+            failed.append(item)
+            click.echo(f"job {item.id} of {item.pipeline}: {item.state}: {item.reason}")
+
+    trio.run(lambda: run_pending(engine, list(names) or None, report=report))
+    if failed:
+        job = failed[0]
+        raise PfsError(
+            f"job {job.id} of pipeline {job.pipeline} {job.state}; see `pfsfs logs {job.id}`"
+        )
+
+
+# -- jobs, datums, logs -------------------------------------------------------------------------
+
+
+@click.group()
+def job() -> None:
+    """List and inspect pipeline jobs."""
+
+
+@job.command("list")
+@click.option("-p", "--pipeline", "name", default=None, help="Only this pipeline's jobs.")
+@json_option
+@pass_app
+def job_list(app: AppContext, name: str | None, as_json: bool) -> None:
+    """Jobs, newest first."""
+    state = _state(app)
+    if name is not None:
+        state.pipeline(name)
+    jobs = state.jobs_of(name) if name else state.list_jobs()
+    rows = [_job_dict(j) for j in reversed(jobs)]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no jobs")
+        return
+    click.echo(
+        f"{'ID':<24}  {'PIPELINE':<16} {'STATE':<8} {'DATUMS P/S/F/T':<15} {'DURATION':>8}  OUTPUT"
+    )
+    for r in rows:
+        c = r["counts"] or {}
+        datums = "/".join(str(c.get(k, 0)) for k in ("processed", "skipped", "failed", "total"))
+        click.echo(
+            f"{r['id']:<24}  {r['pipeline']:<16} {r['state']:<8} {datums:<15} "
+            f"{_duration(r['duration']):>8}  {(r['output'] or '-')[:12]}"
+        )
+
+
+@job.command("inspect")
+@click.argument("job_id", metavar="JOB")
+@json_option
+@pass_app
+def job_inspect(app: AppContext, job_id: str, as_json: bool) -> None:
+    """A job: state, reason, input commits, datum counts, output commit."""
+    d = _job_dict(_state(app).find_job(job_id))
+    if as_json:
+        emit_json(d)
+        return
+    for key in ("id", "pipeline", "state", "reason", "version", "created", "started", "finished"):
+        click.echo(f"{key + ':':<10} {d[key] if d[key] not in (None, '') else '-'}")
+    click.echo(f"{'duration:':<10} {_duration(d['duration'])}")
+    click.echo(f"{'datums:':<10} {_counts(_state(app).find_job(job_id))}")
+    click.echo(f"{'output:':<10} {d['pipeline'] + '@' + d['output'] if d['output'] else '-'}")
+    if d["restarts"]:
+        click.echo(f"{'restarts:':<10} {d['restarts']}")
+    click.echo("inputs:")
+    for i in d["inputs"]:
+        click.echo(f"  {i['repo']}@{i['commit']} ({i['branch']})")
+
+
+@click.group()
+def datum() -> None:
+    """The datums of a job."""
+
+
+@datum.command("list")
+@click.argument("job_id", metavar="JOB")
+@json_option
+@pass_app
+def datum_list(app: AppContext, job_id: str, as_json: bool) -> None:
+    """Each datum of a job: processed, skipped (output reused) or failed."""
+    from dataclasses import asdict
+
+    state = _state(app)
+    job_rec = state.find_job(job_id)
+    records = state.datums_of(job_rec.id)
+    if as_json:
+        emit_json([asdict(r) for r in records])
+        return
+    if not records:
+        click.echo(f"job {job_rec.id} has no datum records")
+        return
+    click.echo(f"{'DATUM':<12}  {'STATE':<9} {'TRIES':>5} {'TIME':>7}  INPUT")
+    for r in records:
+        line = f"{r.id[:12]}  {r.state:<9} {r.attempts:>5} {_duration(r.duration):>7}  {r.desc}"
+        if r.error:
+            line += f"  [{r.error}]"
+        click.echo(line)
+
+
+@click.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--datum", "datum_id", default=None, help="Only this datum (id or prefix).")
+@pass_app
+def logs(app: AppContext, job_id: str, datum_id: str | None) -> None:
+    """The stdout and stderr of a job's datums (every attempt)."""
+    from ..pipeline.engine import jobs_dir
+
+    state = _state(app)
+    job_rec = state.find_job(job_id)
+    records = state.datums_of(job_rec.id)
+    if datum_id is not None:
+        records = [state.find_datum(job_rec.id, datum_id)]
+    base = jobs_dir(app.repo.home) / job_rec.id
+    shown = 0
+    for r in records:
+        if not r.logs:
+            continue
+        log_dir = (base / r.logs).resolve()
+        note = f", reused from job {r.from_job}" if r.from_job else ""
+        tries = sorted(log_dir.glob("try-*"), key=lambda p: int(p.name.split("-")[1]))
+        for attempt in tries:
+            for stream in ("stdout", "stderr"):
+                text = _read(attempt / f"{stream}.log")
+                if not text:
+                    continue
+                shown += 1
+                click.echo(f"--- datum {r.id[:12]} ({r.desc}{note}) {attempt.name} {stream} ---")
+                click.echo(text, nl=not text.endswith("\n"))
+    if not shown:
+        click.echo(f"job {job_rec.id}: no log output", err=True)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+# -- lineage ------------------------------------------------------------------------------------
+
+
+def _node(app: AppContext, ref: str) -> Any:
+    from ..pipeline.lineage import Node
+
+    resolved = app.repo.resolve(ref)
+    if resolved.commit is None:
+        raise InvalidInput(f"{resolved.describe()} has no commits yet")
+    return Node(resolved.repo, to_hex(resolved.commit), resolved.branch)
+
+
+def _edge_dict(e: Any) -> dict[str, Any]:
+    return {
+        "from": {"repo": e.src.repo, "commit": e.src.commit, "branch": e.src.branch},
+        "to": {"repo": e.dst.repo, "commit": e.dst.commit, "branch": e.dst.branch},
+        "pipeline": e.pipeline,
+        "job": e.job,
+    }
+
+
+def _print_tree(start: Any, edges: list[Any], up: bool) -> None:
+    children: dict[tuple[str, str], list[Any]] = {}
+    for e in edges:
+        parent, child = (e.dst, e.src) if up else (e.src, e.dst)
+        children.setdefault((parent.repo, parent.commit), []).append((child, e))
+    click.echo(start.full())
+    seen: set[tuple[str, str]] = set()
+
+    def walk(node: Any, depth: int) -> None:
+        key = (node.repo, node.commit)
+        if key in seen:
+            return
+        seen.add(key)
+        for child, e in children.get(key, []):
+            branch = f" ({child.branch})" if child.branch else ""
+            how = f"input of {e.pipeline} job {e.job}" if up else f"by {e.pipeline} job {e.job}"
+            click.echo(f"{'  ' * depth}{child.full()}{branch}  [{how}]")
+            walk(child, depth + 1)
+
+    walk(start, 1)
+
+
+@click.command()
+@click.argument("ref", metavar="REPO@REF")
+@json_option
+@pass_app
+def provenance(app: AppContext, ref: str, as_json: bool) -> None:
+    """The commits a commit was made from, transitively."""
+    from ..pipeline.lineage import upstream
+
+    start = _node(app, ref)
+    edges = upstream(app.repo, start)
+    if as_json:
+        emit_json({"commit": start.full(), "edges": [_edge_dict(e) for e in edges]})
+        return
+    if not edges:
+        click.echo(f"{start.full()} has no provenance (it was not made by a pipeline)")
+        return
+    _print_tree(start, edges, up=True)
+
+
+@click.command()
+@click.argument("ref", metavar="REPO@REF")
+@json_option
+@pass_app
+def subvenance(app: AppContext, ref: str, as_json: bool) -> None:
+    """The commits made from a commit, transitively."""
+    from ..pipeline.lineage import downstream
+
+    start = _node(app, ref)
+    edges = downstream(app.repo, start)
+    if as_json:
+        emit_json({"commit": start.full(), "edges": [_edge_dict(e) for e in edges]})
+        return
+    if not edges:
+        click.echo(f"nothing was made from {start.full()} (yet)")
+        return
+    _print_tree(start, edges, up=False)
+
+
+@click.command()
+@click.argument("ref", metavar="REPO@COMMIT")
+@click.option("--timeout", type=float, default=None, help="Give up after S seconds.")
+@json_option
+@pass_app
+def wait(app: AppContext, ref: str, timeout: float | None, as_json: bool) -> None:
+    """Block until every downstream pipeline has processed a commit; print the output
+    commits (Pachyderm's flush)."""
+    from ..pipeline.lineage import wait_status
+    from ..pipeline.scheduler import scheduler_pid
+
+    start = _node(app, ref)
+    state = _state(app)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    hinted = False
+    while True:
+        status = wait_status(app.repo, state, start)
+        if status.failures:
+            raise PfsError(status.failures[0])
+        if status.stalled:
+            raise Conflict(f"{status.stalled[0]}; nothing will process {start.short()}")
+        if status.done:
+            break
+        if not hinted and scheduler_pid(app.home_path) is None:
+            hinted = True
+            click.echo(
+                f"note: nothing is processing pipelines; waiting for {', '.join(status.waiting)}"
+                " (run `pfsfs pipeline run` or a scheduler)",
+                err=True,
+            )
+        if deadline is not None and time.monotonic() > deadline:
+            raise PfsError(
+                f"timed out after {timeout:g}s waiting for {', '.join(status.waiting)} "
+                f"to process {start.short()}"
+            )
+        time.sleep(0.2)
+    if as_json:
+        emit_json(
+            [{"repo": n.repo, "commit": n.commit, "branch": n.branch} for n in status.outputs]
+        )
+        return
+    for n in status.outputs:
+        click.echo(n.full())
+
+
+@click.command()
+@click.argument("ref", metavar="REPO@REF")
+@click.option("--dot", "fmt", flag_value="dot", help="Graphviz dot (the default).")
+@click.option("--mermaid", "fmt", flag_value="mermaid", help="Mermaid flowchart.")
+@pass_app
+def lineage(app: AppContext, ref: str, fmt: str | None) -> None:
+    """The graph of commits and jobs around a commit, as dot or Mermaid text."""
+    from ..pipeline.lineage import lineage_edges, render_dot, render_mermaid
+
+    start = _node(app, ref)
+    edges = lineage_edges(app.repo, start)
+    render = render_mermaid if fmt == "mermaid" else render_dot
+    click.echo(render(start, edges), nl=False)
+
+
+@click.command()
+@click.argument("ref", metavar="REPO@REF:/PATH")
+@json_option
+@pass_app
+def why(app: AppContext, ref: str, as_json: bool) -> None:
+    """Which datum, and which input files, made an output file."""
+    from ..pipeline.lineage import why as explain
+
+    spec = parse_ref(ref)
+    if spec.path is None:
+        raise InvalidInput(f"{ref}: give the output path, e.g. {spec.repo}@master:/file")
+    start = _node(app, ref)
+    d = explain(app.repo, _state(app), start, spec.path)
+    if as_json:
+        emit_json(d)
+        return
+    click.echo(f"{start.full()}:{spec.path}")
+    click.echo(f"  made by pipeline {d['pipeline']}, job {d['job']}")
+    if "note" in d:
+        click.echo(f"  {d['note']}:")
+        for i in d["inputs"]:
+            click.echo(f"    {i['repo']}@{i['commit']} ({i['branch']})")
+        return
+    for dd in d["datums"]:
+        reused = f", output reused from job {dd['from_job']}" if dd["from_job"] != d["job"] else ""
+        click.echo(f"  datum {dd['id'][:12]} ({dd['state']}{reused}) read:")
+        for i in dd["inputs"]:
+            click.echo(
+                f"    /pfs/{i['name']}{i['path']}  <-  {i['repo']}@{i['commit'][:12]}:{i['path']}"
+            )
+    first = d["datums"][0]["inputs"][0] if d["datums"] and d["datums"][0]["inputs"] else None
+    if first is not None:
+        click.echo(
+            f"  reproduce with that input: pfsfs mount {first['repo']}@{first['commit']} DIR "
+            f"(or pfsfs get {first['repo']}@{first['commit'][:12]}:{first['path']})"
+        )
+
+
+COMMANDS = [pipeline, job, datum, logs, provenance, subvenance, wait, lineage, why]

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Pipeline benchmark: 1,000 small input files, glob /*, a trivial transform.
+
+Prints the first job's time, the job after one file changed (it must process exactly 1 datum),
+and the per-datum overhead of the local (bubblewrap) and podman runners, against the targets:
+<= 50 ms per datum with local, <= 0.5 s with podman, the incremental job <= 2 s with local.
+Exits 1 if a target is missed.
+
+    .venv/bin/python scripts/bench_pipeline.py [--quick] [--files N] [--podman-datums N]
+                                               [--no-podman] [--parallelism N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from pfsfs.changes import ChangeSet
+from pfsfs.pipeline.engine import Engine
+from pfsfs.pipeline.scheduler import run_pending
+from pfsfs.pipeline.spec import parse_spec_dict
+from pfsfs.pipeline.state import JobRecord, create_pipeline
+from pfsfs.repository import Repository
+from pfsfs.transfer import ingest_stream
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_LOCAL = 0.050
+TARGET_PODMAN = 0.5
+TARGET_INCREMENTAL = 2.0
+
+
+def put_files(repo: Repository, name: str, files: dict[str, bytes]) -> None:
+    changes = ChangeSet()
+    with repo.writer() as w:
+        chunker = repo.chunker()
+        for path, content in files.items():
+            changes.put(path, ingest_stream(io.BytesIO(content), w, chunker))
+        repo.commit(name, "master", changes, "bench", writer=w)
+
+
+def pipeline(name: str, repo: str, runner: str, parallelism: int) -> Any:
+    d: dict[str, Any] = {
+        "pipeline": {"name": name},
+        "input": {"pfs": {"repo": repo, "glob": "/*"}},
+        "transform": {"cmd": ["sh", "-c", "cp /pfs/in/* /pfs/out/"]},
+        "runner": runner,
+        "parallelism": parallelism,
+    }
+    d["input"]["pfs"]["name"] = "in"
+    if runner == "podman":
+        d["transform"]["image"] = "pfsfs/busybox"
+    return parse_spec_dict(d)
+
+
+def timed_job(engine: Engine, name: str) -> tuple[JobRecord, float]:
+    start = time.perf_counter()
+    jobs = trio.run(lambda: run_pending(engine, [name]))
+    elapsed = time.perf_counter() - start
+    if len(jobs) != 1 or jobs[0].state != "success":
+        raise SystemExit(f"bench: job of {name} did not succeed: {jobs}")
+    return jobs[0], elapsed
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100 files, 5 podman datums")
+    parser.add_argument("--files", type=int, default=None)
+    parser.add_argument("--podman-datums", type=int, default=None)
+    parser.add_argument("--no-podman", action="store_true")
+    parser.add_argument("--parallelism", type=int, default=1)
+    args = parser.parse_args()
+    n = args.files or (100 if args.quick else 1000)
+    n_podman = args.podman_datums or (5 if args.quick else 20)
+    logging.basicConfig(level=logging.WARNING)
+    missed = False
+    with tempfile.TemporaryDirectory(prefix="pfsfs-bench-pipeline-") as tmp:
+        repo = Repository.open(Path(tmp) / "home")
+        try:
+            engine = Engine(repo)
+            repo.create_repo("data")
+            put_files(repo, "data", {f"/f{i:05d}.txt": f"line {i}\n".encode() for i in range(n)})
+            create_pipeline(repo, pipeline("copy", "data", "local", args.parallelism))
+            sandbox = "bubblewrap" if shutil.which("bwrap") else "no sandbox"
+            print(f"local runner ({sandbox}), {n} files, glob /*, parallelism {args.parallelism}")
+            job, first = timed_job(engine, "copy")
+            per = first / n
+            print(f"  first job:       {first:8.2f} s  ({job.counts['processed']} datums)")
+            print(
+                f"  per datum:       {per * 1000:8.1f} ms  target <= {TARGET_LOCAL * 1000:.0f} ms"
+                f"  {verdict(per <= TARGET_LOCAL)}"
+            )
+            missed |= per > TARGET_LOCAL
+            put_files(repo, "data", {f"/f{n // 2:05d}.txt": b"changed\n"})
+            job, inc = timed_job(engine, "copy")
+            exact = job.counts["processed"] == 1 and job.counts["skipped"] == n - 1
+            print(
+                f"  one file changed:{inc:8.2f} s  ({job.counts['processed']} processed, "
+                f"{job.counts['skipped']} skipped)  target <= {TARGET_INCREMENTAL:.0f} s and "
+                f"exactly 1 datum  {verdict(inc <= TARGET_INCREMENTAL and exact)}"
+            )
+            missed |= inc > TARGET_INCREMENTAL or not exact
+            put_files(repo, "data", {f"/f{n // 3:05d}.txt": b"changed again\n"})
+            start = time.perf_counter()
+            cli = [sys.executable, "-m", "pfsfs.cli.main", "--home", str(repo.home)]
+            subprocess.run([*cli, "pipeline", "run", "copy"], check=True, capture_output=True)
+            took = time.perf_counter() - start
+            print(
+                f"  same, as `pfsfs pipeline run` (a new process): {took:.2f} s  "
+                f"{verdict(took <= TARGET_INCREMENTAL)}"
+            )
+            missed |= took > TARGET_INCREMENTAL
+
+            if not args.no_podman and shutil.which("podman"):
+                build = ROOT / "scripts" / "build-images.sh"
+                subprocess.run([str(build), "busybox"], check=True, capture_output=True)
+                repo.create_repo("small")
+                put_files(repo, "small", {f"/p{i:03d}": b"x\n" for i in range(n_podman)})
+                create_pipeline(repo, pipeline("pod", "small", "podman", args.parallelism))
+                job, took = timed_job(engine, "pod")
+                per = took / n_podman
+                print(f"podman runner, {n_podman} datums, parallelism {args.parallelism}")
+                print(
+                    f"  per datum:       {per:8.2f} s   target <= {TARGET_PODMAN} s"
+                    f"  {verdict(per <= TARGET_PODMAN)}"
+                )
+                missed |= per > TARGET_PODMAN
+            else:
+                print("podman runner: skipped")
+        finally:
+            repo.close()
+    sys.exit(1 if missed else 0)
+
+
+if __name__ == "__main__":
+    main()
