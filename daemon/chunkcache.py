@@ -1,0 +1,192 @@
+"""Reading committed file content: manifests with their offsets, and a bounded cache of chunks.
+
+A FUSE read asks for 128 KiB–1 MiB at a time while chunks average 1 MiB, so a sequential read
+touches each chunk several times; chunks are fetched (and verified against their hash) once and
+kept in a small in-memory LRU. Sequential reads trigger read-ahead: one background thread
+fetches and verifies the next chunks (file reads and BLAKE3 release the GIL) while the mount
+thread answers the kernel. For a remote store (S3) a disk cache under ``<home>/cache/chunks``
+keeps verified chunks across mounts, so re-reading committed data does not hit the network.
+Memory use is bounded (``max_bytes``, ``MAX_ENTRIES``) whatever the file sizes. (Mapping store
+files instead of reading them was measured slower on tmpfs: page-table setup costs more than
+the copy.)
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from pfsfs.ids import hash_bytes
+from pfsfs.model import Locator, ManifestChunk
+from pfsfs.objects import ObjectReader
+
+log = logging.getLogger(__name__)
+
+Chunk = bytes | memoryview
+MAX_ENTRIES = 4096  # chunks held at most
+
+
+class Manifest:
+    """A file's chunk list with cumulative start offsets (for bisecting a read offset)."""
+
+    __slots__ = ("chunks", "starts", "size")
+
+    def __init__(self, chunks: list[ManifestChunk]) -> None:
+        self.chunks = chunks
+        self.starts: list[int] = []
+        pos = 0
+        for c in chunks:
+            self.starts.append(pos)
+            pos += c.size
+        self.size = pos
+
+    def index_at(self, offset: int) -> int:
+        return bisect.bisect_right(self.starts, offset) - 1
+
+
+class ChunkCache:
+    """Verified chunk bytes by id (LRU, bounded in bytes), plus decoded manifests."""
+
+    def __init__(
+        self,
+        reader: ObjectReader,
+        max_bytes: int = 64 << 20,
+        disk_dir: Path | None = None,
+        read_ahead: int = 2,
+    ) -> None:
+        self.reader = reader
+        self.max_bytes = max_bytes
+        self._chunks: OrderedDict[bytes, Chunk] = OrderedDict()
+        self._bytes = 0
+        self._manifests: OrderedDict[bytes, Manifest] = OrderedDict()
+        self.disk_dir = disk_dir
+        self.hits = 0
+        self.misses = 0
+        self.read_ahead = read_ahead
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[bytes, Future[Chunk]] = {}
+        self._next_offset: dict[bytes, int] = {}  # manifest id → where a sequential read goes on
+
+    def manifest(self, loc: Locator) -> Manifest:
+        m = self._manifests.get(loc.id)
+        if m is None:
+            m = Manifest(self.reader.read_manifest(loc))
+            self._manifests[loc.id] = m
+            if len(self._manifests) > 1024:
+                self._manifests.popitem(last=False)
+        else:
+            self._manifests.move_to_end(loc.id)
+        return m
+
+    def chunk(self, loc: Locator) -> Chunk:
+        data = self._chunks.get(loc.id)
+        if data is not None:
+            self._chunks.move_to_end(loc.id)
+            self.hits += 1
+            return data
+        pending = self._pending.pop(loc.id, None)
+        if pending is not None:
+            data = pending.result()  # raises what the fetch raised (Corruption...)
+        else:
+            self.misses += 1
+            data = self._fetch(loc)
+        self._remember(loc.id, data)
+        return data
+
+    def _fetch(self, loc: Locator) -> Chunk:
+        """Read and verify one chunk (thread-safe: no LMDB, no shared state)."""
+        data = self._from_disk(loc)
+        if data is None:
+            data = self.reader.read_raw(loc)  # verifies; Corruption if missing or wrong
+            self._to_disk(loc, data)
+        return data
+
+    def _remember(self, chunk_id: bytes, data: Chunk) -> None:
+        self._chunks[chunk_id] = data
+        self._bytes += len(data)
+        while (self._bytes > self.max_bytes or len(self._chunks) > MAX_ENTRIES) and len(
+            self._chunks
+        ) > 1:
+            _, old = self._chunks.popitem(last=False)
+            self._bytes -= len(old)
+
+    def _prefetch(self, m: Manifest, first: int) -> None:
+        for i in range(first, min(first + self.read_ahead, len(m.chunks))):
+            loc = m.chunks[i].loc
+            if loc.id in self._chunks or loc.id in self._pending:
+                continue
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readahead")
+            self._pending[loc.id] = self._pool.submit(self._fetch, loc)
+        if len(self._pending) > 4 * self.read_ahead:  # abandoned read-aheads: forget them
+            for chunk_id in list(self._pending)[: len(self._pending) - 2 * self.read_ahead]:
+                self._pending.pop(chunk_id).cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _disk_path(self, loc: Locator) -> Path | None:
+        if self.disk_dir is None:
+            return None
+        h = loc.hex
+        return self.disk_dir / h[:2] / h
+
+    def _from_disk(self, loc: Locator) -> bytes | None:
+        path = self._disk_path(loc)
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if hash_bytes(data) != loc.id:
+            log.warning("dropping corrupt cached chunk %s", path)
+            path.unlink(missing_ok=True)
+            return None
+        return data
+
+    def _to_disk(self, loc: Locator, data: bytes) -> None:
+        path = self._disk_path(loc)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as exc:  # the cache is best effort (a full disk must not fail reads)
+            log.debug("cannot cache chunk %s: %s", loc.hex[:12], exc)
+
+    def read(self, manifest_loc: Locator | None, offset: int, end: int) -> bytes | memoryview:
+        """Bytes ``[offset, end)`` of a committed file (``end`` within its size); a memoryview
+        into a cached chunk when the range lies in one chunk (no copy)."""
+        if manifest_loc is None or end <= offset:
+            return b""
+        m = self.manifest(manifest_loc)
+        end = min(end, m.size)
+        if end <= offset:
+            return b""
+        i = m.index_at(offset)
+        parts: list[memoryview] = []
+        pos = offset
+        while pos < end:
+            c = m.chunks[i]
+            start = m.starts[i]
+            data = self.chunk(c.loc)
+            lo, hi = pos - start, min(end - start, c.size)
+            parts.append(memoryview(data)[lo:hi])
+            pos = start + hi
+            i += 1
+        mid = manifest_loc.id
+        if self.read_ahead and self._next_offset.get(mid) == offset:
+            self._prefetch(m, i)
+        self._next_offset[mid] = end
+        if len(self._next_offset) > 1024:
+            self._next_offset.pop(next(iter(self._next_offset)))
+        return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -1,0 +1,154 @@
+"""Attributes and content of the inode tree: setattr (incl. truncate), xattrs, write, read.
+
+A mixin of ``inodes.Tree``. Writes go to the node's sparse data file in the staging directory
+and are journaled as ranges; reads merge the data file's ranges with the committed content.
+Nothing is read whole into memory.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from .nodes import FsError, Node, _end, add_extent, cut_extents
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from .inodes import Tree
+
+    _Base = Tree
+else:
+    _Base = object
+
+
+class ContentOps(_Base):
+    def setattr(self, ino: int, now: int, changes: dict[str, int]) -> Node:
+        """``changes`` keys: mode uid gid size atime mtime (values already final)."""
+        node = self.node(ino)
+        self._writable(node)
+        if "size" in changes:
+            if node.kind == "d":
+                raise FsError(errno.EISDIR)
+            if node.kind != "f":
+                raise FsError(errno.EINVAL)
+        if not self._bind(node) and not self.replaying:
+            pass  # a deleted-but-open file: nothing to journal or commit
+        elif changes:
+            self._log(["A", ino, changes, now])
+        if "size" in changes:
+            self._truncate(node, changes["size"])
+            node.mtime_ns = now
+        if "mode" in changes:
+            node.mode = changes["mode"] & 0o7777
+        if "uid" in changes:
+            node.uid = changes["uid"]
+        if "gid" in changes:
+            node.gid = changes["gid"]
+        if "mtime" in changes:
+            node.mtime_ns = changes["mtime"]
+        if "atime" in changes:
+            node.atime_ns = changes["atime"]
+        node.ctime_ns = now
+        if changes.keys() - {"atime"}:
+            self._dirty(node)
+        return node
+
+    def _stage(self, node: Node) -> None:
+        """Turn committed content into staged content (nothing is copied yet)."""
+        if node.staged:
+            return
+        node.staged = True
+        node.base_len = node.base.size if node.base is not None else 0
+        node.extents = []
+
+    def _truncate(self, node: Node, size: int) -> None:
+        self._stage(node)
+        if not self.replaying and self.staging is not None:
+            os.ftruncate(self.staging.fd(node.ino), size)
+        if size < node.size:
+            node.base_len = min(node.base_len, size)
+            cut_extents(node.extents, size)
+        if node.base_len == 0:
+            node.extents = []
+        node.size = size
+
+    def set_xattr(self, ino: int, name: bytes, value: bytes | None, now: int) -> None:
+        node = self.node(ino)
+        self._writable(node)
+        xattrs = dict(node.xattrs or {})
+        if value is None:
+            if name not in xattrs:
+                raise FsError(errno.ENODATA)
+            del xattrs[name]
+        else:
+            xattrs[name] = value
+        if self._bind(node):
+            self._log(["X", ino, name, value, now])
+        node.xattrs = xattrs or None
+        node.ctime_ns = now
+        self._dirty(node)
+
+    # -- content -----------------------------------------------------------------------------
+    def write(self, ino: int, offset: int, data: bytes, now: int) -> int:
+        node = self.node(ino)
+        if node.kind != "f":
+            raise FsError(errno.EISDIR if node.kind == "d" else errno.EINVAL)
+        self._writable(node)
+        assert self.staging is not None
+        self._stage(node)
+        written = os.pwrite(self.staging.fd(node.ino), data, offset)
+        if self._bind(node):
+            self._log(["W", ino, offset, written, now])
+        self._apply_write(node, offset, written, now)
+        return written
+
+    def _apply_write(self, node: Node, offset: int, length: int, now: int) -> None:
+        self._stage(node)
+        if node.base_len:
+            add_extent(node.extents, offset, offset + length)
+        if offset + length > node.size:
+            node.size = offset + length
+        node.mtime_ns = node.ctime_ns = now
+        self._dirty(node)
+
+    def read(self, node: Node, offset: int, size: int) -> bytes | memoryview:
+        if node.virt is not None:
+            return self.pfs.read(node, offset, size)
+        end = min(node.size, offset + size)
+        if offset >= end:
+            return b""
+        if not node.staged:
+            return self.cache.read(node.base.ref if node.base else None, offset, end)
+        if not node.base_len:
+            return self._read_data(node, offset, end)
+        parts: list[bytes] = []
+        ext = node.extents
+        j = bisect.bisect_right(ext, offset, key=_end)
+        pos = offset
+        base_ref = node.base.ref if node.base is not None else None
+        while pos < end:
+            if j < len(ext) and ext[j][0] <= pos:
+                seg = min(end, ext[j][1])
+                parts.append(self._read_data(node, pos, seg))
+                j += 1
+            else:
+                seg = min(end, ext[j][0]) if j < len(ext) else end
+                b_end = min(seg, node.base_len)
+                if pos < b_end:
+                    parts.append(self.cache.read(base_ref, pos, b_end))
+                    pos = b_end
+                if pos < seg:
+                    parts.append(bytes(seg - pos))
+            pos = seg
+        return b"".join(parts)
+
+    def _read_data(self, node: Node, offset: int, end: int) -> bytes:
+        assert self.staging is not None
+        data = os.pread(self.staging.fd(node.ino), end - offset, offset)
+        if len(data) < end - offset:
+            data += bytes(end - offset - len(data))
+        return data

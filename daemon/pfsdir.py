@@ -1,0 +1,154 @@
+"""The hidden, read-only ``.pfs/`` directory of every volume: time travel by path.
+
+``.pfs`` is not listed in the volume root but can be entered: ``.pfs/commits/<id>/...`` shows
+any commit of the repo (a full id or a unique prefix of 6+ hex characters),
+``.pfs/branches/<name>/...`` the current head of a branch, and ``.pfs/log`` is the history of
+the mounted branch as text. Commit trees are immutable, so their nodes are shared between
+``commits/`` and ``branches/`` and cached by the kernel; ``branches/<name>`` is looked up again
+after a short entry timeout, so it follows the branch as it moves.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from pfsfs.errors import PfsError
+from pfsfs.ids import to_hex
+from pfsfs.refspec import RefSpec
+
+from .inodes import RO_VOL, FsError, Node
+
+if TYPE_CHECKING:
+    from .inodes import Tree
+
+log = logging.getLogger(__name__)
+
+LIST_LIMIT = 1000
+
+
+class PfsArea:
+    """Virtual nodes of ``.pfs`` (``virt`` = (tag, volume)) and the commit trees below."""
+
+    def __init__(self, tree: Tree) -> None:
+        self.tree = tree
+        self._roots: dict[int, int] = {}
+        self._commit_roots: dict[bytes | None, int] = {}
+        self._log_text: dict[int, tuple[bytes | None, bytes]] = {}
+
+    def _virtual(self, tag: str, vol: int, kind: str, parent: int, name: bytes) -> Node:
+        t = self.tree
+        node = Node(t._alloc(), kind, RO_VOL)
+        node.virt = (tag, vol)
+        node.mode = 0o555 if kind == "d" else 0o444
+        node.uid, node.gid = t.nodes[t.volumes[vol].root].uid, t.nodes[t.volumes[vol].root].gid
+        node.mtime_ns = node.ctime_ns = node.atime_ns = time.time_ns()
+        node.parent, node.name = parent, name
+        node.nlink = 2 if kind == "d" else 1
+        if kind == "d":
+            node.children = {}
+        t.nodes[node.ino] = node
+        return node
+
+    def root(self, vol: int) -> Node:
+        ino = self._roots.get(vol)
+        if ino is None:
+            t = self.tree
+            pfs = self._virtual("pfs", vol, "d", t.volumes[vol].root, b".pfs")
+            for name, tag, kind in (
+                (b"commits", "commits", "d"),
+                (b"branches", "branches", "d"),
+                (b"log", "log", "f"),
+            ):
+                child = self._virtual(tag, vol, kind, pfs.ino, name)
+                pfs.children[name] = child.ino  # type: ignore[index]
+            pfs.nsubdirs = 2
+            ino = self._roots[vol] = pfs.ino
+        return self.tree.nodes[ino]
+
+    def _commit_root(self, commit: bytes | None, parent: int, name: bytes) -> Node:
+        ino = self._commit_roots.get(commit)
+        if ino is None or ino not in self.tree.nodes:
+            entry = self.tree.repo.root_of(commit)
+            node = self.tree._node_from_entry(entry, RO_VOL, parent, name)
+            ino = self._commit_roots[commit] = node.ino
+        return self.tree.nodes[ino]
+
+    def lookup(self, p: Node, name: bytes) -> Node:
+        assert p.virt is not None
+        tag, vol = p.virt
+        repo_name = self.tree.volumes[vol].repo
+        if tag == "pfs":
+            ino = (p.children or {}).get(name)
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            return self.tree.nodes[ino]
+        try:
+            text = name.decode()
+            if tag == "commits":
+                resolved = self.tree.repo.resolve(RefSpec(repo_name, text))
+                if resolved.branch is not None or resolved.commit is None:
+                    raise FsError(errno.ENOENT)  # a branch name is not a commit id
+                return self._commit_root(resolved.commit, p.ino, name)
+            if tag == "branches":
+                head = self.tree.repo.branch_head(repo_name, text)
+                return self._commit_root(head, p.ino, name)
+        except (PfsError, UnicodeDecodeError, ValueError):
+            raise FsError(errno.ENOENT) from None
+        raise FsError(errno.ENOENT)
+
+    def listdir(self, d: Node) -> list[tuple[bytes, int]]:
+        assert d.virt is not None
+        tag, vol = d.virt
+        v = self.tree.volumes[vol]
+        repo = self.tree.repo
+        if tag == "pfs":
+            return list((d.children or {}).items())
+        if tag == "branches":
+            return [
+                (name.encode(), self._commit_root(head, d.ino, name.encode()).ino)
+                for name, head in sorted(repo.list_branches(v.repo).items())
+            ]
+        if tag == "commits":
+            head = self._head(vol)
+            return [
+                (to_hex(cid).encode(), self._commit_root(cid, d.ino, to_hex(cid).encode()).ino)
+                for cid, _ in itertools.islice(repo.log(head), LIST_LIMIT)
+            ]
+        return []
+
+    def _head(self, vol: int) -> bytes | None:
+        v = self.tree.volumes[vol]
+        if v.branch:
+            try:
+                return self.tree.repo.branch_head(v.repo, v.branch)
+            except PfsError:
+                return v.base
+        return v.base
+
+    def log_text(self, vol: int) -> bytes:
+        head = self._head(vol)
+        cached = self._log_text.get(vol)
+        if cached is not None and cached[0] == head:
+            return cached[1]
+        lines = []
+        for cid, c in self.tree.repo.log(head):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time_ns / 1e9))
+            message = c.message.replace("\n", " ")
+            lines.append(f"{to_hex(cid)}  {when}  {c.author}  {message}\n")
+        text = "".join(lines).encode()
+        self._log_text[vol] = (head, text)
+        return text
+
+    def refresh(self, node: Node) -> None:
+        """Bring a virtual file's size up to date (before getattr/open)."""
+        if node.virt is not None and node.virt[0] == "log":
+            node.size = len(self.log_text(node.virt[1]))
+
+    def read(self, node: Node, offset: int, size: int) -> bytes:
+        if node.virt is None or node.virt[0] != "log":
+            raise FsError(errno.EISDIR)
+        return self.log_text(node.virt[1])[offset : offset + size]

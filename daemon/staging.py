@@ -1,0 +1,231 @@
+"""Where a mount's uncommitted state lives: one directory per mount under ``<home>/staging/``.
+
+Layout of ``<home>/staging/<mount-id>/``:
+
+``meta.json``  static facts about the mount (mountpoint, options, the pid serving it), written
+               atomically when the mount starts; recovery reads it to find dead mounts.
+``journal``    the mount's metadata log: length-prefixed msgpack records. The first record is a
+               header naming each volume's repo, branch and base commit; every later record is
+               one mutation of the inode tree (see ``inodes``), appended with ``os.write`` as
+               soon as the mutation succeeds. A process kill loses nothing the kernel accepted
+               (the page cache survives); ``fsync`` of any file in the mount fsyncs the journal.
+               After a snapshot the journal is replaced atomically by one holding only the new
+               header, so replay work is bounded by what changed since the last commit.
+``data/<ino>`` the staged bytes of one file, sparse, at the file's own offsets. Data never sits
+               in daemon memory: the daemon's footprint does not depend on file sizes.
+
+Nothing here is in LMDB: staged state is per mount and must survive the daemon, so it lives in
+plain files next to the data it describes. Open mounts keep their base commits alive through
+``Index.set_gc_roots("mount:<id>", ...)``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from pfsfs.errors import StoreFull
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct("<I")
+JOURNAL = "journal"
+META = "meta.json"
+
+
+def staging_root(home: Path) -> Path:
+    return home / "staging"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def encode_record(record: list[Any]) -> bytes:
+    body = msgpack.packb(record, use_bin_type=True)
+    return _LEN.pack(len(body)) + body
+
+
+def read_records(path: Path) -> Iterator[list[Any]]:
+    """Records of a journal file; a torn record at the tail (a crash mid-append) ends it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    pos = 0
+    while pos + _LEN.size <= len(data):
+        (n,) = _LEN.unpack_from(data, pos)
+        if pos + _LEN.size + n > len(data):
+            log.warning("journal %s ends with a torn record; ignoring it", path)
+            return
+        try:
+            record = msgpack.unpackb(
+                data[pos + _LEN.size : pos + _LEN.size + n], raw=False, strict_map_key=False
+            )
+        except (ValueError, msgpack.UnpackException):
+            log.warning("journal %s has an unreadable record; stopping replay there", path)
+            return
+        yield record
+        pos += _LEN.size + n
+
+
+class Staging:
+    """One mount's staging directory: the journal appender and the staged data files."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data_dir = path / "data"
+        self._journal_fd: int | None = None
+        self._fds: dict[int, int] = {}
+
+    @property
+    def mount_id(self) -> str:
+        return self.path.name
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, home: Path, mount_id: str, meta: dict[str, Any]) -> Staging:
+        path = staging_root(home) / mount_id
+        (path / "data").mkdir(parents=True, exist_ok=False)
+        staging = cls(path)
+        staging.write_meta(meta)
+        return staging
+
+    @classmethod
+    def open(cls, home: Path, mount_id: str) -> Staging:
+        path = staging_root(home) / mount_id
+        if not (path / META).exists():
+            raise FileNotFoundError(f"no staged mount {mount_id} in {staging_root(home)}")
+        (path / "data").mkdir(exist_ok=True)
+        return cls(path)
+
+    def read_meta(self) -> dict[str, Any]:
+        return json.loads((self.path / META).read_text())
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        tmp = self.path / (META + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+        os.replace(tmp, self.path / META)
+
+    def update_meta(self, **changes: Any) -> None:
+        self.write_meta({**self.read_meta(), **changes})
+
+    def records(self) -> Iterator[list[Any]]:
+        return read_records(self.path / JOURNAL)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+
+    def destroy(self) -> None:
+        """Remove the whole staging directory (after a commit or a discard)."""
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # -- journal -----------------------------------------------------------------------------
+    def _jfd(self) -> int:
+        if self._journal_fd is None:
+            self._journal_fd = os.open(
+                self.path / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
+            )
+        return self._journal_fd
+
+    def append(self, record: list[Any]) -> None:
+        data = encode_record(record)
+        try:
+            written = os.write(self._jfd(), data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFull("no space left for the mount's staging journal") from None
+            raise
+        if written != len(data):  # a short append: disk full mid-record
+            raise StoreFull("no space left for the mount's staging journal")
+
+    def rewrite_journal(self, records: list[list[Any]]) -> None:
+        """Atomically replace the journal (after a snapshot: just the new header)."""
+        tmp = self.path / (JOURNAL + ".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"".join(encode_record(r) for r in records))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+        os.replace(tmp, self.path / JOURNAL)
+        _fsync_dir(self.path)
+
+    def sync(self) -> None:
+        """Make the journal durable (fsync, fsyncdir and snapshot call this)."""
+        os.fsync(self._jfd())
+
+    # -- data files --------------------------------------------------------------------------
+    def data_path(self, ino: int) -> Path:
+        return self.data_dir / str(ino)
+
+    def fd(self, ino: int, create: bool = True) -> int:
+        fd = self._fds.get(ino)
+        if fd is None:
+            flags = os.O_RDWR | (os.O_CREAT if create else 0)
+            fd = os.open(self.data_path(ino), flags, 0o600)
+            if len(self._fds) >= 512:  # bound open descriptors; reopen on demand
+                old_ino, old_fd = next(iter(self._fds.items()))
+                del self._fds[old_ino]
+                os.close(old_fd)
+            self._fds[ino] = fd
+        return fd
+
+    def drop(self, ino: int) -> None:
+        fd = self._fds.pop(ino, None)
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.unlink(self.data_path(ino))
+        except FileNotFoundError:
+            pass
+
+    def data_inos(self) -> list[int]:
+        try:
+            return [int(n) for n in os.listdir(self.data_dir) if n.isdigit()]
+        except FileNotFoundError:
+            return []
+
+    def sync_data(self, ino: int) -> None:
+        fd = self._fds.get(ino)
+        if fd is not None:
+            os.fsync(fd)
+        elif self.data_path(ino).exists():
+            fd = self.fd(ino, create=False)
+            os.fsync(fd)
+
+    def free_bytes(self) -> tuple[int, int, int]:
+        """(block size, total blocks, available blocks) of the disk holding the staging dir."""
+        st = os.statvfs(self.path)
+        return st.f_frsize, st.f_blocks, st.f_bavail
+
+
+def list_staged(home: Path) -> list[Staging]:
+    root = staging_root(home)
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    return [Staging(root / n) for n in names if (root / n / META).exists()]

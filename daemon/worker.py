@@ -1,0 +1,581 @@
+"""One mount, served by one process (``python -m pfsfsd.worker``).
+
+pyfuse3 holds a single FUSE session per process, so the daemon runs every mount in a worker
+process of its own; workers die with the daemon (``PR_SET_PDEATHSIG``), which is what a
+``kill -9`` of the daemon must look like to recovery. The worker talks to the daemon over an
+inherited socket (JSON lines, see ``protocol``): a ``start`` message first, then ``snapshot``,
+``unmount``, ``status`` and ``shutdown`` requests.
+
+Whatever ends the FUSE session — ``pfsfs unmount``, ``fusermount3 -u``, ``umount`` or a
+shutdown — ``pyfuse3.main()`` returns after the kernel has flushed every dirty page to us, and
+``finish`` commits what is left. A commit that cannot be made (a merge conflict) leaves the
+staging directory in place for ``pfsfs recover``; nothing is lost.
+
+Modes: ``mount`` (a fresh mount), ``resume`` (remount a dead mount's staged state) and
+``commit`` (replay a dead mount's staged state and commit it, without mounting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from pfsfs.errors import (
+    Conflict,
+    DaemonError,
+    InvalidInput,
+    NotFound,
+    PfsError,
+    ReadOnly,
+)
+from pfsfs.ids import to_hex
+from pfsfs.refspec import check_name, parse_ref
+from pfsfs.repository import Repository
+
+from .chunkcache import ChunkCache
+from .fs import PfsOperations
+from .inodes import Tree
+from .mountinfo import find_mount, raise_read_ahead, unmount
+from .protocol import Channel, error_reply
+from .snapshot import VolumeResult, snapshot
+from .staging import Staging
+
+log = logging.getLogger(__name__)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+SHUTDOWN_GRACE = 10.0  # seconds a busy mount may live on after a shutdown's lazy unmount
+
+VolumeSpec = tuple[str, str | None, bytes | None, bool]
+
+
+def resolve_volumes(
+    repo: Repository, refs: list[str], *, read_only: bool, create: bool
+) -> list[VolumeSpec]:
+    volumes: list[VolumeSpec] = []
+    seen = set()
+    for ref in refs:
+        spec = parse_ref(ref, allow_path=False)
+        if spec.repo in seen:
+            raise InvalidInput(f"repo {spec.repo} is named twice")
+        seen.add(spec.repo)
+        if create:
+            try:
+                repo.repo_record(spec.repo)
+            except NotFound:
+                repo.create_repo(spec.repo)
+            branch = spec.ref or "master"
+            if not spec.back and branch not in repo.list_branches(spec.repo):
+                is_commit = False
+                if len(branch) >= 6 and all(c in "0123456789abcdef" for c in branch):
+                    try:
+                        repo.resolve(spec)
+                        is_commit = True
+                    except NotFound:
+                        pass
+                if not is_commit:
+                    repo.create_branch(spec.repo, check_name("branch", branch))
+        resolved = repo.resolve(spec)
+        ro = read_only or resolved.branch is None
+        if not ro:
+            owner = repo.repo_record(spec.repo).get("output_of")
+            if owner:
+                raise ReadOnly(
+                    f"repo {spec.repo} is the output of pipeline {owner}; mount it with --read-only"
+                )
+        volumes.append((spec.repo, resolved.branch, resolved.commit, ro))
+    if not volumes:
+        raise InvalidInput("nothing to mount")
+    return volumes
+
+
+def check_mountpoint(path: str) -> str:
+    mp = os.path.realpath(path)
+    if not os.path.isdir(mp):
+        raise (
+            NotFound(f"{path} is not a directory")
+            if not os.path.exists(mp)
+            else InvalidInput(f"{path} is not a directory")
+        )
+    if find_mount(mp) is not None:
+        raise InvalidInput(f"{path} is already a mount point")
+    if os.listdir(mp):
+        raise InvalidInput(f"{path} is not empty; mount onto an empty directory")
+    return mp
+
+
+class Worker:
+    def __init__(self, home: Path, mount_id: str, chan: Channel) -> None:
+        self.home = home
+        self.mount_id = mount_id
+        self.chan = chan
+        self.repo: Repository | None = None
+        self.tree: Tree | None = None
+        self.staging: Staging | None = None
+        self.meta: dict[str, Any] = {}
+        self.mountpoint = ""
+        self.lock = trio.Lock()
+        self.mounted = False
+        self.unmounting = False
+        self.discard = False
+        self.final_message = "unmount"
+        self.final_strategy: str | None = None
+        self.author: str | None = None
+        self.waiters: list[int] = []
+        self.devno: str | None = None
+        self.earlier: list[VolumeResult] = []
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self, req: dict[str, Any]) -> None:
+        self.repo = repo = Repository.open(self.home)
+        mode = req.get("mode", "mount")
+        cache_dir = None
+        if repo.config.store.get("type") != "local":
+            cache_dir = self.home / "cache" / "chunks"
+        cache = ChunkCache(repo.reader, disk_dir=cache_dir)
+        if mode == "mount":
+            volumes = resolve_volumes(
+                repo,
+                req["refs"],
+                read_only=bool(req.get("read_only")),
+                create=bool(req.get("create")),
+            )
+            self.mountpoint = check_mountpoint(req["mountpoint"])
+            self.meta = {
+                "id": self.mount_id,
+                "mountpoint": self.mountpoint,
+                "refs": req["refs"],
+                "multi": bool(req.get("multi")),
+                "xattrs": bool(req.get("xattrs")),
+                "autosnapshot": req.get("autosnapshot"),
+                "created_ns": time.time_ns(),
+                "pid": os.getpid(),
+                "state": "mounted",
+            }
+            self.staging = Staging.create(self.home, self.mount_id, self.meta)
+            self.tree = Tree(
+                repo,
+                volumes,
+                self.staging,
+                multi=self.meta["multi"],
+                mount_id=self.mount_id,
+                cache=cache,
+            )
+            self.staging.rewrite_journal([self.tree.header()])
+        else:
+            self.staging = Staging.open(self.home, self.mount_id)
+            self.meta = self.staging.read_meta()
+            records = list(self.staging.records())
+            if not records or records[0][0] != "H":
+                raise DaemonError(f"staged mount {self.mount_id} has no journal header")
+            volumes = [tuple(v) for v in records[0][1]["volumes"]]  # type: ignore[misc]
+            self.tree = Tree(
+                repo,
+                volumes,  # type: ignore[arg-type]
+                self.staging,
+                multi=bool(self.meta.get("multi")),
+                mount_id=self.mount_id,
+                cache=cache,
+            )
+            applied = self.tree.replay(records[1:])
+            log.info("replayed %d journal records of mount %s", applied, self.mount_id)
+            if mode == "resume":
+                self.mountpoint = check_mountpoint(req.get("mountpoint") or self.meta["mountpoint"])
+                self.staging.update_meta(
+                    pid=os.getpid(), mountpoint=self.mountpoint, state="mounted"
+                )
+        self.set_gc_roots()
+
+    def set_gc_roots(self) -> None:
+        assert self.repo is not None and self.tree is not None
+        bases = [to_hex(v.base) for v in self.tree.volumes if v.base]
+        self.repo.index.set_gc_roots(f"mount:{self.mount_id}", bases)
+
+    def mount(self) -> None:
+        assert self.tree is not None
+        ops = PfsOperations(self.tree, xattrs=bool(self.meta.get("xattrs")))
+        described = "+".join(v.describe() for v in self.tree.volumes)
+        options = set(pyfuse3.default_options)
+        options |= {f"fsname=pfsfs:{described}", "subtype=pfsfs", "noatime"}
+        if os.geteuid() == 0:
+            options.add("allow_other")
+        if all(v.read_only for v in self.tree.volumes):
+            options.add("ro")
+        try:
+            pyfuse3.init(ops, self.mountpoint, options)
+        except RuntimeError as exc:
+            raise DaemonError(f"cannot mount {self.mountpoint}: {exc}") from None
+        self.mounted = True
+
+    def info(self) -> dict[str, Any]:
+        assert self.tree is not None
+        return {
+            "id": self.mount_id,
+            "mountpoint": self.mountpoint,
+            "pid": os.getpid(),
+            "dirty": any(self.tree.nodes[v.root].dirty for v in self.tree.volumes),
+            "multi": self.tree.multi,
+            "autosnapshot": self.meta.get("autosnapshot"),
+            "xattrs": bool(self.meta.get("xattrs")),
+            "volumes": [
+                {
+                    "repo": v.repo,
+                    "branch": v.branch,
+                    "base": to_hex(v.base) if v.base else None,
+                    "read_only": v.read_only,
+                }
+                for v in self.tree.volumes
+            ],
+        }
+
+    # -- running -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        start = await self.chan.receive()
+        if start is None or start.get("op") != "start":
+            return
+        mode = start.get("mode", "mount")
+        self.author = start.get("author")
+        try:
+            self.setup(start)
+            if mode == "commit":
+                await self.commit_only(start)
+                return
+            self.mount()
+        except PfsError as exc:
+            await self.chan.send({"event": "failed", **error_reply(exc)})
+            self._cleanup_failed_start(mode)
+            return
+        except OSError as exc:
+            err = DaemonError(f"cannot start the mount: {exc.strerror or exc}")
+            await self.chan.send({"event": "failed", **error_reply(err)})
+            self._cleanup_failed_start(mode)
+            return
+        await self.chan.send({"event": "mounted", **self.info()})
+        clean = False
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.control_loop, nursery)
+                nursery.start_soon(self.signal_loop)
+                nursery.start_soon(self.read_ahead)
+                interval = self.meta.get("autosnapshot")
+                if interval:
+                    nursery.start_soon(self.autosnapshot_loop, float(interval))
+                await pyfuse3.main()
+                clean = True
+                nursery.cancel_scope.cancel()
+        finally:
+            if not clean:  # a bug ended the session: do not leave a dead mount behind
+                log.error("the FUSE session of %s failed; unmounting", self.mountpoint)
+                unmount(self.mountpoint, lazy=True)
+            with trio.CancelScope(shield=True):
+                await self.finish()
+
+    def _cleanup_failed_start(self, mode: str) -> None:
+        if mode == "mount" and self.staging is not None:
+            self.staging.destroy()
+            if self.repo is not None:
+                self.repo.index.set_gc_roots(f"mount:{self.mount_id}", [])
+
+    async def control_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                msg = await self.chan.receive()
+            except (OSError, ValueError, trio.BrokenResourceError):
+                msg = None
+            if msg is None:  # the daemon went away: save and leave
+                log.warning("daemon connection closed; unmounting %s", self.mountpoint)
+                await self.shutdown()
+                return
+            nursery.start_soon(self.handle, msg)
+
+    async def signal_loop(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                await self.shutdown()
+
+    async def read_ahead(self) -> None:
+        """The kernel sets the bdi read-ahead from the FUSE INIT reply (128 KiB); raise it to
+        1 MiB once INIT is done, for 1 MiB read requests."""
+        entry = find_mount(self.mountpoint)
+        self.devno = entry.devno if entry is not None else None
+        for delay in (0.05, 0.5):
+            await trio.sleep(delay)
+            raise_read_ahead(self.mountpoint)
+
+    def abort_connection(self) -> None:
+        """Last resort after a lazy unmount that open files keep alive: end the session."""
+        log.warning("ending the FUSE session of %s (files are still open)", self.mountpoint)
+        if self.devno:
+            minor = self.devno.split(":")[1]
+            try:
+                with open(f"/sys/fs/fuse/connections/{minor}/abort", "w") as f:
+                    f.write("1")
+                return
+            except OSError:
+                pass  # fusectl is not mounted: stop serving; closing the session aborts it
+        pyfuse3.terminate()
+
+    async def autosnapshot_loop(self, interval: float) -> None:
+        """Commit after ``interval`` quiet seconds (no mutation seen in that time)."""
+        assert self.tree is not None
+        tree = self.tree
+        seen = tree.changes
+        quiet_since = trio.current_time()
+        gave_up_at = -1
+        while True:
+            await trio.sleep(min(0.25, interval / 4))
+            now = trio.current_time()
+            if tree.changes != seen:
+                seen, quiet_since = tree.changes, now
+                continue
+            dirty = any(not v.read_only and tree.nodes[v.root].dirty for v in tree.volumes)
+            if not dirty or now - quiet_since < interval or gave_up_at == seen:
+                continue
+            try:
+                await self.do_snapshot("autosnapshot")
+            except PfsError as exc:
+                log.warning("autosnapshot of %s failed (changes kept): %s", self.mountpoint, exc)
+                gave_up_at = tree.changes  # retry only after new changes
+            seen, quiet_since = tree.changes, trio.current_time()
+
+    async def reply(self, req_id: Any, result: dict[str, Any]) -> None:
+        try:
+            await self.chan.send({**result, "id": req_id})
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            log.warning("cannot reply to the daemon (gone?)")
+
+    async def handle(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        req_id = msg.get("id")
+        try:
+            if op == "status":
+                await self.reply(req_id, {"ok": True, **self.info()})
+            elif op == "snapshot":
+                results = await self.do_snapshot(
+                    msg.get("message") or "snapshot",
+                    msg.get("strategy"),
+                    msg.get("onto_branch"),
+                    msg.get("author"),
+                )
+                await self.reply(req_id, {"ok": True, "results": [r.to_dict() for r in results]})
+            elif op == "unmount":
+                await self.do_unmount(msg, req_id)
+            elif op == "shutdown":
+                self.waiters.append(req_id)
+                await self.shutdown()
+            else:
+                raise InvalidInput(f"unknown worker request {op!r}")
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a reply
+            await self.reply(req_id, error_reply(exc))
+
+    def _syncfs(self) -> None:
+        """Flush the kernel's dirty pages of this mount to us (runs in a thread; ctypes drops
+        the GIL during the call, pyfuse3.syncfs does not, which would deadlock us)."""
+        try:
+            fd = os.open(self.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if _libc.syncfs(fd) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("syncfs of %s failed: %s", self.mountpoint, exc)
+
+    async def do_snapshot(
+        self,
+        message: str,
+        strategy: str | None = None,
+        onto_branch: str | None = None,
+        author: str | None = None,
+    ) -> list[VolumeResult]:
+        assert self.tree is not None
+        if all(v.read_only for v in self.tree.volumes):
+            raise ReadOnly(f"{self.mountpoint} is a read-only mount; there is nothing to commit")
+        async with self.lock:
+            if self.mounted and not self.unmounting:
+                await trio.to_thread.run_sync(self._syncfs)
+            results = snapshot(
+                self.tree,
+                message,
+                strategy=strategy,
+                onto_branch=onto_branch,
+                author=author or self.author,
+            )
+            self.set_gc_roots()
+            await self._invalidate(results)
+            return results
+
+    async def _invalidate(self, results: list[VolumeResult]) -> None:
+        if not self.mounted or self.unmounting:
+            return
+        for res in results:
+            for kind, ino, name in res.invalidate:
+                try:
+                    if kind == "entry":
+                        pyfuse3.invalidate_entry_async(ino, name, ignore_enoent=True)
+                    else:
+                        await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:
+                        log.warning("cache invalidation failed: %s", exc)
+
+    async def do_unmount(self, msg: dict[str, Any], req_id: Any) -> None:
+        assert self.tree is not None
+        if self.unmounting:
+            raise DaemonError(f"{self.mountpoint} is already being unmounted")
+        discard = bool(msg.get("discard"))
+        rw = not all(v.read_only for v in self.tree.volumes)
+        self.final_message = msg.get("message") or "unmount"
+        self.final_strategy = msg.get("strategy")
+        if msg.get("author"):
+            self.author = msg["author"]
+        if rw and not discard:
+            self.earlier = await self.do_snapshot(
+                self.final_message, msg.get("strategy"), msg.get("onto_branch"), msg.get("author")
+            )
+        async with self.lock:
+            self.discard = discard
+            self.unmounting = True
+            self.waiters.append(req_id)
+            ok, err = await trio.to_thread.run_sync(unmount, self.mountpoint)
+            if not ok:
+                self.waiters.remove(req_id)
+                self.unmounting = False
+                self.discard = False
+                raise DaemonError(f"cannot unmount {self.mountpoint}: {err}")
+
+    async def shutdown(self) -> None:
+        """Save (if possible), then unmount, even when busy (lazily)."""
+        if self.unmounting or self.tree is None:
+            return
+        self.final_message = "daemon shutdown"
+        if not all(v.read_only for v in self.tree.volumes):
+            try:
+                self.earlier = await self.do_snapshot("daemon shutdown")
+            except PfsError as exc:
+                log.warning("snapshot at shutdown failed (changes kept): %s", exc)
+        async with self.lock:
+            self.unmounting = True
+            ok, err = await trio.to_thread.run_sync(unmount, self.mountpoint)
+            if not ok:
+                log.warning("unmount of %s failed (%s); detaching lazily", self.mountpoint, err)
+                await trio.to_thread.run_sync(lambda: unmount(self.mountpoint, lazy=True))
+                # open files keep a lazily detached session alive; give them a moment
+                await trio.sleep(SHUTDOWN_GRACE)
+                self.abort_connection()
+
+    async def finish(self) -> None:
+        """The FUSE session ended: commit what is left (or discard), clean up, report."""
+        assert self.tree is not None and self.staging is not None and self.repo is not None
+        self.unmounting = True
+        error: BaseException | None = None
+        results: list[VolumeResult] = []
+        try:
+            if not self.discard and any(
+                not v.read_only and self.tree.nodes[v.root].dirty for v in self.tree.volumes
+            ):
+                results = snapshot(
+                    self.tree,
+                    self.final_message,
+                    strategy=self.final_strategy,
+                    author=self.author,
+                )
+        except Exception as exc:  # noqa: BLE001 - reported, staging kept
+            error = exc
+            log.error("final commit of %s failed; staged changes kept: %s", self.mountpoint, exc)
+        if error is None:
+            self.staging.destroy()
+            self.repo.index.set_gc_roots(f"mount:{self.mount_id}", [])
+        else:
+            state = "conflict" if isinstance(error, Conflict) else "error"
+            self.staging.update_meta(state=state, pid=None, error=str(error))
+            self.staging.close()
+        try:
+            pyfuse3.close(unmount=False)
+        except Exception:  # noqa: BLE001
+            log.exception("closing the FUSE session failed")
+        combined = _combine(self.earlier, results)
+        reply = error_reply(error) if error is not None else {"ok": True, "results": combined}
+        if self.discard and error is None:
+            reply["discarded"] = True
+        for req_id in self.waiters:
+            await self.reply(req_id, reply)
+        try:
+            await self.chan.send({"event": "exited", **reply})
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        self.repo.close()
+
+    async def commit_only(self, req: dict[str, Any]) -> None:
+        """Recovery: commit a dead mount's replayed state without mounting it."""
+        assert self.tree is not None and self.staging is not None and self.repo is not None
+        try:
+            results = snapshot(
+                self.tree,
+                req.get("message") or "recovered staged changes",
+                strategy=req.get("strategy"),
+                onto_branch=req.get("onto_branch"),
+                author=self.author,
+            )
+        except PfsError as exc:
+            self.staging.update_meta(state="conflict" if isinstance(exc, Conflict) else "error")
+            await self.chan.send({"event": "failed", **error_reply(exc)})
+            return
+        self.staging.destroy()
+        self.repo.index.set_gc_roots(f"mount:{self.mount_id}", [])
+        await self.chan.send(
+            {"event": "exited", "ok": True, "results": [r.to_dict() for r in results]}
+        )
+
+
+def _combine(earlier: list[VolumeResult], later: list[VolumeResult]) -> list[dict[str, Any]]:
+    """Per volume, the last commit made by this unmount (None: nothing changed)."""
+    out: dict[str, dict[str, Any]] = {}
+    for res in [*earlier, *later]:
+        d = res.to_dict()
+        prev = out.get(res.repo)
+        if prev is None or d["commit"]:
+            out[res.repo] = d
+    return list(out.values())
+
+
+async def _main(args: argparse.Namespace) -> None:
+    sock = trio.socket.from_stdlib_socket(socket.socket(fileno=args.fd))
+    chan = Channel(trio.SocketStream(sock))
+    worker = Worker(Path(args.home), args.id, chan)
+    await worker.run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="pfsfsd.worker")
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--id", required=True)
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format=f"%(asctime)s pfsfsd[{args.id}] %(levelname)s %(name)s: %(message)s",
+    )
+    sys.setrecursionlimit(20_000)
+    try:
+        trio.run(_main, args)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
