@@ -3,7 +3,8 @@
 ``Daemon.main`` takes ``<home>/daemon.lock`` (``flock``; a second daemon for the same home
 refuses to start), cleans up after dead mounts (``recovery``), listens on
 ``<home>/daemon.sock`` (mode 0600, and only peers with our uid or root are served) and runs
-until ``stop``, SIGTERM or SIGINT: then every read-write mount is snapshotted and unmounted,
+until ``stop``, SIGTERM or SIGINT (it also keeps the pipeline scheduler running, see
+``pipelines``): then every read-write mount is snapshotted and unmounted,
 and the process exits 0 — what a Kubernetes sidecar needs when its pod stops.
 """
 
@@ -29,15 +30,17 @@ from pfsfs.repository import Repository
 from . import recovery
 from .control import Controller
 from .mounts import MountManager
+from .pipelines import supervise_scheduler
 from .protocol import Channel, error_reply
 
 log = logging.getLogger(__name__)
 
 
 class Daemon:
-    def __init__(self, home: Path, verbose: int = 0) -> None:
+    def __init__(self, home: Path, verbose: int = 0, run_pipelines: bool = True) -> None:
         self.home = home
         self.verbose = verbose
+        self.run_pipelines = run_pipelines
         self.manager: MountManager
         self.repo: Repository | None = None
         self._stop = trio.Event()
@@ -101,6 +104,8 @@ class Daemon:
                 self.manager = MountManager(self.home, nursery, self.verbose)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self._serve, listener, controller)
+                if self.run_pipelines:
+                    await nursery.start(supervise_scheduler, self.home, self.verbose)
                 log.info("pfsfsd %d serving %s", os.getpid(), self.home)
                 await self._stop.wait()
                 log.info("stopping: saving and unmounting %d mount(s)", len(self.manager.mounts))

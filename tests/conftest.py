@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,10 @@ from pfsfs.store.base import ObjectStore
 
 from .s3server import s3_server  # noqa: F401 - session fixture used by the "s3" store
 from .store_backends import make_local_store, make_s3_store
+
+# Pipeline commands start the daemon (which runs the scheduler) when nothing processes
+# pipelines; tests that want a daemon start one themselves, and the suite must leave none.
+os.environ.setdefault("PFSFS_NO_DAEMON", "1")
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -9,6 +9,7 @@ foreground with ``pfsfs pipeline run``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -38,12 +39,25 @@ def _load(path: str) -> Any:
 
 
 def _hint(app: AppContext, name: str) -> None:
+    """Make sure something processes pipelines: the daemon hosts the scheduler, so start the
+    daemon if neither it nor a scheduler runs (``PFSFS_NO_DAEMON=1``: only say so)."""
+    from ..daemon_client import DaemonClient
     from ..pipeline.scheduler import scheduler_pid
 
-    if scheduler_pid(app.home_path) is None:
+    if scheduler_pid(app.home_path) is not None:
+        return
+    if os.environ.get("PFSFS_NO_DAEMON"):
         click.echo(
             f"note: nothing is processing pipelines for this home; run `pfsfs pipeline run "
-            f"{name}` now, or keep a scheduler running (`python -m pfsfs.pipeline.scheduler`).",
+            f"{name}` now, or start the daemon (`pfsfs daemon`), which runs them.",
+            err=True,
+        )
+        return
+    client = DaemonClient(app.home_path)
+    if client.ping() is None:
+        info = client.ensure_running()
+        click.echo(
+            f"started the pfsfs daemon (pid {info.get('pid', '?')}); it runs the pipelines",
             err=True,
         )
 
