@@ -7,7 +7,16 @@ source scripts/setup.sh
 
 export PFSFS_HOME="$(mktemp -d /tmp/pfsfs-quickstart.XXXXXX)"
 work="$(mktemp -d /tmp/pfsfs-quickstart-work.XXXXXX)"
-trap 'rm -rf "$PFSFS_HOME" "$work"' EXIT
+cleanup() {
+  # Leave nothing behind: the daemon (it unmounts and saves), stray mounts, the temp dirs.
+  set +e +o pipefail
+  pfsfs daemon stop >/dev/null 2>&1
+  grep -o " $work[^ ]*" /proc/self/mounts 2>/dev/null | while read -r m; do
+    fusermount3 -uz "$m" 2>/dev/null || true
+  done
+  rm -rf "$PFSFS_HOME" "$work"
+}
+trap cleanup EXIT
 say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 run() { say "$*"; "$@"; }
 
@@ -22,12 +31,8 @@ run pfsfs cat features@master~1:/tfidf.tsv
 run pfsfs rollback features@master --to master~1
 run pfsfs cat features@master:/tfidf.tsv
 run pfsfs log features@master
-if [ -f scripts/quickstart-mount.sh ]; then
-  source scripts/quickstart-mount.sh
-fi
-if [ -f scripts/quickstart-pipeline.sh ]; then
-  source scripts/quickstart-pipeline.sh
-fi
+source scripts/quickstart-mount.sh
+source scripts/quickstart-pipeline.sh
 run pfsfs stats
 run pfsfs fsck --deep
 echo

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -127,9 +128,30 @@ def daemon_stop(app: AppContext) -> None:
         click.echo(f"no daemon running for {app.home_path}")
         return
     info = client.request("stop", timeout=10)
-    while client.ping() is not None:
+    # Stopped means gone: wait until the process released its lock (it exits after the mounts
+    # are saved and the pipeline scheduler has stopped).
+    deadline = time.monotonic() + 120
+    while not _daemon_lock_free(app.home_path) and time.monotonic() < deadline:
         time.sleep(0.05)
     click.echo(f"stopped daemon pid {info['pid']}")
+
+
+def _daemon_lock_free(home: Path) -> bool:
+    import fcntl
+
+    from ..daemon_client import LOCK_NAME
+
+    try:
+        fd = os.open(home / LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
 
 
 # -- mounts ------------------------------------------------------------------------------------
