@@ -131,6 +131,9 @@ class PodmanRunner:
             self._procs,
             env=env,
             stdin=stdin_bytes(ctx.transform),
+            # conmon leaves an `oom` marker file in its working directory when a container is
+            # OOM-killed: keep it in the datum's log directory, not wherever we were started.
+            cwd=ctx.log_dir,
             on_timeout=lambda proc: self._remove(ctx.run_name),
         )
         if result.error is None and result.exit_code in PODMAN_ERRORS and not result.timed_out:
