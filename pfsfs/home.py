@@ -68,12 +68,12 @@ def open_store(home: Path, config: HomeConfig) -> ObjectStore:
         path = Path(config.store.get("path", "store"))
         return LocalObjectStore(path if path.is_absolute() else home / path)
     if kind == "s3":
-        from .store.s3 import S3ObjectStore
+        from .store.cache import DEFAULT_MAX_BYTES, CachingStore
+        from .store.s3 import from_config
 
-        return S3ObjectStore(
-            bucket=config.store["bucket"],
-            prefix=config.store.get("prefix", ""),
-            endpoint_url=config.store.get("endpoint_url"),
-            region=config.store.get("region"),
-        )
+        # Immutable blobs are cached in <home>/cache/store (size: store.cache_max_bytes).
+        max_bytes = config.store.get("cache_max_bytes", DEFAULT_MAX_BYTES)
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise InvalidInput(f"{home / CONFIG_NAME}: store.cache_max_bytes must be an integer")
+        return CachingStore(from_config(config.store), home / "cache" / "store", max_bytes)
     raise InvalidInput(f"unknown store type {kind!r} in {home / CONFIG_NAME}")

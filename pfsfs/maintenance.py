@@ -31,12 +31,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Reachable:
+    """What a walk reached. ``locators`` holds *every* locator met, not one per id: the same
+    content can live in two packs (two machines stored it independently), and each copy that a
+    tree points at keeps its pack alive."""
+
     commits: set[bytes] = field(default_factory=set)
-    objects: dict[bytes, Locator] = field(default_factory=dict)
+    locators: set[Locator] = field(default_factory=set)
+    walked: set[bytes] = field(default_factory=set)  # trees and manifests already expanded
     problems: list[str] = field(default_factory=list)
 
     def stored_bytes(self) -> int:
-        return sum(loc.length for loc in self.objects.values())
+        return sum(loc.length for loc in {(x.id): x for x in self.locators}.values())
 
 
 def branch_heads(repo: Repository) -> list[tuple[str, bytes]]:
@@ -76,8 +81,7 @@ def reachable(
         _walk_entry(repo, commit.root, r, strict, f"commit {to_hex(cid)[:12]}")
         if history:
             pending.extend(commit.parents)
-    for loc in extra:
-        r.objects.setdefault(loc.id, loc)
+    r.locators.update(extra)
     return r
 
 
@@ -85,16 +89,19 @@ def _walk_entry(repo: Repository, entry: Entry, r: Reachable, strict: bool, wher
     stack = [(entry, where)]
     while stack:
         e, path = stack.pop()
-        if e.ref is None or e.ref.id in r.objects:
+        if e.ref is None:
             continue
-        r.objects[e.ref.id] = e.ref
+        r.locators.add(e.ref)
+        # Same id, same bytes: an object's children are the same whichever copy we read.
+        if e.ref.id in r.walked:
+            continue
+        r.walked.add(e.ref.id)
         try:
             if e.is_dir:
                 for name, child in repo.reader.read_tree(e.ref).items():
                     stack.append((child, f"{path}/{name.decode(errors='replace')}"))
             elif e.type == FILE:
-                for chunk in repo.reader.read_manifest(e.ref):
-                    r.objects.setdefault(chunk.loc.id, chunk.loc)
+                r.locators.update(chunk.loc for chunk in repo.reader.read_manifest(e.ref))
         except PfsError as exc:
             if strict:
                 raise
@@ -128,7 +135,7 @@ def gc(repo: Repository, *, dry_run: bool = False, grace: float = 0.0) -> GcRepo
             raise Corruption(f"gc stopped, nothing deleted: {exc}") from None
         live_packs: dict[bytes, int] = {}
         live_standalone: set[bytes] = set()
-        for loc in live.objects.values():
+        for loc in live.locators:
             if loc.pack:
                 live_packs[loc.pack] = live_packs.get(loc.pack, 0) + loc.length
             else:
@@ -203,8 +210,9 @@ def fsck(repo: Repository, *, deep: bool = False) -> list[str]:
             problems.append(f"ref {name} points at a commit of repo {commit.repo}")
     r = reachable(repo, heads, strict=False)
     problems.extend(r.problems)
-    sizes = {info.key: info.size for info in repo.store.list()}
-    for loc in r.objects.values():
+    truth = repo.store.uncached()  # --deep must read the store itself, not a local cache
+    sizes = {info.key: info.size for info in truth.list()}
+    for loc in r.locators:
         key = f"pack/{loc.pack.hex()}" if loc.pack else f"chunk/{loc.id.hex()}"
         size = sizes.get(key)
         if size is None:
@@ -215,9 +223,7 @@ def fsck(repo: Repository, *, deep: bool = False) -> list[str]:
             continue
         if deep:
             try:
-                data = (
-                    repo.store.get(key, loc.offset, loc.length) if loc.pack else repo.store.get(key)
-                )
+                data = truth.get(key, loc.offset, loc.length) if loc.pack else truth.get(key)
             except NotFound:
                 problems.append(f"object {loc.hex[:16]} is missing ({key})")
                 continue

@@ -43,6 +43,12 @@ def make_store(server: MotoServer, **kwargs: object) -> S3ObjectStore:
     return S3ObjectStore(bucket, **args)  # type: ignore[arg-type]
 
 
+def put_and_flush(store: S3ObjectStore, key: str, data: bytes) -> None:
+    """A put is queued for a background upload; its failure surfaces at the flush barrier."""
+    store.put(key, data)
+    store.flush()
+
+
 @pytest.fixture
 def s3(s3_server: MotoServer) -> Iterator[S3ObjectStore]:
     store = make_store(s3_server)
@@ -125,7 +131,7 @@ def test_wrong_bucket(s3_server: MotoServer) -> None:
     store = make_store(s3_server, bucket="no-such-bucket")
     for op in (
         store.check,
-        lambda: store.put("chunk/0123456789abcdef", b"x"),
+        lambda: put_and_flush(store, "chunk/0123456789abcdef", b"x"),
         lambda: store.get("chunk/0123456789abcdef"),
         lambda: list(store.list()),
         lambda: store.get_ref("x"),
@@ -146,7 +152,7 @@ def test_rejected_credentials_are_never_quoted(caplog: pytest.LogCaptureFixture)
         assert TEST_SECRET_KEY not in repr(store) and TEST_ACCESS_KEY not in repr(store)
         for op in (
             store.check,
-            lambda: store.put("chunk/0123456789abcdef", b"x"),
+            lambda: put_and_flush(store, "chunk/0123456789abcdef", b"x"),
             lambda: store.get("chunk/0123456789abcdef"),
             lambda: store.set_ref("x", None, b"1"),
         ):
@@ -174,7 +180,7 @@ def test_unreachable_endpoint_is_quick_with_short_retries() -> None:
         connect_timeout=1,
     )
     start = time.monotonic()
-    for op in (store.check, lambda: store.put("chunk/0123456789abcdef", b"x")):
+    for op in (store.check, lambda: put_and_flush(store, "chunk/0123456789abcdef", b"x")):
         with pytest.raises(StoreError) as info:
             op()
         assert str(info.value).startswith(f"cannot reach S3 endpoint {endpoint}")
@@ -317,6 +323,7 @@ def test_two_processes_increment_one_ref_without_losing_any(
 def test_multipart_put_of_a_large_blob(s3_server: MotoServer, s3: S3ObjectStore) -> None:
     data = os.urandom(2 * MULTIPART_THRESHOLD + 12345)
     s3.put("pack/0123456789abcdef", memoryview(data))
+    s3.flush()  # uploads run in the background until the barrier
     head = s3_server.client().head_object(  # type: ignore[attr-defined]
         Bucket=s3_server.bucket, Key=f"{s3.prefix}/pack/0123456789abcdef"
     )

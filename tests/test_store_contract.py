@@ -146,3 +146,16 @@ def test_concurrent_cas_loses_no_update(store: ObjectStore) -> None:
     for w in workers:
         w.join()
     assert store.get_ref("counter") == str(per_thread * threads).encode()
+
+
+def test_head_and_touch(store: ObjectStore) -> None:
+    assert store.head("chunk/6666666666666666") is None
+    with pytest.raises(NotFound):
+        store.touch("chunk/6666666666666666")
+    store.put("chunk/6666666666666666", b"abc")
+    store.flush()
+    info = store.head("chunk/6666666666666666")
+    assert info is not None and info.size == 3 and info.mtime > 0
+    store.touch("chunk/6666666666666666")  # refreshes (or just checks) without changing data
+    assert store.get("chunk/6666666666666666") == b"abc"
+    assert store.uncached().get("chunk/6666666666666666") == b"abc"

@@ -8,20 +8,24 @@ from .. import maintenance
 from ..errors import Corruption
 from .common import AppContext, emit_json, human_bytes, json_option, pass_app
 
+SHARED_GRACE = 3600.0
+
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
 @click.option(
     "--grace",
     type=float,
-    default=0.0,
-    show_default=True,
-    help="Keep unreachable objects younger than this many seconds.",
+    default=None,
+    help="Keep unreachable objects younger than this many seconds "
+    f"[default: 0 for a local store, {SHARED_GRACE:g} for a shared (S3) store].",
 )
 @json_option
 @pass_app
-def gc(app: AppContext, dry_run: bool, grace: float, as_json: bool) -> None:
+def gc(app: AppContext, dry_run: bool, grace: float | None, as_json: bool) -> None:
     """Delete objects no branch (or open mount, or running job) can reach."""
+    if grace is None:  # other machines may be writing to a shared store right now
+        grace = 0.0 if app.repo.config.store.get("type") == "local" else SHARED_GRACE
     report = maintenance.gc(app.repo, dry_run=dry_run, grace=grace)
     if as_json:
         emit_json(vars(report))
@@ -52,7 +56,7 @@ def fsck(app: AppContext, deep: bool) -> None:
 @json_option
 @pass_app
 def stats(app: AppContext, as_json: bool) -> None:
-    """Logical bytes of all branch heads vs bytes stored (the dedup ratio)."""
+    """Logical bytes of every version vs bytes stored (the dedup ratio)."""
     s = maintenance.stats(app.repo)
     ratio = s["logical_bytes"] / s["stored_bytes"] if s["stored_bytes"] else 0.0
     if as_json:

@@ -106,5 +106,9 @@ class ObjectStore(abc.ABC):
     def list_refs(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
         """Every ``(name, value)`` whose name starts with ``prefix``."""
 
+    def uncached(self) -> ObjectStore:
+        """The store below any local read cache (fsck --deep and copies must read the truth)."""
+        return self
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (connections, environments)."""

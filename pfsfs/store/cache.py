@@ -1,0 +1,391 @@
+"""A local read cache in front of a remote object store (S3): immutable blobs on disk, refs never.
+
+``CachingStore(inner, cache_dir, max_bytes)`` is an ``ObjectStore`` decorator. Blobs are
+immutable, so whatever it caches stays valid forever; refs are mutable and always go to
+``inner``, as do ``exists`` and ``list`` (another machine's gc may have deleted a blob this
+machine still caches, and a push must not skip it on the cache's word).
+
+What a read fetches:
+
+* **Metadata packs** (trees and manifests, ``model.is_meta_pack_key``): the whole pack, on the
+  first range read. The trees of one commit live in a few such packs, so reading every tree of
+  a 100,000-file commit costs a handful of requests.
+* **Data packs** (small files' content): aligned ``block_size`` blocks around the range asked
+  for, cached per block — a range read never pulls a whole 16 MiB pack, yet reading many small
+  files of one pack costs a few requests, not one per file.
+* **Everything else** (standalone chunks, commits): the whole blob, cached whole.
+
+Writes go to ``inner``; metadata packs a writer puts are also cached, once ``flush`` has
+confirmed they are stored (a failed upload never leaves a cached blob the store lacks).
+
+On disk (``cache_dir``): ``blobs/<kind>/<2-hex fan-out>/<name>`` and
+``blocks/<pack name>/<block number>``. Each file starts with the 32-byte BLAKE3 digest of the
+rest and is written to a temp name and renamed, so a torn or corrupted file is detected, dropped
+and fetched again (never returned, never a persistent error). Files are not fsynced: the cache
+is not a source of truth. Eviction is LRU-ish by size: a hit bumps the file's mtime; when the
+total passes ``max_bytes`` the oldest files go until it is under 90%. Several processes may share
+one cache directory. A small in-memory LRU (``memory_bytes``) keeps recently read blobs decoded,
+so the many range reads of one metadata pack do not re-read and re-hash the file.
+
+``prefetch(keys)`` fills the cache for whole blobs in the background (bounded thread pool); a
+``get`` of a key being fetched waits for that fetch instead of issuing a second request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from ..errors import NotFound
+from ..ids import hash_bytes
+from ..model import is_meta_pack_key
+from .base import BlobInfo, ObjectStore, check_key
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 10 << 30
+DIGEST = 32
+_EVICT_TO = 0.9
+_BUMP_AFTER = 60.0  # seconds: do not touch a file's mtime more often than this
+_tmp_counter = itertools.count()
+
+
+def prefetch(store: ObjectStore, keys: Iterable[str]) -> None:
+    """Ask ``store`` to start fetching ``keys`` if it can (a ``CachingStore``); else nothing.
+
+    Readers of big files call it with the next few chunks' keys, e.g. 16 ahead of the one
+    they read: a cold sequential read then keeps that many GETs in flight instead of one.
+    """
+    hook = getattr(store, "prefetch", None)
+    if hook is not None:
+        hook(keys)
+
+
+class CachingStore(ObjectStore):
+    """Caches immutable blobs of ``inner`` under ``cache_dir``; refs pass straight through."""
+
+    def __init__(
+        self,
+        inner: ObjectStore,
+        cache_dir: str | os.PathLike[str],
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        *,
+        memory_bytes: int = 64 << 20,
+        block_size: int = 1 << 20,
+        prefetch_workers: int = 8,
+    ) -> None:
+        self.inner = inner
+        self.location = inner.location
+        self.root = Path(cache_dir)
+        self.max_bytes = max_bytes
+        self.block_size = block_size
+        self._memory_bytes = memory_bytes
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._memory_used = 0
+        self._lock = threading.Lock()
+        self._loading: dict[str, Future[bytes]] = {}
+        self._disk_used: int | None = None  # unknown until the first scan
+        self._staged: dict[str, bytes] = {}  # metadata packs written, cached at flush
+        self._requested: set[str] = set()  # keys prefetch was already asked for
+        self._staged_bytes = 0
+        self._prefetch_workers = prefetch_workers
+        self._pool: ThreadPoolExecutor | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def __repr__(self) -> str:
+        return f"CachingStore({self.inner!r}, cache={str(self.root)!r})"
+
+    def check(self) -> None:
+        """The inner store's early validation (bucket, endpoint, credentials), if it has one."""
+        check = getattr(self.inner, "check", None)
+        if check is not None:
+            check()
+
+    # -- blobs: writes and metadata go to the inner store -----------------------------------
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        self.inner.put(key, data)
+        if is_meta_pack_key(key) and self._staged_bytes + len(data) <= self._memory_bytes:
+            # The writer will likely read these trees back (the next commit's base): cache
+            # them, but only once ``flush`` says they are stored.
+            with self._lock:
+                self._staged[key] = bytes(data)
+                self._staged_bytes += len(data)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    @property
+    def shared(self) -> bool:  # type: ignore[override]
+        return self.inner.shared
+
+    def head(self, key: str) -> BlobInfo | None:
+        return self.inner.head(key)
+
+    def touch(self, key: str) -> None:
+        self.inner.touch(key)
+
+    def uncached(self) -> ObjectStore:
+        return self.inner.uncached()
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+        self._forget(key)
+
+    def flush(self) -> None:
+        with self._lock:
+            staged, self._staged, self._staged_bytes = self._staged, {}, 0
+        self.inner.flush()  # raises if an upload failed: nothing staged gets cached then
+        for key, data in staged.items():
+            self._write_file(self._blob_path(key), data)
+            self._remember(key, data)
+
+    # -- blobs: cached reads -------------------------------------------------------------------
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        check_key(key)
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
+        if key.startswith("pack/") and not is_meta_pack_key(key):
+            if length is None:
+                return self.inner.get(key, offset, length)  # whole data packs: rare, uncached
+            return self._get_blocks(key, offset, length)
+        data = self._whole(key)
+        end = len(data) if length is None else offset + length
+        if end > len(data):
+            raise NotFound(f"object {key} in {self.location} is shorter than expected")
+        if offset == 0 and end == len(data):
+            return data
+        return data[offset:end]
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Start fetching whole blobs (chunks, commits, metadata packs) into the cache."""
+        for key in keys:
+            check_key(key)
+            if key.startswith("pack/") and not is_meta_pack_key(key):
+                continue
+            with self._lock:
+                if key in self._memory or key in self._loading or key in self._requested:
+                    continue
+                if len(self._requested) > 65536:
+                    self._requested.clear()
+                self._requested.add(key)  # asked once: no stat per call for a sliding window
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        self._prefetch_workers, thread_name_prefix="pfsfs-prefetch"
+                    )
+                pool = self._pool
+            if self._blob_path(key).exists():
+                continue
+            pool.submit(self._quietly, self._whole, key)
+
+    @staticmethod
+    def _quietly(fn: Callable[[str], bytes], key: str) -> None:
+        try:
+            fn(key)
+        except Exception as exc:  # noqa: BLE001 - a prefetch failing is not an error; get says
+            log.debug("prefetch of %s failed: %s", key, exc)
+
+    def _whole(self, key: str) -> bytes:
+        return self._cached(key, self._blob_path(key), lambda: self.inner.get(key))
+
+    def _get_blocks(self, key: str, offset: int, length: int) -> bytes:
+        if length == 0:
+            return self.inner.get(key, offset, 0)
+        size = self.block_size
+        first, last = offset // size, (offset + length - 1) // size
+        parts = []
+        for n in range(first, last + 1):
+            block = self._block(key, n)
+            parts.append(block)
+            if len(block) < size:
+                break  # the pack ends in this block
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        start = offset - first * size
+        result = data[start : start + length]
+        if len(result) != length:
+            raise NotFound(f"object {key} in {self.location} is shorter than expected")
+        return result
+
+    def _block(self, key: str, n: int) -> bytes:
+        start, size = n * self.block_size, self.block_size
+        upto = getattr(self.inner, "get_upto", None)
+
+        def fetch() -> bytes:
+            if upto is not None:
+                data: bytes = upto(key, start, size)
+            else:
+                try:
+                    data = self.inner.get(key, start, size)
+                except NotFound:
+                    data = self.inner.get(key, start)  # the last, short block
+            if not data and not self.inner.exists(key):
+                raise NotFound(f"object {key} is missing from {self.location}")
+            return data
+
+        name = key.split("/", 1)[1]
+        return self._cached(f"{key}#{n}", self.root / "blocks" / name / str(n), fetch)
+
+    def _cached(self, mem_key: str, path: Path, fetch: Callable[[], bytes]) -> bytes:
+        """Memory, then disk, then ``fetch`` (one fetch per key at a time across threads)."""
+        with self._lock:
+            data = self._memory.get(mem_key)
+            if data is not None:
+                self._memory.move_to_end(mem_key)
+                self.hits += 1
+                return data
+            future = self._loading.get(mem_key)
+            owner = future is None
+            if owner:
+                future = self._loading[mem_key] = Future()
+        assert future is not None
+        if not owner:
+            return future.result()
+        try:
+            data = self._read_file(path)
+            if data is None:
+                self.misses += 1
+                data = fetch()
+                self._write_file(path, data)
+            else:
+                self.hits += 1
+            self._remember(mem_key, data)
+            future.set_result(data)
+            return data
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._loading.pop(mem_key, None)
+
+    def _remember(self, mem_key: str, data: bytes) -> None:
+        if len(data) > self._memory_bytes // 2:
+            return
+        with self._lock:
+            if mem_key in self._memory:
+                return
+            self._memory[mem_key] = data
+            self._memory_used += len(data)
+            while self._memory_used > self._memory_bytes and self._memory:
+                _, old = self._memory.popitem(last=False)
+                self._memory_used -= len(old)
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            for mem_key in [k for k in self._memory if k == key or k.startswith(key + "#")]:
+                self._memory_used -= len(self._memory.pop(mem_key))
+        try:
+            self._blob_path(key).unlink(missing_ok=True)
+            if key.startswith("pack/"):
+                shutil.rmtree(self.root / "blocks" / key.split("/", 1)[1], ignore_errors=True)
+        except OSError as exc:
+            log.debug("cannot drop cached %s: %s", key, exc)
+
+    # -- disk ------------------------------------------------------------------------------------
+    def _blob_path(self, key: str) -> Path:
+        head, _, name = key.rpartition("/")
+        fan = name[:2] if len(name) > 8 else "_"
+        return self.root / "blobs" / head / fan / name
+
+    def _read_file(self, path: Path) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError:
+            return None
+        data = raw[DIGEST:]
+        if len(raw) < DIGEST or hash_bytes(data) != raw[:DIGEST]:
+            log.warning("dropping a corrupt cache file %s", path)
+            path.unlink(missing_ok=True)
+            return None
+        try:
+            if time.time() - os.stat(path).st_mtime > _BUMP_AFTER:
+                os.utime(path)  # LRU: recently used files are evicted last
+        except OSError:
+            pass
+        return data
+
+    def _write_file(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(hash_bytes(data))
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:  # best effort: a full disk must not fail reads
+            log.debug("cannot cache %s: %s", path, exc)
+            tmp.unlink(missing_ok=True)
+            return
+        self._account(len(data) + DIGEST)
+
+    def _account(self, added: int) -> None:
+        with self._lock:
+            if self._disk_used is None:
+                self._disk_used = sum(size for _, size, _ in self._scan())
+            else:
+                self._disk_used += added
+            over = self._disk_used > self.max_bytes
+        if over:
+            self.evict()
+
+    def _scan(self) -> list[tuple[float, int, str]]:
+        found = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(full)
+                except OSError:
+                    continue
+                found.append((st.st_mtime, st.st_size, full))
+        return found
+
+    def evict(self, target: int | None = None) -> int:
+        """Delete least recently used files until the cache holds at most ``target`` bytes
+        (default 90% of ``max_bytes``); returns the bytes now used."""
+        limit = int(self.max_bytes * _EVICT_TO) if target is None else target
+        files = sorted(self._scan())
+        used = sum(size for _, size, _ in files)
+        for _mtime, size, full in files:
+            if used <= limit:
+                break
+            try:
+                os.unlink(full)
+                used -= size
+            except OSError:
+                continue
+        with self._lock:
+            self._disk_used = used
+        log.debug("cache %s evicted down to %d bytes", self.root, used)
+        return used
+
+    def disk_usage(self) -> int:
+        return sum(size for _, size, _ in self._scan())
+
+    # -- refs: never cached ------------------------------------------------------------------
+    def get_ref(self, name: str) -> bytes | None:
+        return self.inner.get_ref(name)
+
+    def set_ref(self, name: str, expected: bytes | None, new: bytes | None) -> None:
+        self.inner.set_ref(name, expected, new)
+
+    def list_refs(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        return self.inner.list_refs(prefix)
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self.inner.close()

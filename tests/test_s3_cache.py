@@ -1,0 +1,226 @@
+"""``CachingStore`` over S3 (moto over HTTP): the store contract, and what the cache promises.
+
+The whole contract suite of ``test_store_contract.py`` runs again here with ``store`` bound to a
+``CachingStore`` in front of a fresh S3 prefix. Then: a metadata pack is fetched once, whole; a
+data pack only in blocks; refs are never cached; a corrupted cache file is dropped and fetched
+again; eviction keeps the cache under its size; background uploads are read back before they
+land and a failed one surfaces at ``flush``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pfsfs.errors import NotFound, StoreError
+from pfsfs.model import DATA_PACK, META_PACK, pack_key
+from pfsfs.store.base import ObjectStore
+from pfsfs.store.cache import DIGEST, CachingStore
+from pfsfs.store.retry import RetryPolicy
+from pfsfs.store.s3 import S3ObjectStore
+
+from .s3server import MotoServer, free_port
+from .test_store_contract import (  # noqa: F401 - re-run the contract on the caching store
+    test_concurrent_cas_loses_no_update,
+    test_delete,
+    test_empty_blob,
+    test_flush_is_safe_to_call,
+    test_get_missing_raises_not_found,
+    test_get_range,
+    test_invalid_keys_rejected,
+    test_large_blob,
+    test_list_by_prefix,
+    test_list_refs,
+    test_put_get_roundtrip,
+    test_put_is_idempotent,
+    test_ref_cas_with_stale_value_fails,
+    test_ref_create_read_update_delete,
+    test_ref_create_twice_fails,
+    test_ref_update_of_missing_ref_fails,
+)
+
+
+def s3_store(server: MotoServer, **kwargs: object) -> S3ObjectStore:
+    return S3ObjectStore(
+        server.bucket,
+        prefix=f"cache-{uuid.uuid4().hex[:12]}",
+        endpoint_url=server.endpoint,
+        **server.credentials,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def cached(s3_server: MotoServer, tmp_path: Path) -> Iterator[CachingStore]:
+    store = CachingStore(s3_store(s3_server), tmp_path / "cache", 1 << 30, block_size=64 << 10)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def store(cached: CachingStore) -> ObjectStore:
+    """Overrides conftest's ``store``: the contract tests above run on the caching store."""
+    return cached
+
+
+def requests(store: CachingStore) -> int:
+    inner = store.inner
+    assert isinstance(inner, S3ObjectStore)
+    return inner.requests.total
+
+
+def meta_key() -> str:
+    return pack_key(META_PACK + os.urandom(15))
+
+
+def data_key() -> str:
+    return pack_key(DATA_PACK + os.urandom(15))
+
+
+def test_a_meta_pack_is_fetched_once_whole(cached: CachingStore, tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    key = meta_key()
+    cached.inner.put(key, data)  # written by another machine
+    cached.inner.flush()
+    before = requests(cached)
+    for offset in range(0, len(data) - 1000, 997):
+        assert cached.get(key, offset, 1000) == data[offset : offset + 1000]
+    assert requests(cached) - before == 1
+    # A second store on the same cache directory reads it from disk: no request at all.
+    other = CachingStore(cached.inner, tmp_path / "cache")
+    assert other.get(key, 5, 10) == data[5:15]
+    assert requests(cached) - before == 1
+
+
+def test_a_data_pack_is_fetched_in_blocks(cached: CachingStore) -> None:
+    data = os.urandom(10 * cached.block_size + 123)
+    key = data_key()
+    cached.put(key, data)
+    cached.flush()
+    before = requests(cached)
+    assert cached.get(key, 5, 10) == data[5:15]
+    assert requests(cached) - before == 1
+    assert cached.get(key, 100, 1000) == data[100:1100]  # same block: cached
+    assert requests(cached) - before == 1
+    straddle = 3 * cached.block_size - 50
+    assert cached.get(key, straddle, 100) == data[straddle : straddle + 100]  # two blocks
+    assert requests(cached) - before == 3
+    tail = len(data) - 100
+    assert cached.get(key, tail, 100) == data[tail:]  # the short last block
+    with pytest.raises(NotFound):
+        cached.get(key, tail, 200)
+    assert cached.disk_usage() < 5 * (cached.block_size + DIGEST)
+
+
+def test_written_meta_packs_are_cached_after_flush(cached: CachingStore) -> None:
+    key = meta_key()
+    cached.put(key, b"trees" * 100)
+    assert not cached._blob_path(key).exists()  # not before the upload is confirmed
+    cached.flush()
+    before = requests(cached)
+    assert cached.get(key, 5, 5) == b"trees"
+    assert requests(cached) == before
+
+
+def test_refs_are_never_cached(cached: CachingStore) -> None:
+    cached.set_ref("branches/r/master", None, b"1")
+    assert cached.get_ref("branches/r/master") == b"1"
+    cached.inner.set_ref("branches/r/master", b"1", b"2")  # another machine moves it
+    assert cached.get_ref("branches/r/master") == b"2"
+    assert not [p for p in cached.root.rglob("*") if p.is_file()]  # nothing cached on disk
+
+
+def test_a_corrupt_cache_file_is_dropped_and_refetched(cached: CachingStore) -> None:
+    key = "chunk/" + "ab" * 32
+    cached.put(key, b"hello" * 1000)
+    cached.get(key)
+    path = cached._blob_path(key)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    fresh = CachingStore(cached.inner, cached.root)  # no memory cache
+    assert fresh.get(key) == b"hello" * 1000
+    assert path.read_bytes()[DIGEST:] == b"hello" * 1000  # rewritten whole
+
+
+def test_deleted_blobs_leave_the_cache(cached: CachingStore) -> None:
+    key = meta_key()
+    cached.put(key, b"x" * 100)
+    assert cached.get(key, 0, 10) == b"x" * 10
+    cached.delete(key)
+    with pytest.raises(NotFound):
+        cached.get(key, 0, 10)
+
+
+def test_eviction_keeps_the_cache_under_its_size(s3_server: MotoServer, tmp_path: Path) -> None:
+    inner = s3_store(s3_server)
+    store = CachingStore(inner, tmp_path / "small", max_bytes=1 << 20, memory_bytes=0)
+    try:
+        keys = [f"chunk/{i:064x}" for i in range(12)]
+        for key in keys:
+            store.put(key, os.urandom(200_000))
+        store.flush()
+        for key in keys:
+            store.get(key)
+        assert store.disk_usage() <= 1 << 20
+        assert store._blob_path(keys[-1]).exists()  # the newest stays
+        assert not store._blob_path(keys[0]).exists()  # the oldest went
+    finally:
+        store.close()
+
+
+def test_prefetch_fills_the_cache(cached: CachingStore) -> None:
+    keys = [f"chunk/{i:064x}" for i in range(6)]
+    blobs = {k: os.urandom(50_000) for k in keys}
+    for k, v in blobs.items():
+        cached.put(k, v)
+    cached.flush()
+    before = requests(cached)
+    cached.prefetch(keys)
+    for k in keys:
+        assert cached.get(k) == blobs[k]
+    assert requests(cached) - before == len(keys)  # each fetched once, by prefetch or get
+
+
+def test_pending_uploads_are_readable_and_failures_surface_at_flush(tmp_path: Path) -> None:
+    """A put returns before its upload; a dead endpoint fails at flush, not silently."""
+    dead = S3ObjectStore(
+        "bucket",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        aws_access_key_id="AKIAPFSFSTESTKEY0001",
+        aws_secret_access_key="pfsfs-test-secret-never-print-me",
+        max_attempts=1,
+        retry_policy=RetryPolicy(attempts=1),
+        connect_timeout=1,
+    )
+    try:
+        dead.put("chunk/" + "cd" * 32, b"data")  # queued: returns at once
+        with pytest.raises(StoreError) as info:
+            dead.flush()
+        assert "cannot reach S3 endpoint" in str(info.value)
+        with pytest.raises(StoreError):  # still failing: still reported, never forgotten
+            dead.flush()
+    finally:
+        dead.close()
+
+
+def test_read_your_writes_before_the_upload_lands(s3_server: MotoServer) -> None:
+    store = s3_store(s3_server)
+    try:
+        blobs = {f"chunk/{i:064x}": os.urandom(300_000) for i in range(20)}
+        for k, v in blobs.items():
+            store.put(k, v)
+            assert store.get(k, 7, 9) == v[7:16]
+            assert store.exists(k)
+        store.flush()
+        assert {i.key for i in store.list("chunk/")} == set(blobs)
+        for k, v in blobs.items():
+            assert store.get(k) == v
+    finally:
+        store.close()
