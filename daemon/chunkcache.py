@@ -21,10 +21,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pfsfs.ids import hash_bytes
-from pfsfs.model import Locator, ManifestChunk
+from pfsfs.model import Locator, ManifestChunk, chunk_key
 from pfsfs.objects import ObjectReader
 
 log = logging.getLogger(__name__)
+
+STORE_READ_AHEAD = 16  # chunks a remote store may fetch ahead of a sequential reader
 
 Chunk = bytes | memoryview
 MAX_ENTRIES = 4096  # chunks held at most
@@ -186,6 +188,9 @@ class ChunkCache:
         mid = manifest_loc.id
         if self.read_ahead and self._next_offset.get(mid) == offset:
             self._prefetch(m, i)
+            # A remote store's cache fetches further ahead in parallel (no-op for local).
+            ahead = m.chunks[i : i + STORE_READ_AHEAD]
+            self.reader.store.prefetch(chunk_key(c.loc.id) for c in ahead if not c.loc.pack)
         self._next_offset[mid] = end
         if len(self._next_offset) > 1024:
             self._next_offset.pop(next(iter(self._next_offset)))

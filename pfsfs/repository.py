@@ -34,7 +34,7 @@ from .errors import (
 from .home import HomeConfig, default_home, open_store, read_config, write_config
 from .ids import HEX_LEN, is_hex, to_hex
 from .index import Index
-from .model import DIR, Commit, Entry, ManifestChunk
+from .model import DIR, Commit, Entry, ManifestChunk, chunk_key
 from .objects import ObjectReader, ObjectWriter
 from .refspec import MIN_PREFIX, RefSpec, check_name, parse_ref
 from .store.base import ObjectStore
@@ -42,6 +42,7 @@ from .store.base import ObjectStore
 log = logging.getLogger(__name__)
 
 DEFAULT_BRANCH = "master"
+READ_AHEAD_CHUNKS = 8
 
 
 def default_author() -> str:
@@ -387,7 +388,11 @@ class Repository:
         """A file's content, chunk by chunk, every chunk verified."""
         if entry.type != "f":
             raise InvalidInput("not a regular file")
-        for chunk in self.manifest(entry):
+        chunks = self.manifest(entry)
+        for i, chunk in enumerate(chunks):
+            if i % READ_AHEAD_CHUNKS == 0:  # keep the next chunks travelling (remote stores)
+                ahead = chunks[i + 1 : i + 1 + 2 * READ_AHEAD_CHUNKS]
+                self.store.prefetch(chunk_key(c.loc.id) for c in ahead if not c.loc.pack)
             yield self.reader.read_raw(chunk.loc)
 
     # -- committing --------------------------------------------------------------------------

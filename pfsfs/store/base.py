@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..errors import NotFound
@@ -105,6 +105,10 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def list_refs(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
         """Every ``(name, value)`` whose name starts with ``prefix``."""
+
+    def prefetch(self, keys: Iterable[str]) -> None:  # noqa: B027 - a hint, may do nothing
+        """Hint that these blobs will be read soon: a remote store's cache may fetch them in the
+        background. Local stores ignore it."""
 
     def uncached(self) -> ObjectStore:
         """The store below any local read cache (fsck --deep and copies must read the truth)."""
