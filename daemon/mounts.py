@@ -34,10 +34,11 @@ START_TIMEOUT = 300.0  # a resume replays a journal and may load many directorie
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """``preexec_fn`` for children: the kernel sends ``sig`` when the forking thread exits."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(_PR_SET_PDEATHSIG, sig)
     except OSError:
         pass
 
@@ -100,7 +101,7 @@ class MountManager:
                 cmd,
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 stdin=subprocess.DEVNULL,
             )
         finally:

@@ -12,7 +12,7 @@ code and is retried later, quietly: pipelines are being processed either way.
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import logging
 import signal
 import subprocess
@@ -23,19 +23,13 @@ import trio
 
 from pfsfs.errors import Conflict
 
+from .mounts import die_with_parent
+
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 RESTART_PAUSE = 2.0
 BUSY_PAUSE = 10.0  # another scheduler holds the lock
 STOP_TIMEOUT = 15.0
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 async def supervise_scheduler(
@@ -52,7 +46,7 @@ async def supervise_scheduler(
             cmd,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(die_with_parent, signal.SIGTERM),
         )
         if not started:
             task_status.started()

@@ -452,23 +452,12 @@ class S3ObjectStore(ObjectStore):
         return data
 
     def exists(self, key: str) -> bool:
-        s3key = self._key(key)
-        if self._pending(key) is not None:
-            return True
-        client = self._client()
-        try:
-            self._call(lambda: client.head_object(Bucket=self.bucket, Key=s3key), f"checking {key}")
-        except ClientError as exc:
-            if code_of(exc) in MISSING_KEY_CODES:
-                return False
-            self._fail(exc, f"checking {key}")
-        except SDK_ERRORS as exc:
-            self._fail(exc, f"checking {key}")
-        return True
+        return self.head(key) is not None
 
     def head(self, key: str) -> BlobInfo | None:
-        if self._pending(key) is not None:
-            return BlobInfo(key, len(self._pending(key) or b""), time.time())
+        queued = self._pending(key)
+        if queued is not None:
+            return BlobInfo(key, len(queued), time.time())
         client = self._client()
         s3key = self._key(key)
         try:
