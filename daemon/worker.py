@@ -142,7 +142,9 @@ class Worker:
         self.repo = repo = Repository.open(self.home)
         mode = req.get("mode", "mount")
         cache_dir = None
-        if repo.config.store.get("type") != "local":
+        # A remote store without a local cache of its own gets one here; a store that already
+        # caches (S3 behind CachingStore) must not be cached twice (twice the disk writes).
+        if repo.config.store.get("type") != "local" and repo.store.uncached() is repo.store:
             cache_dir = self.home / "cache" / "chunks"
         cache = ChunkCache(repo.reader, disk_dir=cache_dir)
         if mode == "mount":

@@ -54,5 +54,6 @@ def test_mount_on_s3(s3env: Env) -> None:
     with s3env.mounted("data@master") as mp:
         assert (mp / "big.bin").read_bytes() == data
         assert (mp / "big.bin").read_bytes() == data  # again: page cache / chunk cache
-    cached = list((s3env.home / "cache" / "chunks").rglob("*"))
-    assert any(p.is_file() for p in cached)  # verified chunks kept on local disk
+    cached = list((s3env.home / "cache" / "store").rglob("*"))
+    assert any(p.is_file() for p in cached)  # chunks kept on local disk by the store's cache
+    assert not (s3env.home / "cache" / "chunks").exists()  # and not cached a second time
