@@ -41,7 +41,8 @@ class Reachable:
     problems: list[str] = field(default_factory=list)
 
     def stored_bytes(self) -> int:
-        return sum(loc.length for loc in {(x.id): x for x in self.locators}.values())
+        distinct = {loc.id: loc.length for loc in self.locators}  # one copy per content
+        return sum(distinct.values())
 
 
 def branch_heads(repo: Repository) -> list[tuple[str, bytes]]:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..diff import diff_entries
-from ..errors import InvalidInput
+from ..errors import InvalidInput, NotFound
 from ..ids import to_hex
 from ..model import Commit
 from ..refspec import parse_branch
@@ -118,7 +118,7 @@ def diff(app: AppContext, old: str, new: str, path: str | None, as_json: bool) -
         root = app.repo.root_of(r.commit)
         try:
             entries.append(app.repo.lookup(root, parts, f"{r.describe()}:"))
-        except Exception:  # a path missing on one side diffs against nothing
+        except NotFound:  # a path missing on one side diffs against nothing
             entries.append(None)
     if entries == [None, None]:
         app.repo.lookup(app.repo.root_of(b.commit), parts, f"{b.describe()}:")

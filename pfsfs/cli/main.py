@@ -92,6 +92,9 @@ def _register() -> None:
 _register()
 
 
+INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in pfsfs, not bad input
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
@@ -121,6 +124,13 @@ def main() -> None:
             err = StoreError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         click.echo(f"pfsfs: error: {err.message}", err=True)
         sys.exit(err.exit_code)
+    except Exception as exc:  # noqa: BLE001 - a bug must still not print a traceback at users
+        logging.getLogger("pfsfs").debug("internal error", exc_info=True)
+        click.echo(
+            f"pfsfs: internal error: {type(exc).__name__}: {exc} (run with -vv for details)",
+            err=True,
+        )
+        sys.exit(INTERNAL_ERROR)
 
 
 if __name__ == "__main__":

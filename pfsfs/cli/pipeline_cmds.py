@@ -485,23 +485,31 @@ def _print_tree(start: Any, edges: list[Any], up: bool) -> None:
     walk(start, 1)
 
 
+def _venance(app: AppContext, ref: str, as_json: bool, *, up: bool) -> None:
+    """Print the commits upstream (provenance) or downstream (subvenance) of ``ref``."""
+    from ..pipeline.lineage import downstream, upstream
+
+    start = _node(app, ref)
+    edges = (upstream if up else downstream)(app.repo, start)
+    if as_json:
+        emit_json({"commit": start.full(), "edges": [_edge_dict(e) for e in edges]})
+        return
+    if not edges:
+        if up:
+            click.echo(f"{start.full()} has no provenance (it was not made by a pipeline)")
+        else:
+            click.echo(f"nothing was made from {start.full()} (yet)")
+        return
+    _print_tree(start, edges, up=up)
+
+
 @click.command()
 @click.argument("ref", metavar="REPO@REF")
 @json_option
 @pass_app
 def provenance(app: AppContext, ref: str, as_json: bool) -> None:
     """The commits a commit was made from, transitively."""
-    from ..pipeline.lineage import upstream
-
-    start = _node(app, ref)
-    edges = upstream(app.repo, start)
-    if as_json:
-        emit_json({"commit": start.full(), "edges": [_edge_dict(e) for e in edges]})
-        return
-    if not edges:
-        click.echo(f"{start.full()} has no provenance (it was not made by a pipeline)")
-        return
-    _print_tree(start, edges, up=True)
+    _venance(app, ref, as_json, up=True)
 
 
 @click.command()
@@ -510,17 +518,7 @@ def provenance(app: AppContext, ref: str, as_json: bool) -> None:
 @pass_app
 def subvenance(app: AppContext, ref: str, as_json: bool) -> None:
     """The commits made from a commit, transitively."""
-    from ..pipeline.lineage import downstream
-
-    start = _node(app, ref)
-    edges = downstream(app.repo, start)
-    if as_json:
-        emit_json({"commit": start.full(), "edges": [_edge_dict(e) for e in edges]})
-        return
-    if not edges:
-        click.echo(f"nothing was made from {start.full()} (yet)")
-        return
-    _print_tree(start, edges, up=False)
+    _venance(app, ref, as_json, up=False)
 
 
 @click.command()
