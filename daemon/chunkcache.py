@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pfsfs.ids import hash_bytes
-from pfsfs.model import Locator, ManifestChunk, chunk_key
+from pfsfs.model import Locator, ManifestChunk
 from pfsfs.objects import ObjectReader
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,7 @@ class ChunkCache:
         if self.read_ahead and self._next_offset.get(mid) == offset:
             self._prefetch(m, i)
             # A remote store's cache fetches further ahead in parallel (no-op for local).
-            ahead = m.chunks[i : i + STORE_READ_AHEAD]
-            self.reader.store.prefetch(chunk_key(c.loc.id) for c in ahead if not c.loc.pack)
+            self.reader.prefetch(c.loc for c in m.chunks[i : i + STORE_READ_AHEAD])
         self._next_offset[mid] = end
         if len(self._next_offset) > 1024:
             self._next_offset.pop(next(iter(self._next_offset)))

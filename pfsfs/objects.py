@@ -2,7 +2,9 @@
 
 ``ObjectWriter`` is one write session (a ``put``, a snapshot): small objects go into an
 in-memory pack buffer that is written as one blob when it fills or the session ends; large
-chunks are written as their own blob. Objects already known durable (index ``objects``) or
+chunks are written as their own blob — except on stores where every request is expensive
+(``store.pack_large_chunks``, S3), where they are packed too, so a 1 GiB file is ~64 PUTs of
+16 MiB instead of ~900 of 1.1 MiB. Objects already known durable (index ``objects``) or
 already written in this session are not written again. ``finish`` flushes the store (the
 durability barrier) and only then records the new locators in the index, so the index never
 names an object a crash could have lost.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from . import model
 from .errors import Corruption, NotFound
@@ -42,16 +45,30 @@ class _PackBuffer:
         self.name = b""
         self.data = bytearray()
 
-    def append(self, object_id: bytes, data: bytes | memoryview) -> Locator:
+    def append(self, data: bytes | memoryview) -> tuple[bytes, int]:
+        """Copy ``data`` in; return (BLAKE3 of the copy, its offset). Hashing the copy, not
+        the caller's buffer, means what is stored is exactly what is named, even if the
+        source (an mmap of a file someone is writing) changes meanwhile."""
+        start = len(self.data)
+        self.data += data
+        view = memoryview(self.data)
+        try:
+            return hash_bytes(view[start:]), start
+        finally:
+            view.release()  # a bytearray with an exported view cannot grow
+
+    def drop_from(self, start: int) -> None:
+        """Take back the last ``append`` (its content was already stored)."""
+        del self.data[start:]
+
+    def locate(self, object_id: bytes, start: int) -> Locator:
         if not self.name:
             self.name = model.new_pack_name(self.tag)
-        loc = Locator(object_id, self.name, len(self.data), len(data))
-        self.data += data
-        return loc
+        return Locator(object_id, self.name, start, len(self.data) - start)
 
     def seal(self, store: ObjectStore) -> None:
         if self.data:
-            store.put(model.pack_key(self.name), bytes(self.data))
+            store.put_owned(model.pack_key(self.name), self.data)  # ours no more: reset below
         self.reset()
 
     def reset(self) -> None:
@@ -77,6 +94,7 @@ class ObjectWriter:
             model.META_PACK: _PackBuffer(model.META_PACK),
         }
         self.bytes_written = 0  # stored bytes this session added (after dedup)
+        self._pack_large = bool(getattr(store, "pack_large_chunks", False))
 
     def _known(self, object_id: bytes) -> Locator | None:
         loc = self._pending.get(object_id)
@@ -102,29 +120,39 @@ class ObjectWriter:
         self._pending[object_id] = loc
         return loc
 
-    def _add(self, object_id: bytes, data: bytes | memoryview, tag: bytes) -> Locator:
-        if len(data) < PACK_THRESHOLD:
-            pack = self._packs[tag]
-            loc = pack.append(object_id, data)
-            if len(pack.data) >= PACK_TARGET:
-                pack.seal(self.store)
-        else:
-            self.store.put(model.chunk_key(object_id), data)
-            loc = Locator(object_id, b"", 0, len(data))
-        self.bytes_written += len(data)
-        self._pending[object_id] = loc
+    def _record(self, loc: Locator) -> Locator:
+        self.bytes_written += loc.length
+        self._pending[loc.id] = loc
         self._new.append(loc)
         return loc
 
+    def _put(self, data: bytes | memoryview, tag: bytes) -> Locator:
+        if len(data) < PACK_THRESHOLD or (tag == model.DATA_PACK and self._pack_large):
+            pack = self._packs[tag]
+            object_id, start = pack.append(data)
+            known = self._known(object_id)
+            if known is not None:
+                pack.drop_from(start)
+                return known
+            loc = self._record(pack.locate(object_id, start))
+            if len(pack.data) >= PACK_TARGET:
+                pack.seal(self.store)
+            return loc
+        data = bytes(data)  # one private copy (the store needs one anyway), hashed as stored
+        object_id = hash_bytes(data)
+        known = self._known(object_id)
+        if known is not None:
+            return known
+        self.store.put(model.chunk_key(object_id), data)
+        return self._record(Locator(object_id, b"", 0, len(data)))
+
     def put_chunk(self, data: bytes | memoryview) -> Locator:
         """Store one chunk of file content (raw bytes, id = BLAKE3 of them)."""
-        object_id = hash_bytes(data)
-        return self._known(object_id) or self._add(object_id, data, model.DATA_PACK)
+        return self._put(data, model.DATA_PACK)
 
     def put_encoded(self, data: bytes) -> Locator:
         """Store an encoded object (manifest, tree)."""
-        object_id = hash_bytes(data)
-        return self._known(object_id) or self._add(object_id, data, model.META_PACK)
+        return self._put(data, model.META_PACK)
 
     def put_manifest(self, chunks: list[ManifestChunk]) -> Locator:
         return self.put_encoded(model.encode_manifest(chunks))
@@ -183,6 +211,11 @@ class ObjectReader:
                 "run `pfsfs fsck`"
             )
         return data
+
+    def prefetch(self, locs: Iterable[Locator]) -> None:
+        """Hint the store that these objects will be read next, in this order (a remote
+        store's cache starts fetching them; local stores ignore it)."""
+        self.store.prefetch_ranges((model.blob_key(loc), loc.offset, loc.length) for loc in locs)
 
     def _cached(self, object_id: bytes) -> object | None:
         value = self._cache.get(object_id)

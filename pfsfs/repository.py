@@ -34,7 +34,7 @@ from .errors import (
 from .home import HomeConfig, default_home, open_store, read_config, write_config
 from .ids import HEX_LEN, is_hex, to_hex
 from .index import Index
-from .model import DIR, Commit, Entry, ManifestChunk, chunk_key
+from .model import DIR, Commit, Entry, ManifestChunk
 from .objects import ObjectReader, ObjectWriter
 from .refspec import MIN_PREFIX, RefSpec, check_name, parse_ref
 from .store.base import ObjectStore
@@ -391,8 +391,7 @@ class Repository:
         chunks = self.manifest(entry)
         for i, chunk in enumerate(chunks):
             if i % READ_AHEAD_CHUNKS == 0:  # keep the next chunks travelling (remote stores)
-                ahead = chunks[i + 1 : i + 1 + 2 * READ_AHEAD_CHUNKS]
-                self.store.prefetch(chunk_key(c.loc.id) for c in ahead if not c.loc.pack)
+                self.reader.prefetch(c.loc for c in chunks[i + 1 : i + 1 + 2 * READ_AHEAD_CHUNKS])
             yield self.reader.read_raw(chunk.loc)
 
     # -- committing --------------------------------------------------------------------------

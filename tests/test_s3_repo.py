@@ -314,8 +314,15 @@ def test_killing_the_real_server_mid_put_fails_in_one_line(tmp_path: Path) -> No
             tmp_path, "home", server.endpoint, server.bucket, "p", max_attempts=2, connect_timeout=2
         )
         run(home, "repo", "create", "data")
-        proc, _ = _big_put(home, tmp_path, 64 << 20)
-        time.sleep(0.8)
+        proc, _ = _big_put(home, tmp_path, 256 << 20)
+        # Kill it once the first data pack has landed: the put is well under way.
+        client = server.client()
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            listing = client.list_objects_v2(Bucket=server.bucket, Prefix="p/pack/")  # type: ignore[attr-defined]
+            if listing.get("KeyCount"):
+                break
+            time.sleep(0.02)
         server.kill()
         _out, err = proc.communicate(timeout=240)
     lines = err.decode().strip().splitlines()
@@ -508,3 +515,51 @@ def test_reading_every_tree_of_a_100k_file_commit_costs_few_requests(
         print(f"reading every tree of a {files}-file commit: {count} S3 requests")
         assert files == 100_000
         assert count <= 100, inner.requests.by_operation()
+
+
+def s3_requests(stderr: bytes) -> dict[str, int]:
+    """The per-operation request counts that ``pfsfs -v`` logs when its store closes."""
+    for line in stderr.decode().splitlines():
+        if "S3 requests" in line:
+            return json.loads(line.split("S3 requests", 1)[1].strip().replace("'", '"'))
+    raise AssertionError(f"no request count in: {stderr.decode()}")
+
+
+def test_a_big_file_moves_in_few_large_requests(tmp_path: Path, s3_server: MotoServer) -> None:
+    """On S3 the chunks of a big file are packed (~16 MiB per PUT, not one PUT per ~1 MiB
+    chunk) and read back cold in ranged GETs of several chunks; dedup, fsck and gc still work
+    chunk by chunk."""
+    prefix = new_prefix()
+    writer = s3_home(tmp_path, "writer", s3_server.endpoint, s3_server.bucket, prefix)
+    big = os.urandom(40 << 20)  # ~36 chunks
+    (tmp_path / "big.bin").write_bytes(big)
+    run(writer, "repo", "create", "data")
+    done = run(writer, "-v", "put", "data@master:/big.bin", "-f", str(tmp_path / "big.bin"))
+    puts = s3_requests(done.stderr)["PutObject"]
+    assert puts <= 8, puts  # 3 data packs, 1 metadata pack, the commit, the ref(s)
+
+    reader = s3_home(tmp_path, "reader", s3_server.endpoint, s3_server.bucket, prefix)
+    out = tmp_path / "out.bin"
+    done = run(reader, "-v", "get", "data@master:/big.bin", "-o", str(out))
+    assert out.read_bytes() == big
+    gets = s3_requests(done.stderr)["GetObject"]
+    assert gets <= 16, gets  # 8 MiB spans: ~5 for the data, plus refs, commit, metadata pack
+
+    # Editing the middle stores a few new chunks (in a new pack), not the file again.
+    edited = bytearray(big)
+    edited[20 << 20 : (20 << 20) + 100] = b"x" * 100
+    (tmp_path / "big.bin").write_bytes(edited)
+    before = json.loads(run(writer, "stats", "--json").stdout)
+    run(writer, "put", "data@master:/big.bin", "-f", str(tmp_path / "big.bin"))
+    after = json.loads(run(writer, "stats", "--json").stdout)
+    grown = after["stored_bytes"] - before["stored_bytes"]
+    assert 0 < grown < 12 << 20, grown
+    assert b"ok" in run(writer, "fsck", "--deep").stdout
+
+    # Drop the edit: gc deletes the pack only the edit used, and the first version still reads.
+    run(writer, "rollback", "data@master", "--to", "data@master~1", "--hard")
+    gone = json.loads(run(writer, "gc", "--grace", "0", "--json").stdout)
+    assert gone["deleted_blobs"] >= 1
+    assert b"ok" in run(writer, "fsck", "--deep").stdout
+    fresh = s3_home(tmp_path, "fresh", s3_server.endpoint, s3_server.bucket, prefix)
+    assert run(fresh, "cat", "data@master:/big.bin").stdout == big

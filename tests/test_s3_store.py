@@ -2,11 +2,14 @@
 
 The shared contract lives in ``test_store_contract.py``; here: URL parsing, error messages for a
 wrong bucket / rejected credentials / unreachable endpoint (never quoting credentials), CAS
-across processes, multipart uploads, the retry layer, and a server dying mid-operation.
+across processes, multipart uploads, upload checksums, the retry layer, and a server dying
+mid-operation.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import os
 import subprocess
@@ -16,6 +19,7 @@ import threading
 import time
 import traceback
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +28,13 @@ from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConn
 
 from pfsfs.errors import InvalidInput, NotFound, RefChanged, StoreError
 from pfsfs.store.retry import RetryPolicy, call_with_retry, retry
-from pfsfs.store.s3 import MULTIPART_THRESHOLD, S3ObjectStore, is_transient, parse_store_url
+from pfsfs.store.s3 import (
+    MULTIPART_THRESHOLD,
+    S3ObjectStore,
+    from_config,
+    is_transient,
+    parse_store_url,
+)
 
 from .s3server import TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoServer, free_port, run_moto_server
 
@@ -333,6 +343,52 @@ def test_multipart_put_of_a_large_blob(s3_server: MotoServer, s3: S3ObjectStore)
     boundary = MULTIPART_THRESHOLD - 5
     assert s3.get("pack/0123456789abcdef", boundary, 10) == data[boundary : boundary + 10]
     assert [(i.key, i.size) for i in s3.list("pack/")] == [("pack/0123456789abcdef", len(data))]
+
+
+def test_put_owned_uploads_the_buffer_handed_over(s3: S3ObjectStore) -> None:
+    data = bytearray(os.urandom(300_000))
+    expected = bytes(data)
+    s3.put_owned("pack/00aa", data)
+    got = s3.get("pack/00aa", 10, 20)  # maybe still queued: read your writes, as bytes
+    assert type(got) is bytes and got == expected[10:30]
+    s3.flush()
+    assert s3.get("pack/00aa") == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "header"), [("crc32", "x-amz-checksum-crc32"), ("md5", "Content-MD5")]
+)
+def test_uploads_carry_the_configured_checksum(
+    s3_server: MotoServer, mode: str, header: str
+) -> None:
+    """The server is given a checksum of every body it stores, computed here: CRC32 by default
+    on a custom endpoint (cheap), Content-MD5 for servers without flexible checksums."""
+    store = make_store(s3_server, upload_checksum=mode)
+    sent: list[dict[str, str]] = []
+    try:
+        store._client().meta.events.register(
+            "before-send.s3.PutObject", lambda request, **_: sent.append(dict(request.headers))
+        )
+        body = os.urandom(200_000)
+        put_and_flush(store, "chunk/" + "ef" * 32, body)
+        assert store.get("chunk/" + "ef" * 32) == body
+    finally:
+        store.close()
+    values = [h[header] for h in sent if header in h]
+    assert len(values) == 1
+    if mode == "crc32":
+        expected = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    else:
+        expected = base64.b64encode(hashlib.md5(body).digest()).decode()
+    value = values[0].decode() if isinstance(values[0], bytes) else values[0]
+    assert value == expected
+
+
+def test_unknown_upload_checksum_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="upload checksum"):
+        S3ObjectStore("b", endpoint_url="http://127.0.0.1:1", upload_checksum="sha1")
+    with pytest.raises(InvalidInput, match="store.upload_checksum"):
+        from_config({"bucket": "b", "upload_checksum": "sha1"})
 
 
 # -- faults ------------------------------------------------------------------------------------

@@ -49,11 +49,21 @@ class ObjectStore(abc.ABC):
     #: True when other machines may write to (and gc) this store at the same time. Writers then
     #: re-validate old dedup hits with ``touch`` and gc re-checks each blob before deleting it.
     shared: bool = False
+    #: True when every request has a high fixed cost (S3): writers then pack *all* file chunks,
+    #: large ones too, into data packs of ~16 MiB, so a big file moves in a few large requests
+    #: instead of one per ~1 MiB chunk; readers fetch ranges of those packs.
+    pack_large_chunks: bool = False
 
     # -- blobs -------------------------------------------------------------------------------
     @abc.abstractmethod
     def put(self, key: str, data: bytes | memoryview) -> None:
         """Store ``data`` under ``key`` atomically: readers see all of it or nothing."""
+
+    def put_owned(self, key: str, data: bytearray) -> None:
+        """``put``, handing ``data`` over: the caller never reads or changes it again, so a
+        store that uploads in the background may keep it instead of copying it (a 16 MiB pack
+        copy per put is a tenth of the CPU of an S3 ingest here)."""
+        self.put(key, data)
 
     @abc.abstractmethod
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -109,6 +119,13 @@ class ObjectStore(abc.ABC):
     def prefetch(self, keys: Iterable[str]) -> None:  # noqa: B027 - a hint, may do nothing
         """Hint that these blobs will be read soon: a remote store's cache may fetch them in the
         background. Local stores ignore it."""
+
+    def prefetch_ranges(  # noqa: B027 - a hint, may do nothing
+        self, ranges: Iterable[tuple[str, int, int]]
+    ) -> None:
+        """Hint that these ``(key, offset, length)`` ranges will be read soon, in this order:
+        a remote store's cache may fetch them in the background, adjacent ranges of one blob
+        in one request. Local stores ignore it."""
 
     def uncached(self) -> ObjectStore:
         """The store below any local read cache (fsck --deep and copies must read the truth)."""

@@ -10,9 +10,10 @@ What a read fetches:
 * **Metadata packs** (trees and manifests, ``model.is_meta_pack_key``): the whole pack, on the
   first range read. The trees of one commit live in a few such packs, so reading every tree of
   a 100,000-file commit costs a handful of requests.
-* **Data packs** (small files' content): aligned ``block_size`` blocks around the range asked
-  for, cached per block — a range read never pulls a whole 16 MiB pack, yet reading many small
-  files of one pack costs a few requests, not one per file.
+* **Data packs** (file content; on S3 big files' chunks too): aligned ``block_size`` blocks
+  around the range asked for, cached per block — a range read never pulls a whole 16 MiB pack,
+  yet reading many small files of one pack costs a few requests, not one per file. Adjacent
+  missing blocks are fetched in one ranged GET (up to ``span_bytes``).
 * **Everything else** (standalone chunks, commits): the whole blob, cached whole.
 
 Writes go to ``inner``; metadata packs a writer puts are also cached, once ``flush`` has
@@ -27,8 +28,10 @@ total passes ``max_bytes`` the oldest files go until it is under 90%. Several pr
 one cache directory. A small in-memory LRU (``memory_bytes``) keeps recently read blobs decoded,
 so the many range reads of one metadata pack do not re-read and re-hash the file.
 
-``prefetch(keys)`` fills the cache for whole blobs in the background (bounded thread pool); a
-``get`` of a key being fetched waits for that fetch instead of issuing a second request.
+``prefetch(keys)`` fills the cache for whole blobs in the background (bounded thread pool), and
+``prefetch_ranges`` for the blocks of data-pack ranges (``span_bytes`` per request: a sequential
+reader of a big file keeps several multi-MiB GETs in flight); a ``get`` of a key or block being
+fetched waits for that fetch instead of issuing a second request.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class CachingStore(ObjectStore):
         *,
         memory_bytes: int = 64 << 20,
         block_size: int = 1 << 20,
+        span_bytes: int = 8 << 20,
         prefetch_workers: int = 8,
     ) -> None:
         self.inner = inner
@@ -87,6 +91,7 @@ class CachingStore(ObjectStore):
         self.root = Path(cache_dir)
         self.max_bytes = max_bytes
         self.block_size = block_size
+        self.span_bytes = span_bytes
         self._memory_bytes = memory_bytes
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._memory_used = 0
@@ -113,6 +118,13 @@ class CachingStore(ObjectStore):
     # -- blobs: writes and metadata go to the inner store -----------------------------------
     def put(self, key: str, data: bytes | memoryview) -> None:
         self.inner.put(key, data)
+        self._stage(key, data)
+
+    def put_owned(self, key: str, data: bytearray) -> None:
+        self._stage(key, data)  # copies what it keeps, before the inner store owns ``data``
+        self.inner.put_owned(key, data)
+
+    def _stage(self, key: str, data: bytes | memoryview | bytearray) -> None:
         if is_meta_pack_key(key) and self._staged_bytes + len(data) <= self._memory_bytes:
             # The writer will likely read these trees back (the next commit's base): cache
             # them, but only once ``flush`` says they are stored.
@@ -126,6 +138,10 @@ class CachingStore(ObjectStore):
     @property
     def shared(self) -> bool:  # type: ignore[override]
         return self.inner.shared
+
+    @property
+    def pack_large_chunks(self) -> bool:  # type: ignore[override]
+        return self.inner.pack_large_chunks
 
     def head(self, key: str) -> BlobInfo | None:
         return self.inner.head(key)
@@ -180,14 +196,52 @@ class CachingStore(ObjectStore):
                 if len(self._requested) > 65536:
                     self._requested.clear()
                 self._requested.add(key)  # asked once: no stat per call for a sliding window
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(
-                        self._prefetch_workers, thread_name_prefix="pfsfs-prefetch"
-                    )
-                pool = self._pool
             if self._blob_path(key).exists():
                 continue
-            pool.submit(self._quietly, self._whole, key)
+            self._prefetch_pool().submit(self._quietly, self._whole, key)
+
+    def prefetch_ranges(self, ranges: Iterable[tuple[str, int, int]]) -> None:
+        """Start fetching these ranges: whole blobs for everything but data packs; for data
+        packs the blocks they cover, adjacent missing blocks of one pack in one request."""
+        size = self.block_size
+        wanted: dict[str, list[int]] = {}
+        for key, offset, length in ranges:
+            if not key.startswith("pack/") or is_meta_pack_key(key):
+                self.prefetch([key])
+                continue
+            check_key(key)
+            if length <= 0:
+                continue
+            with self._lock:
+                for n in range(offset // size, (offset + length - 1) // size + 1):
+                    mem_key = f"{key}#{n}"
+                    if mem_key in self._requested or mem_key in self._memory:
+                        continue
+                    if len(self._requested) > 65536:
+                        self._requested.clear()
+                    self._requested.add(mem_key)  # asked once: a sliding window asks often
+                    if mem_key not in self._loading:
+                        wanted.setdefault(key, []).append(n)
+        if not wanted:
+            return
+        pool = self._prefetch_pool()
+        for key, numbers in wanted.items():
+            for first, count in _runs(sorted(set(numbers)), max(1, self.span_bytes // size)):
+                pool.submit(self._quietly_blocks, key, range(first, first + count))
+
+    def _prefetch_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self._prefetch_workers, thread_name_prefix="pfsfs-prefetch"
+                )
+            return self._pool
+
+    def _quietly_blocks(self, key: str, numbers: range) -> None:
+        try:
+            self._blocks(key, numbers)
+        except Exception as exc:  # noqa: BLE001 - a prefetch failing is not an error; get says
+            log.debug("prefetch of %s blocks %s failed: %s", key, numbers, exc)
 
     @staticmethod
     def _quietly(fn: Callable[[str], bytes], key: str) -> None:
@@ -204,12 +258,7 @@ class CachingStore(ObjectStore):
             return self.inner.get(key, offset, 0)
         size = self.block_size
         first, last = offset // size, (offset + length - 1) // size
-        parts = []
-        for n in range(first, last + 1):
-            block = self._block(key, n)
-            parts.append(block)
-            if len(block) < size:
-                break  # the pack ends in this block
+        parts = self._blocks(key, range(first, last + 1))
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         start = offset - first * size
         result = data[start : start + length]
@@ -217,24 +266,101 @@ class CachingStore(ObjectStore):
             raise NotFound(f"object {key} in {self.location} is shorter than expected")
         return result
 
-    def _block(self, key: str, n: int) -> bytes:
-        start, size = n * self.block_size, self.block_size
+    def _blocks(self, key: str, numbers: range) -> list[bytes]:
+        """Blocks ``numbers`` of a data pack, up to the pack's (short or empty) last block.
+
+        Each block comes from memory, from a fetch already running (waited for), from disk, or
+        from the store — the blocks missing everywhere in one ranged GET per run of adjacent
+        blocks (at most ``span_bytes``), so a 1.1 MiB chunk straddling two blocks, or a
+        prefetch of the next 8 MiB, costs one request."""
+        futures, owned = self._claim(key, numbers)
+        if owned:
+            self._load(key, owned, futures)
+        parts = []
+        for n in numbers:
+            block = futures[n].result()
+            parts.append(block)
+            if len(block) < self.block_size:
+                break  # the pack ends in this block
+        return parts
+
+    def _claim(self, key: str, numbers: range) -> tuple[dict[int, Future[bytes]], list[int]]:
+        """A future per block; the blocks nobody is loading yet become ours to load."""
+        futures: dict[int, Future[bytes]] = {}
+        owned: list[int] = []
+        with self._lock:
+            for n in numbers:
+                mem_key = f"{key}#{n}"
+                data = self._memory.get(mem_key)
+                if data is not None:
+                    self._memory.move_to_end(mem_key)
+                    self.hits += 1
+                    done: Future[bytes] = Future()
+                    done.set_result(data)
+                    futures[n] = done
+                elif mem_key in self._loading:
+                    futures[n] = self._loading[mem_key]
+                else:
+                    futures[n] = self._loading[mem_key] = Future()
+                    owned.append(n)
+        return futures, owned
+
+    def _load(self, key: str, owned: list[int], futures: dict[int, Future[bytes]]) -> None:
+        """Settle the futures of ``owned`` blocks: from disk, else fetched in spans."""
+        size = self.block_size
+        try:
+            missing = []
+            for n in owned:
+                data = self._read_file(self._block_path(key, n))
+                if data is None:
+                    missing.append(n)
+                else:
+                    self.hits += 1
+                    self._settle(key, n, futures[n], data, write=False)
+            for first, count in _runs(missing, max(1, self.span_bytes // size)):
+                self.misses += count
+                span = self._fetch_span(key, first * size, count * size)
+                for i in range(count):
+                    block = span[i * size : (i + 1) * size]
+                    self._settle(key, first + i, futures[first + i], block, write=bool(block))
+        except BaseException as exc:
+            with self._lock:
+                for n in owned:
+                    future = futures[n]
+                    if not future.done():
+                        future.set_exception(exc)
+                    self._loading.pop(f"{key}#{n}", None)
+            raise
+
+    def _settle(
+        self, key: str, n: int, future: Future[bytes], data: bytes, *, write: bool
+    ) -> None:
+        if write:
+            self._write_file(self._block_path(key, n), data)
+        mem_key = f"{key}#{n}"
+        if data:
+            self._remember(mem_key, data)
+        future.set_result(data)
+        with self._lock:
+            self._loading.pop(mem_key, None)
+
+    def _fetch_span(self, key: str, start: int, nbytes: int) -> bytes:
+        """Up to ``nbytes`` of ``key`` from ``start`` in one request (fewer at the pack's end,
+        none past it); ``NotFound`` if the pack is missing."""
         upto = getattr(self.inner, "get_upto", None)
+        if upto is not None:
+            data: bytes = upto(key, start, nbytes)
+        else:
+            try:
+                data = self.inner.get(key, start, nbytes)
+            except NotFound:
+                data = self.inner.get(key, start)  # the last, short span
+        if not data and not self.inner.exists(key):
+            raise NotFound(f"object {key} is missing from {self.location}")
+        return data
 
-        def fetch() -> bytes:
-            if upto is not None:
-                data: bytes = upto(key, start, size)
-            else:
-                try:
-                    data = self.inner.get(key, start, size)
-                except NotFound:
-                    data = self.inner.get(key, start)  # the last, short block
-            if not data and not self.inner.exists(key):
-                raise NotFound(f"object {key} is missing from {self.location}")
-            return data
-
-        name = key.split("/", 1)[1]
-        return self._cached(f"{key}#{n}", self.root / "blocks" / name / str(n), fetch)
+    def _block_path(self, key: str, n: int) -> Path:
+        return self.root / "blocks" / key.split("/", 1)[1] / str(n)
 
     def _cached(self, mem_key: str, path: Path, fetch: Callable[[], bytes]) -> bytes:
         """Memory, then disk, then ``fetch`` (one fetch per key at a time across threads)."""
@@ -288,7 +414,7 @@ class CachingStore(ObjectStore):
         try:
             self._blob_path(key).unlink(missing_ok=True)
             if key.startswith("pack/"):
-                shutil.rmtree(self.root / "blocks" / key.split("/", 1)[1], ignore_errors=True)
+                shutil.rmtree(self._block_path(key, 0).parent, ignore_errors=True)
         except OSError as exc:
             log.debug("cannot drop cached %s: %s", key, exc)
 
@@ -389,3 +515,16 @@ class CachingStore(ObjectStore):
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         self.inner.close()
+
+
+def _runs(numbers: list[int], longest: int) -> Iterator[tuple[int, int]]:
+    """``(first, count)`` for each run of consecutive ``numbers`` (sorted), split so that no
+    run is longer than ``longest``."""
+    i = 0
+    while i < len(numbers):
+        first = numbers[i]
+        count = 1
+        while i + count < len(numbers) and numbers[i + count] == first + count and count < longest:
+            count += 1
+        yield first, count
+        i += count
