@@ -26,7 +26,8 @@ from pfsfs.objects import ObjectReader
 
 log = logging.getLogger(__name__)
 
-STORE_READ_AHEAD = 16  # chunks a remote store may fetch ahead of a sequential reader
+SEQUENTIAL_SLACK = 4 << 20  # bytes a read may start before or after the last one's end
+STORE_READ_AHEAD = 56  # chunks (~64 MiB) a remote store may fetch ahead of a sequential reader
 
 Chunk = bytes | memoryview
 MAX_ENTRIES = 4096  # chunks held at most
@@ -175,6 +176,17 @@ class ChunkCache:
         if end <= offset:
             return b""
         i = m.index_at(offset)
+        mid = manifest_loc.id
+        # Sequential: near where the last read of this file ended. The kernel's read-ahead
+        # sends several requests at once, so they may arrive slightly out of order.
+        last_end = self._next_offset.get(mid)
+        sequential = bool(self.read_ahead) and last_end is not None and (
+            last_end - SEQUENTIAL_SLACK <= offset <= last_end + SEQUENTIAL_SLACK
+        )
+        if sequential:
+            # A remote store's cache fetches ahead in parallel, from the chunk read now on, in
+            # a few large requests (no-op for a local store).
+            self.reader.prefetch(c.loc for c in m.chunks[i : i + STORE_READ_AHEAD])
         parts: list[memoryview] = []
         pos = offset
         while pos < end:
@@ -185,12 +197,9 @@ class ChunkCache:
             parts.append(memoryview(data)[lo:hi])
             pos = start + hi
             i += 1
-        mid = manifest_loc.id
-        if self.read_ahead and self._next_offset.get(mid) == offset:
+        if sequential:
             self._prefetch(m, i)
-            # A remote store's cache fetches further ahead in parallel (no-op for local).
-            self.reader.prefetch(c.loc for c in m.chunks[i : i + STORE_READ_AHEAD])
-        self._next_offset[mid] = end
+        self._next_offset[mid] = max(end, last_end or 0) if sequential else end
         if len(self._next_offset) > 1024:
             self._next_offset.pop(next(iter(self._next_offset)))
         return parts[0] if len(parts) == 1 else b"".join(parts)

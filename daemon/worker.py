@@ -264,13 +264,12 @@ class Worker:
             await self.chan.send({"event": "failed", **error_reply(err)})
             self._cleanup_failed_start(mode)
             return
-        await self.chan.send({"event": "mounted", **self.info()})
         clean = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.control_loop, nursery)
                 nursery.start_soon(self.signal_loop)
-                nursery.start_soon(self.read_ahead)
+                nursery.start_soon(self.announce_when_ready)
                 interval = self.meta.get("autosnapshot")
                 if interval:
                     nursery.start_soon(self.autosnapshot_loop, float(interval))
@@ -307,14 +306,26 @@ class Worker:
             async for _ in signals:
                 await self.shutdown()
 
-    async def read_ahead(self) -> None:
-        """The kernel sets the bdi read-ahead from the FUSE INIT reply (128 KiB); raise it to
-        1 MiB once INIT is done, for 1 MiB read requests."""
+    async def announce_when_ready(self) -> None:
+        """Tell the daemon "mounted" once the mount answers requests, with its read-ahead
+        raised.
+
+        The kernel sets the bdi read-ahead from the FUSE INIT reply (128 KiB), and a file opened
+        before it is raised keeps 128 KiB requests for as long as it stays open (its read-ahead
+        state is set at open): so raise it to 1 MiB after INIT — a ``statvfs`` of the mountpoint
+        answered by this process proves INIT is done — and only then report the mount, so that
+        the first reader already gets 1 MiB requests (about twice the cold-read speed on S3).
+        The ``statvfs`` runs in a thread, so the trio thread stays free to serve it.
+        """
+        with trio.move_on_after(READY_TIMEOUT):
+            try:
+                await trio.to_thread.run_sync(os.statvfs, self.mountpoint, abandon_on_cancel=True)
+            except OSError as exc:
+                log.debug("statvfs of %s before announcing it: %s", self.mountpoint, exc)
         entry = find_mount(self.mountpoint)
         self.devno = entry.devno if entry is not None else None
-        for delay in (0.05, 0.5):
-            await trio.sleep(delay)
-            raise_read_ahead(self.mountpoint)
+        raise_read_ahead(self.mountpoint)
+        await self.chan.send({"event": "mounted", **self.info()})
 
     def abort_connection(self) -> None:
         """Last resort after a lazy unmount that open files keep alive: end the session."""
@@ -559,6 +570,10 @@ async def _main(args: argparse.Namespace) -> None:
     chan = Channel(trio.SocketStream(sock))
     worker = Worker(Path(args.home), args.id, chan)
     await worker.run()
+
+
+#: Seconds to wait for a new mount to answer before reporting it anyway.
+READY_TIMEOUT = 10.0
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -92,7 +92,9 @@ def test_a_meta_pack_is_fetched_once_whole(cached: CachingStore, tmp_path: Path)
     for offset in range(0, len(data) - 1000, 997):
         assert cached.get(key, offset, 1000) == data[offset : offset + 1000]
     assert requests(cached) - before == 1
-    # A second store on the same cache directory reads it from disk: no request at all.
+    # A second store on the same cache directory reads it from disk (once the background
+    # write is done): no request at all.
+    cached.drain_cache_writes()
     other = CachingStore(cached.inner, tmp_path / "cache")
     assert other.get(key, 5, 10) == data[5:15]
     assert requests(cached) - before == 1
@@ -170,12 +172,14 @@ def test_a_corrupt_cache_file_is_dropped_and_refetched(cached: CachingStore) -> 
     key = "chunk/" + "ab" * 32
     cached.put(key, b"hello" * 1000)
     cached.get(key)
+    cached.drain_cache_writes()
     path = cached._blob_path(key)
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0xFF
     path.write_bytes(bytes(raw))
     fresh = CachingStore(cached.inner, cached.root)  # no memory cache
     assert fresh.get(key) == b"hello" * 1000
+    fresh.drain_cache_writes()
     assert path.read_bytes()[DIGEST:] == b"hello" * 1000  # rewritten whole
 
 
@@ -198,6 +202,7 @@ def test_eviction_keeps_the_cache_under_its_size(s3_server: MotoServer, tmp_path
         store.flush()
         for key in keys:
             store.get(key)
+            store.drain_cache_writes()  # in order: LRU by write time
         assert store.disk_usage() <= 1 << 20
         assert store._blob_path(keys[-1]).exists()  # the newest stays
         assert not store._blob_path(keys[0]).exists()  # the oldest went

@@ -23,8 +23,11 @@ On disk (``cache_dir``): ``blobs/<kind>/<2-hex fan-out>/<name>`` and
 ``blocks/<pack name>/<block number>``. Each file starts with the 32-byte BLAKE3 digest of the
 rest and is written to a temp name and renamed, so a torn or corrupted file is detected, dropped
 and fetched again (never returned, never a persistent error). Files are not fsynced: the cache
-is not a source of truth. Eviction is LRU-ish by size: a hit bumps the file's mtime; when the
-total passes ``max_bytes`` the oldest files go until it is under 90%. Several processes may share
+is not a source of truth. They are written off the read path by a ``CacheWriter`` thread (a
+cold read is not slowed to the disk's speed; if the disk falls more than ``write_queue_bytes``
+behind, blocks go uncached) and ``close`` waits for what is queued. Eviction is LRU-ish by
+size: a hit bumps the file's mtime; when the total passes ``max_bytes`` the oldest files go
+until it is under 90%. Several processes may share
 one cache directory. A small in-memory LRU (``memory_bytes``) keeps recently read blobs decoded,
 so the many range reads of one metadata pack do not re-read and re-hash the file.
 
@@ -51,6 +54,7 @@ from ..errors import NotFound
 from ..ids import hash_bytes
 from ..model import is_meta_pack_key
 from .base import BlobInfo, ObjectStore, check_key
+from .cachewriter import CacheWriter
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +87,9 @@ class CachingStore(ObjectStore):
         *,
         memory_bytes: int = 64 << 20,
         block_size: int = 1 << 20,
-        span_bytes: int = 8 << 20,
+        span_bytes: int = 32 << 20,
         prefetch_workers: int = 8,
+        write_queue_bytes: int = 128 << 20,
     ) -> None:
         self.inner = inner
         self.location = inner.location
@@ -103,6 +108,7 @@ class CachingStore(ObjectStore):
         self._staged_bytes = 0
         self._prefetch_workers = prefetch_workers
         self._pool: ThreadPoolExecutor | None = None
+        self._writer = CacheWriter(self._write_now, max_bytes=write_queue_bytes)
         self.hits = 0
         self.misses = 0
 
@@ -212,8 +218,13 @@ class CachingStore(ObjectStore):
             check_key(key)
             if length <= 0:
                 continue
+            # Whole aligned spans: a sliding window that grows by one chunk per read still
+            # fetches ``span_bytes`` (on S3: the rest of a pack) per request, not a chunk.
+            group = max(1, self.span_bytes // size)
+            first = offset // size // group * group
+            last = ((offset + length - 1) // size // group + 1) * group - 1
             with self._lock:
-                for n in range(offset // size, (offset + length - 1) // size + 1):
+                for n in range(first, last + 1):
                     mem_key = f"{key}#{n}"
                     if mem_key in self._requested or mem_key in self._memory:
                         continue
@@ -227,7 +238,11 @@ class CachingStore(ObjectStore):
         pool = self._prefetch_pool()
         for key, numbers in wanted.items():
             for first, count in _runs(sorted(set(numbers)), max(1, self.span_bytes // size)):
-                pool.submit(self._quietly_blocks, key, range(first, first + count))
+                # Claimed here, not in the pool thread: a read of these blocks arriving before
+                # the fetch starts waits for it instead of fetching them in smaller pieces.
+                futures, owned = self._claim(key, range(first, first + count))
+                if owned:
+                    pool.submit(self._load_quietly, key, owned, futures)
 
     def _prefetch_pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -237,11 +252,14 @@ class CachingStore(ObjectStore):
                 )
             return self._pool
 
-    def _quietly_blocks(self, key: str, numbers: range) -> None:
+    def _load_quietly(
+        self, key: str, owned: list[int], futures: dict[int, Future[bytes]]
+    ) -> None:
         try:
-            self._blocks(key, numbers)
-        except Exception as exc:  # noqa: BLE001 - a prefetch failing is not an error; get says
-            log.debug("prefetch of %s blocks %s failed: %s", key, numbers, exc)
+            self._load(key, owned, futures)
+        except Exception as exc:  # noqa: BLE001 - a prefetch failing is not an error: the
+            # waiting reads get the exception from their futures, a later read fetches again
+            log.debug("prefetch of %s blocks %s.. failed: %s", key, owned[0], exc)
 
     @staticmethod
     def _quietly(fn: Callable[[str], bytes], key: str) -> None:
@@ -259,9 +277,14 @@ class CachingStore(ObjectStore):
         size = self.block_size
         first, last = offset // size, (offset + length - 1) // size
         parts = self._blocks(key, range(first, last + 1))
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
         start = offset - first * size
-        result = data[start : start + length]
+        if len(parts) == 1:
+            result = parts[0][start : start + length]
+        else:  # one copy: slices of the first and last block, whole ones between
+            views = [memoryview(p) for p in parts]
+            views[0] = views[0][start:]
+            views[-1] = views[-1][: start + length - (len(parts) - 1) * size]
+            result = b"".join(views)
         if len(result) != length:
             raise NotFound(f"object {key} in {self.location} is shorter than expected")
         return result
@@ -425,6 +448,9 @@ class CachingStore(ObjectStore):
         return self.root / "blobs" / head / fan / name
 
     def _read_file(self, path: Path) -> bytes | None:
+        queued = self._writer.pending(path)
+        if queued is not None:
+            return bytes(queued)
         try:
             with open(path, "rb") as f:
                 raw = f.read()
@@ -443,6 +469,14 @@ class CachingStore(ObjectStore):
         return data
 
     def _write_file(self, path: Path, data: bytes) -> None:
+        """Cache ``data`` at ``path`` in the background (best effort: see ``CacheWriter``)."""
+        self._writer.submit(path, data)
+
+    def drain_cache_writes(self) -> None:
+        """Wait until every file queued for the disk cache is written."""
+        self._writer.drain()
+
+    def _write_now(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -498,6 +532,7 @@ class CachingStore(ObjectStore):
         return used
 
     def disk_usage(self) -> int:
+        self._writer.drain()
         return sum(size for _, size, _ in self._scan())
 
     # -- refs: never cached ------------------------------------------------------------------
@@ -514,6 +549,7 @@ class CachingStore(ObjectStore):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        self._writer.close()  # what is queued is written: no half-made cache files left
         self.inner.close()
 
 
