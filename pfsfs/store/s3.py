@@ -103,8 +103,9 @@ _WRITER_META = "pfsfs-writer"
 
 #: How the server is shown that an uploaded body arrived intact (``store.upload_checksum``):
 #: ``crc32`` — an ``x-amz-checksum-crc32`` header computed here (0.26 s of CPU per GiB on this
-#: machine against 1.4 s for MD5), checked by AWS, moto, MinIO and Ceph ≥ 18; ``md5`` — a
-#: ``Content-MD5`` header, checked by every S3 server, older ones included; ``sdk`` — whatever
+#: machine against 1.4 s for MD5), checked by AWS and servers with flexible-checksum support,
+#: accepted unchecked by older ones (and by moto); ``md5`` — a ``Content-MD5`` header, checked
+#: by S3 servers old and new; ``sdk`` — whatever
 #: botocore adds by itself (on AWS: CRC32). Either way every read re-hashes the content with
 #: BLAKE3, so a corrupted blob is never returned, whatever the server checked.
 UPLOAD_CHECKSUMS = ("crc32", "md5", "sdk")
