@@ -432,8 +432,10 @@ def _commit(
 
 
 def settle(tree: Tree, memo: dict[int, Entry]) -> None:
-    """The built entries are committed: they become the nodes' base; staging is dropped."""
-    staging = tree.staging
+    """The built entries are committed: they become the nodes' base. Their staged data files
+    are *not* dropped here but by ``rotate``, once the new journal is durable: until then the
+    old journal is what a crash replays, and it still points into those files (dropping them
+    first made a kill -9 in between replay fsync'd data as zeros)."""
     for ino, entry in memo.items():
         node = tree.nodes.get(ino)
         if node is None:
@@ -444,12 +446,11 @@ def settle(tree: Tree, memo: dict[int, Entry]) -> None:
             node.staged = False
             node.extents = []
             node.base_len = 0
-            if staging is not None:
-                staging.drop(ino)
 
 
 def rotate(tree: Tree) -> None:
-    """Start a fresh journal holding only the header (call when nothing is staged)."""
+    """Start a fresh journal holding only the header, then drop the data files of nodes no
+    longer staged (in this order: see ``settle``)."""
     if tree.staging is None:
         return
     tree.staging.rewrite_journal([tree.header()])
