@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 SHUTDOWN_GRACE = 10.0  # seconds a busy mount may live on after a shutdown's lazy unmount
+READY_TIMEOUT = 10.0  # seconds to wait for a new mount to answer before reporting it anyway
 
 VolumeSpec = tuple[str, str | None, bytes | None, bool]
 
@@ -570,10 +571,6 @@ async def _main(args: argparse.Namespace) -> None:
     chan = Channel(trio.SocketStream(sock))
     worker = Worker(Path(args.home), args.id, chan)
     await worker.run()
-
-
-#: Seconds to wait for a new mount to answer before reporting it anyway.
-READY_TIMEOUT = 10.0
 
 
 def main(argv: list[str] | None = None) -> None:

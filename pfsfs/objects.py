@@ -94,7 +94,7 @@ class ObjectWriter:
             model.META_PACK: _PackBuffer(model.META_PACK),
         }
         self.bytes_written = 0  # stored bytes this session added (after dedup)
-        self._pack_large = bool(getattr(store, "pack_large_chunks", False))
+        self._pack_large = store.pack_large_chunks
 
     def _known(self, object_id: bytes) -> Locator | None:
         loc = self._pending.get(object_id)

@@ -10,6 +10,8 @@ land and a failed one surfaces at ``flush``.
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -259,3 +261,51 @@ def test_read_your_writes_before_the_upload_lands(s3_server: MotoServer) -> None
             assert store.get(k) == v
     finally:
         store.close()
+
+
+def test_closing_fails_reads_that_wait_for_cancelled_prefetches(
+    s3_server: MotoServer, tmp_path: Path
+) -> None:
+    """A read waiting for blocks a prefetch had claimed gets an error when the cache closes
+    and cancels that prefetch; it never hangs."""
+    gate = threading.Event()
+
+    class SlowS3(S3ObjectStore):
+        def get_upto(self, key: str, offset: int, length: int) -> bytes:
+            gate.wait(10)
+            return super().get_upto(key, offset, length)
+
+    inner = SlowS3(
+        s3_server.bucket,
+        prefix=f"cache-{uuid.uuid4().hex[:12]}",
+        endpoint_url=s3_server.endpoint,
+        **s3_server.credentials,  # type: ignore[arg-type]
+    )
+    size = 64 << 10
+    store = CachingStore(
+        inner, tmp_path / "c", block_size=size, span_bytes=size, prefetch_workers=1
+    )
+    data = os.urandom(4 * size)
+    key = data_key()
+    inner.put(key, data)
+    inner.flush()
+    store.prefetch_ranges([(key, 0, len(data))])  # 4 spans: one fetching (held), 3 queued
+    outcome: dict[str, object] = {}
+
+    def read() -> None:
+        try:
+            outcome["data"] = store.get(key, 3 * size, 10)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            outcome["error"] = exc
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    closer = threading.Thread(target=store.close, daemon=True)
+    time.sleep(0.2)  # the reader now waits for the queued span's blocks
+    closer.start()
+    time.sleep(0.2)  # close has cancelled the queued spans and waits for the running one
+    gate.set()
+    closer.join(10)
+    reader.join(10)
+    assert not reader.is_alive(), "a read hung on a prefetch that close cancelled"
+    assert isinstance(outcome.get("error"), StoreError), outcome

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from ..errors import NotFound
+from ..errors import NotFound, StoreError
 from ..ids import hash_bytes
 from ..model import is_meta_pack_key
 from .base import BlobInfo, ObjectStore, check_key
@@ -63,17 +63,6 @@ DIGEST = 32
 _EVICT_TO = 0.9
 _BUMP_AFTER = 60.0  # seconds: do not touch a file's mtime more often than this
 _tmp_counter = itertools.count()
-
-
-def prefetch(store: ObjectStore, keys: Iterable[str]) -> None:
-    """Ask ``store`` to start fetching ``keys`` if it can (a ``CachingStore``); else nothing.
-
-    Readers of big files call it with the next few chunks' keys, e.g. 16 ahead of the one
-    they read: a cold sequential read then keeps that many GETs in flight instead of one.
-    """
-    hook = getattr(store, "prefetch", None)
-    if hook is not None:
-        hook(keys)
 
 
 class CachingStore(ObjectStore):
@@ -197,20 +186,23 @@ class CachingStore(ObjectStore):
             if key.startswith("pack/") and not is_meta_pack_key(key):
                 continue
             with self._lock:
-                if key in self._memory or key in self._loading or key in self._requested:
+                if key in self._memory or key in self._loading or not self._first_ask(key):
                     continue
-                if len(self._requested) > 65536:
-                    self._requested.clear()
-                self._requested.add(key)  # asked once: no stat per call for a sliding window
             if self._blob_path(key).exists():
                 continue
             self._prefetch_pool().submit(self._quietly, self._whole, key)
 
     def prefetch_ranges(self, ranges: Iterable[tuple[str, int, int]]) -> None:
         """Start fetching these ranges: whole blobs for everything but data packs; for data
-        packs the blocks they cover, adjacent missing blocks of one pack in one request."""
+        packs the aligned ``span_bytes`` spans they touch, one request per span.
+
+        Whole aligned spans, so a sliding window that grows by one chunk per read still moves
+        ``span_bytes`` (on S3: the rest of a pack) per request, not a chunk; and each span is
+        asked for once, so the mount's call on every sequential read costs a set lookup per
+        range, not one per block."""
         size = self.block_size
-        wanted: dict[str, list[int]] = {}
+        group = max(1, self.span_bytes // size)
+        spans: list[tuple[str, int]] = []
         for key, offset, length in ranges:
             if not key.startswith("pack/") or is_meta_pack_key(key):
                 self.prefetch([key])
@@ -218,31 +210,25 @@ class CachingStore(ObjectStore):
             check_key(key)
             if length <= 0:
                 continue
-            # Whole aligned spans: a sliding window that grows by one chunk per read still
-            # fetches ``span_bytes`` (on S3: the rest of a pack) per request, not a chunk.
-            group = max(1, self.span_bytes // size)
-            first = offset // size // group * group
-            last = ((offset + length - 1) // size // group + 1) * group - 1
             with self._lock:
-                for n in range(first, last + 1):
-                    mem_key = f"{key}#{n}"
-                    if mem_key in self._requested or mem_key in self._memory:
-                        continue
-                    if len(self._requested) > 65536:
-                        self._requested.clear()
-                    self._requested.add(mem_key)  # asked once: a sliding window asks often
-                    if mem_key not in self._loading:
-                        wanted.setdefault(key, []).append(n)
-        if not wanted:
-            return
-        pool = self._prefetch_pool()
-        for key, numbers in wanted.items():
-            for first, count in _runs(sorted(set(numbers)), max(1, self.span_bytes // size)):
-                # Claimed here, not in the pool thread: a read of these blocks arriving before
-                # the fetch starts waits for it instead of fetching them in smaller pieces.
-                futures, owned = self._claim(key, range(first, first + count))
-                if owned:
-                    pool.submit(self._load_quietly, key, owned, futures)
+                for g in range(offset // size // group, (offset + length - 1) // size // group + 1):
+                    if self._first_ask(f"{key}#span{g}"):
+                        spans.append((key, g))
+        for key, g in spans:
+            # Claimed here, not in the pool thread: a read of these blocks arriving before the
+            # fetch starts waits for it instead of fetching them in smaller pieces.
+            futures, owned = self._claim(key, range(g * group, (g + 1) * group), count=False)
+            if owned:
+                self._prefetch_pool().submit(self._load_quietly, key, owned, futures)
+
+    def _first_ask(self, name: str) -> bool:
+        """Whether prefetch is asked for ``name`` the first time (call with the lock held)."""
+        if name in self._requested:
+            return False
+        if len(self._requested) > 65536:
+            self._requested.clear()
+        self._requested.add(name)
+        return True
 
     def _prefetch_pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -307,8 +293,11 @@ class CachingStore(ObjectStore):
                 break  # the pack ends in this block
         return parts
 
-    def _claim(self, key: str, numbers: range) -> tuple[dict[int, Future[bytes]], list[int]]:
-        """A future per block; the blocks nobody is loading yet become ours to load."""
+    def _claim(
+        self, key: str, numbers: range, *, count: bool = True
+    ) -> tuple[dict[int, Future[bytes]], list[int]]:
+        """A future per block; the blocks nobody is loading yet become ours to load.
+        (``count``: memory hits count as cache hits — not for prefetches.)"""
         futures: dict[int, Future[bytes]] = {}
         owned: list[int] = []
         with self._lock:
@@ -317,7 +306,7 @@ class CachingStore(ObjectStore):
                 data = self._memory.get(mem_key)
                 if data is not None:
                     self._memory.move_to_end(mem_key)
-                    self.hits += 1
+                    self.hits += count
                     done: Future[bytes] = Future()
                     done.set_result(data)
                     futures[n] = done
@@ -549,6 +538,14 @@ class CachingStore(ObjectStore):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        # Blocks claimed by prefetches that the shutdown cancelled would never be settled: a
+        # read waiting for one (another thread, mid-read) must fail, not hang.
+        with self._lock:
+            loading, self._loading = self._loading, {}
+        closed = StoreError(f"the read cache of {self.location} was closed")
+        for future in loading.values():
+            if not future.done():
+                future.set_exception(closed)
         self._writer.close()  # what is queued is written: no half-made cache files left
         self.inner.close()
 

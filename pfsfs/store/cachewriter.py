@@ -5,7 +5,7 @@ for fresh files, S3 GETs on loopback up to ~800 MB/s), so writing each fetched b
 before answering would make every cold read as slow as the disk. ``CacheWriter`` takes the
 write off the read path: one thread writes queued files in order; ``submit`` never blocks; when
 more than ``max_bytes`` are queued the file is simply not cached (a cache may forget; the data
-was verified and returned anyway) and ``dropped`` counts it. Until a queued file is written,
+was verified and returned anyway). Until a queued file is written,
 ``pending(path)`` returns its bytes, so a read never misses what was just fetched. ``drain``
 waits for the queue to empty (``close`` does), so a finished ``pfsfs get`` leaves its cache
 complete and no half-written temp files behind.
@@ -36,19 +36,17 @@ class CacheWriter:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.dropped = 0
 
-    def submit(self, path: Path, data: Data) -> bool:
-        """Queue ``data`` for ``path``; False (nothing queued) if the queue is full."""
+    def submit(self, path: Path, data: Data) -> None:
+        """Queue ``data`` for ``path``, unless the queue is full (then it is not cached)."""
         with self._cond:
             if self._closed:
-                return False
+                return
             if path in self._queue or (self._busy is not None and self._busy[0] == path):
-                return True
+                return
             if self._queue and self._queued_bytes + len(data) > self._max_bytes:
-                self.dropped += 1
                 log.debug("cache write queue full: not caching %s", path)
-                return False
+                return
             self._queue[path] = data
             self._queued_bytes += len(data)
             if self._thread is None:
@@ -57,7 +55,6 @@ class CacheWriter:
                 )
                 self._thread.start()
             self._cond.notify_all()
-        return True
 
     def pending(self, path: Path) -> Data | None:
         """The bytes queued (or being written) for ``path``, else None."""
