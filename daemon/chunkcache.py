@@ -73,6 +73,7 @@ class ChunkCache:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[bytes, Future[Chunk]] = {}
         self._next_offset: dict[bytes, int] = {}  # manifest id → where a sequential read goes on
+        self._hinted: dict[bytes, int] = {}  # manifest id → chunk the store was told about upto
 
     def manifest(self, loc: Locator) -> Manifest:
         m = self._manifests.get(loc.id)
@@ -129,6 +130,17 @@ class ChunkCache:
             for chunk_id in list(self._pending)[: len(self._pending) - 2 * self.read_ahead]:
                 self._pending.pop(chunk_id).cancel()
 
+    def _hint_store(self, mid: bytes, m: Manifest, i: int) -> None:
+        """Tell a remote store's cache which chunks a sequential reader at chunk ``i`` reads
+        next (it fetches them ahead, in parallel, in a few large requests; a local store
+        ignores it). Once per half window, not per read: each hint walks its chunks."""
+        end = self._hinted.get(mid)
+        if end is not None and end - STORE_READ_AHEAD <= i < end:  # inside the last window
+            if i < end - STORE_READ_AHEAD // 2 or end >= len(m.chunks):
+                return  # it still reaches half a window ahead, or to the end of the file
+        self._hinted[mid] = i + STORE_READ_AHEAD
+        self.reader.prefetch(c.loc for c in m.chunks[i : i + STORE_READ_AHEAD])
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -184,9 +196,7 @@ class ChunkCache:
             last_end - SEQUENTIAL_SLACK <= offset <= last_end + SEQUENTIAL_SLACK
         )
         if sequential:
-            # A remote store's cache fetches ahead in parallel, from the chunk read now on, in
-            # a few large requests (no-op for a local store).
-            self.reader.prefetch(c.loc for c in m.chunks[i : i + STORE_READ_AHEAD])
+            self._hint_store(mid, m, i)
         parts: list[memoryview] = []
         pos = offset
         while pos < end:
@@ -200,6 +210,7 @@ class ChunkCache:
         if sequential:
             self._prefetch(m, i)
         self._next_offset[mid] = max(end, last_end or 0) if sequential else end
-        if len(self._next_offset) > 1024:
-            self._next_offset.pop(next(iter(self._next_offset)))
+        for per_file in (self._next_offset, self._hinted):
+            if len(per_file) > 1024:
+                per_file.pop(next(iter(per_file)))
         return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -17,7 +17,11 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-READ_AHEAD_KB = 1024
+READ_AHEAD_KB = 1024  # 1 MiB FUSE read requests (the most the kernel sends at once)
+# A remote store answers each miss with a network round trip: let the kernel keep more 1 MiB
+# requests in flight (measured on a cold S3 mount over moto: ~1.3x; on a local store it gained
+# nothing, so local mounts keep 1 MiB).
+REMOTE_READ_AHEAD_KB = 8192
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,13 @@ from pfsfs.repository import Repository
 from .chunkcache import ChunkCache
 from .fs import PfsOperations
 from .inodes import Tree
-from .mountinfo import find_mount, raise_read_ahead, unmount
+from .mountinfo import (
+    READ_AHEAD_KB,
+    REMOTE_READ_AHEAD_KB,
+    find_mount,
+    raise_read_ahead,
+    unmount,
+)
 from .protocol import Channel, error_reply
 from .snapshot import VolumeResult, snapshot
 from .staging import Staging
@@ -136,6 +142,7 @@ class Worker:
         self.author: str | None = None
         self.waiters: list[int] = []
         self.devno: str | None = None
+        self.read_ahead_kb = READ_AHEAD_KB
         self.earlier: list[VolumeResult] = []
 
     # -- setup ---------------------------------------------------------------------------------
@@ -143,6 +150,8 @@ class Worker:
         self.repo = repo = Repository.open(self.home)
         mode = req.get("mode", "mount")
         cache_dir = None
+        if repo.config.store.get("type") != "local":
+            self.read_ahead_kb = REMOTE_READ_AHEAD_KB
         # A remote store without a local cache of its own gets one here; a store that already
         # caches (S3 behind CachingStore) must not be cached twice (twice the disk writes).
         if repo.config.store.get("type") != "local" and repo.store.uncached() is repo.store:
@@ -313,9 +322,10 @@ class Worker:
 
         The kernel sets the bdi read-ahead from the FUSE INIT reply (128 KiB), and a file opened
         before it is raised keeps 128 KiB requests for as long as it stays open (its read-ahead
-        state is set at open): so raise it to 1 MiB after INIT — a ``statvfs`` of the mountpoint
+        state is set at open): so raise it after INIT — a ``statvfs`` of the mountpoint
         answered by this process proves INIT is done — and only then report the mount, so that
-        the first reader already gets 1 MiB requests (about twice the cold-read speed on S3).
+        the first reader already gets 1 MiB requests (about twice the cold-read speed on S3;
+        for a remote store the kernel also keeps more of them in flight).
         The ``statvfs`` runs in a thread, so the trio thread stays free to serve it.
         """
         with trio.move_on_after(READY_TIMEOUT):
@@ -325,7 +335,7 @@ class Worker:
                 log.debug("statvfs of %s before announcing it: %s", self.mountpoint, exc)
         entry = find_mount(self.mountpoint)
         self.devno = entry.devno if entry is not None else None
-        raise_read_ahead(self.mountpoint)
+        raise_read_ahead(self.mountpoint, self.read_ahead_kb)
         await self.chan.send({"event": "mounted", **self.info()})
 
     def abort_connection(self) -> None:

@@ -7,14 +7,22 @@ In one run, against one ``moto_server`` on a free loopback port:
 2. ``pfsfs put`` of a 1 GiB file (the CLI, as a user runs it) — target ≥ 80% of raw PUT;
 3. S3 requests to read every tree of a 100,000-file commit from a fresh home — target ≤ 100;
 4. a cold-cache read of the committed 1 GiB file — through a FUSE mount (``pfsfs mount``,
-   fresh home, empty cache) if mounting works here, and with ``pfsfs get`` (another fresh
-   home) — target ≥ 70% of raw GET.
+   fresh home, empty cache; read to the end like ``cat``, then compared with the source
+   untimed) if mounting works here, and with ``pfsfs get`` (another fresh home) — target
+   ≥ 70% of raw GET.
+
+The server keeps every object in memory: moto spools objects over ~5 MiB to temporary files
+on disk (``MOTO_S3_DEFAULT_KEY_BUFFER_SIZE``), which the raw baseline's 4 MiB objects escape
+and pfsfs's 16 MiB data packs do not, so the bench raises that limit to 64 MiB; otherwise the
+comparison would measure moto's disk, not pfsfs. Each timed phase starts with a ``sync``, so
+that one phase's dirty pages are not written back during the next.
 
 For reference it also measures raw boto3 with objects of pfsfs's average chunk size (~1.1 MiB):
 what the same server allows when every request carries one chunk.
 
 ``--quick`` uses 128 MiB and 10,000 files; raw boto3 and ``pfsfs put`` run ``--repeat`` times
-(default 2, interleaved) and the best of each counts, since the machine may be shared. Prints a
+(default 2, interleaved) and the best of each counts, since the machine may be shared; so do
+the cold reads. Prints a
 table; exits 0 even if a target is missed.
 Usage: ``.venv/bin/python scripts/bench_s3.py [--quick]``.
 """
@@ -62,7 +70,10 @@ def moto_server(workdir: Path) -> Iterator[str]:
         sys.exit("moto_server is not installed (pip install 'moto[server]')")
     with open(workdir / "moto.log", "wb") as out:
         proc = subprocess.Popen(
-            [binary, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
+            [binary, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(64 << 20)},
         )
     try:
         deadline = time.monotonic() + 20
@@ -97,6 +108,7 @@ def raw_boto3(endpoint: str, total: int, size: int) -> tuple[float, float]:
     count = total // size
     body = os.urandom(size)
     keys = [f"raw{size}/{i:05d}" for i in range(count)]
+    os.sync()
     start = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda k: c.put_object(Bucket=BUCKET, Key=k, Body=body), keys))  # type: ignore[attr-defined]
@@ -140,6 +152,7 @@ def pfsfs_put(workdir: Path, endpoint: str, src: Path, total: int, run: int) -> 
     home = workdir / f"writer{run}"
     init(home, endpoint, "data" if run == 0 else f"data{run}")
     cli(home, "repo", "create", "data")
+    os.sync()
     start = time.perf_counter()
     cli(home, "put", "data@master:/big.bin", "-f", str(src))
     return total / (time.perf_counter() - start) / MB
@@ -177,20 +190,24 @@ def mount_works() -> bool:
 
 
 def cold_read(
-    workdir: Path, endpoint: str, src: Path, total: int, mount: bool
+    workdir: Path, endpoint: str, src: Path, total: int, mount: bool, run: int
 ) -> tuple[float, str]:
     """(MB/s, how) reading the committed file from a fresh home with an empty cache."""
-    home = workdir / ("mount-reader" if mount else "get-reader")
+    home = workdir / f"{'mount' if mount else 'get'}-reader{run}"
     init(home, endpoint, "data")
     if mount and mount_works():
-        mnt = workdir / "mnt"
+        mnt = workdir / f"mnt{run}"
         mnt.mkdir()
         done = cli(home, "mount", "--read-only", "data@master", str(mnt), check=False)
         if done.returncode == 0:
             try:
+                settle_disk()
                 start = time.perf_counter()
-                n = _read_compare(mnt / "big.bin", src)
+                n = _read_all(mnt / "big.bin")
                 rate = n / (time.perf_counter() - start) / MB
+                # Checked after the clock stops, from the page cache the timed read filled.
+                if _read_compare(mnt / "big.bin", src) != total:
+                    sys.exit("the mounted file has the wrong size")
             finally:
                 cli(home, "unmount", str(mnt), check=False)
                 cli(home, "daemon", "stop", check=False)
@@ -198,13 +215,35 @@ def cold_read(
             return rate, "FUSE mount, empty cache"
         print(f"(mount failed: {done.stderr.strip()})", file=sys.stderr)
         return 0.0, "FUSE mount failed"
-    out = workdir / "out.bin"
+    out = workdir / f"out{run}.bin"
+    settle_disk()
     start = time.perf_counter()
     cli(home, "get", "data@master:/big.bin", "-o", str(out))
     rate = total / (time.perf_counter() - start) / MB
     if _read_compare(out, src) != total:
         sys.exit("pfsfs get returned the wrong size")
+    out.unlink()
     return rate, "pfsfs get, empty cache"
+
+
+def settle_disk() -> None:
+    """Before a cold read: write back what earlier phases left dirty, and (as root) drop the
+    page cache, as ``bench_mount.py`` does for its cold reads."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3")
+    except OSError:
+        pass  # not root: the read is still cold for pfsfs (fresh home), not for the kernel
+
+
+def _read_all(path: Path) -> int:
+    """Read ``path`` to the end in 1 MiB requests, as ``cat`` or ``dd`` would; bytes read."""
+    n = 0
+    buf = bytearray(1 << 20)
+    with open(path, "rb", buffering=0) as f:
+        while got := f.readinto(buf):
+            n += got
+    return n
 
 
 def _read_compare(path: Path, src: Path) -> int:
@@ -240,7 +279,11 @@ def main() -> None:
         small_put, small_get = raw_boto3(ep, total, CHUNK)
         requests, files = tree_requests(workdir, ep, nfiles)
         modes = [True, False] if mount_works() else [False]
-        reads = [cold_read(workdir, ep, src, total, mount) for mount in modes]
+        reads = [
+            cold_read(workdir, ep, src, total, mount, run)
+            for run in range(args.repeat)
+            for mount in modes
+        ]
     rows = [
         ("raw boto3 PUT, 8 threads, 4 MiB objects", f"{raw_put:.0f} MB/s", ""),
         ("raw boto3 GET, 8 threads, 4 MiB objects", f"{raw_get:.0f} MB/s", ""),
@@ -257,25 +300,25 @@ def main() -> None:
             _verdict(requests <= 100, "≤ 100"),
         ),
     ]
-    seen = set()
+    best: dict[str, float] = {}
     for read, how in reads:
-        if how not in seen:
-            seen.add(how)
-            ratio = read / raw_get
-            rows.append(
-                (
-                    f"cold read ({how})",
-                    f"{read:.0f} MB/s = {ratio:.0%} of raw GET",
-                    _verdict(ratio >= 0.7, "≥ 70%"),
-                )
+        best[how] = max(read, best.get(how, 0.0))
+    for how, read in best.items():
+        ratio = read / raw_get
+        rows.append(
+            (
+                f"cold read ({how})",
+                f"{read:.0f} MB/s = {ratio:.0%} of raw GET",
+                _verdict(ratio >= 0.7, "≥ 70%"),
             )
+        )
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'result':<28}  target")
     for name, value, verdict in rows:
         print(f"{name:<{width}}  {value:<28}  {verdict}")
     print("* pfsfs's average chunk size: what the store moves per request for big files")
     summary = {"raw_put": raw_put, "raw_get": raw_get, "put": put, "tree_requests": requests}
-    summary["cold_reads"] = {how: rate for rate, how in reads}
+    summary["cold_reads"] = best
     print(json.dumps(summary), file=sys.stderr)
 
 

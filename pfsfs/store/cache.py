@@ -63,6 +63,7 @@ DIGEST = 32
 _EVICT_TO = 0.9
 _BUMP_AFTER = 60.0  # seconds: do not touch a file's mtime more often than this
 _tmp_counter = itertools.count()
+Block = bytes | memoryview  # a data-pack block: a view into the span it was fetched with
 
 
 class CachingStore(ObjectStore):
@@ -74,7 +75,7 @@ class CachingStore(ObjectStore):
         cache_dir: str | os.PathLike[str],
         max_bytes: int = DEFAULT_MAX_BYTES,
         *,
-        memory_bytes: int = 64 << 20,
+        memory_bytes: int = 128 << 20,
         block_size: int = 1 << 20,
         span_bytes: int = 32 << 20,
         prefetch_workers: int = 8,
@@ -87,10 +88,10 @@ class CachingStore(ObjectStore):
         self.block_size = block_size
         self.span_bytes = span_bytes
         self._memory_bytes = memory_bytes
-        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._memory: OrderedDict[str, Block] = OrderedDict()
         self._memory_used = 0
         self._lock = threading.Lock()
-        self._loading: dict[str, Future[bytes]] = {}
+        self._loading: dict[str, Future[Block]] = {}
         self._disk_used: int | None = None  # unknown until the first scan
         self._staged: dict[str, bytes] = {}  # metadata packs written, cached at flush
         self._requested: set[str] = set()  # keys prefetch was already asked for
@@ -239,7 +240,7 @@ class CachingStore(ObjectStore):
             return self._pool
 
     def _load_quietly(
-        self, key: str, owned: list[int], futures: dict[int, Future[bytes]]
+        self, key: str, owned: list[int], futures: dict[int, Future[Block]]
     ) -> None:
         try:
             self._load(key, owned, futures)
@@ -265,7 +266,7 @@ class CachingStore(ObjectStore):
         parts = self._blocks(key, range(first, last + 1))
         start = offset - first * size
         if len(parts) == 1:
-            result = parts[0][start : start + length]
+            result = bytes(parts[0][start : start + length])
         else:  # one copy: slices of the first and last block, whole ones between
             views = [memoryview(p) for p in parts]
             views[0] = views[0][start:]
@@ -275,7 +276,7 @@ class CachingStore(ObjectStore):
             raise NotFound(f"object {key} in {self.location} is shorter than expected")
         return result
 
-    def _blocks(self, key: str, numbers: range) -> list[bytes]:
+    def _blocks(self, key: str, numbers: range) -> list[Block]:
         """Blocks ``numbers`` of a data pack, up to the pack's (short or empty) last block.
 
         Each block comes from memory, from a fetch already running (waited for), from disk, or
@@ -295,19 +296,22 @@ class CachingStore(ObjectStore):
 
     def _claim(
         self, key: str, numbers: range, *, count: bool = True
-    ) -> tuple[dict[int, Future[bytes]], list[int]]:
+    ) -> tuple[dict[int, Future[Block]], list[int]]:
         """A future per block; the blocks nobody is loading yet become ours to load.
         (``count``: memory hits count as cache hits — not for prefetches.)"""
-        futures: dict[int, Future[bytes]] = {}
+        futures: dict[int, Future[Block]] = {}
         owned: list[int] = []
         with self._lock:
             for n in numbers:
                 mem_key = f"{key}#{n}"
                 data = self._memory.get(mem_key)
                 if data is not None:
-                    self._memory.move_to_end(mem_key)
+                    # No LRU bump: blocks leave memory in the order they came (FIFO). A
+                    # sequential reader consumes prefetched blocks in that order, so bumping
+                    # the ones just read would evict the prefetched ones not read yet (they
+                    # were then read back from disk, or fetched again).
                     self.hits += count
-                    done: Future[bytes] = Future()
+                    done: Future[Block] = Future()
                     done.set_result(data)
                     futures[n] = done
                 elif mem_key in self._loading:
@@ -317,7 +321,7 @@ class CachingStore(ObjectStore):
                     owned.append(n)
         return futures, owned
 
-    def _load(self, key: str, owned: list[int], futures: dict[int, Future[bytes]]) -> None:
+    def _load(self, key: str, owned: list[int], futures: dict[int, Future[Block]]) -> None:
         """Settle the futures of ``owned`` blocks: from disk, else fetched in spans."""
         size = self.block_size
         try:
@@ -331,7 +335,9 @@ class CachingStore(ObjectStore):
                     self._settle(key, n, futures[n], data, write=False)
             for first, count in _runs(missing, max(1, self.span_bytes // size)):
                 self.misses += count
-                span = self._fetch_span(key, first * size, count * size)
+                # Blocks are views of the span (no copy); they leave memory in the order they
+                # came (FIFO), so a span is freed about when its last block is.
+                span = memoryview(self._fetch_span(key, first * size, count * size))
                 for i in range(count):
                     block = span[i * size : (i + 1) * size]
                     self._settle(key, first + i, futures[first + i], block, write=bool(block))
@@ -345,7 +351,7 @@ class CachingStore(ObjectStore):
             raise
 
     def _settle(
-        self, key: str, n: int, future: Future[bytes], data: bytes, *, write: bool
+        self, key: str, n: int, future: Future[Block], data: Block, *, write: bool
     ) -> None:
         if write:
             self._write_file(self._block_path(key, n), data)
@@ -407,7 +413,7 @@ class CachingStore(ObjectStore):
             with self._lock:
                 self._loading.pop(mem_key, None)
 
-    def _remember(self, mem_key: str, data: bytes) -> None:
+    def _remember(self, mem_key: str, data: Block) -> None:
         if len(data) > self._memory_bytes // 2:
             return
         with self._lock:
@@ -457,7 +463,7 @@ class CachingStore(ObjectStore):
             pass
         return data
 
-    def _write_file(self, path: Path, data: bytes) -> None:
+    def _write_file(self, path: Path, data: Block) -> None:
         """Cache ``data`` at ``path`` in the background (best effort: see ``CacheWriter``)."""
         self._writer.submit(path, data)
 

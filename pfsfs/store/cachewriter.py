@@ -9,11 +9,18 @@ was verified and returned anyway). Until a queued file is written,
 ``pending(path)`` returns its bytes, so a read never misses what was just fetched. ``drain``
 waits for the queue to empty (``close`` does), so a finished ``pfsfs get`` leaves its cache
 complete and no half-written temp files behind.
+
+The thread runs at the lowest CPU priority (nice 19; Linux gives each thread its own). Writing a
+file costs CPU (hashing it, copying it into the page cache, the kernel's writeback), and on a
+small machine that CPU is taken from the reader and the S3 server it reads from: measured on
+2 cores, a cold 1 GiB read through an S3 mount went from ~320–480 to ~520–580 MB/s. On a busy
+machine the writer then falls behind and drops files instead of slowing reads.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -65,6 +72,7 @@ class CacheWriter:
             return data
 
     def _run(self) -> None:
+        _lowest_priority()
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
@@ -97,3 +105,11 @@ class CacheWriter:
             thread = self._thread
         if thread is not None:
             thread.join()
+
+
+def _lowest_priority() -> None:
+    """Make the calling thread yield the CPU to everything else (best effort)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (OSError, AttributeError) as exc:  # not Linux, or not allowed: just slower reads
+        log.debug("cannot lower the cache writer's priority: %s", exc)

@@ -1,0 +1,81 @@
+"""The mount's chunk cache: what a sequential reader makes a remote store fetch ahead.
+
+``MemoryReader`` stands in for ``ObjectReader``: it serves chunks from memory and records the
+store hints (``prefetch``) the cache gives. The S3 end of the same path is tested for real in
+``test_s3_cache.py`` and ``test_mount_s3.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from pfsfsd.chunkcache import STORE_READ_AHEAD, ChunkCache
+
+from pfsfs.ids import hash_bytes
+from pfsfs.model import Locator, ManifestChunk
+
+CHUNK = 4096
+NCHUNKS = 300
+
+
+class MemoryReader:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.blobs = {hash_bytes(c): c for c in chunks}
+        self.manifest = [
+            ManifestChunk(Locator(hash_bytes(c), length=len(c)), len(c)) for c in chunks
+        ]
+        self.hinted: list[list[bytes]] = []  # chunk ids, one list per prefetch call
+
+    def read_manifest(self, loc: Locator) -> list[ManifestChunk]:
+        return self.manifest
+
+    def read_raw(self, loc: Locator) -> bytes:
+        return self.blobs[loc.id]
+
+    def prefetch(self, locs: Iterable[Locator]) -> None:
+        self.hinted.append([loc.id for loc in locs])
+
+
+def make() -> tuple[ChunkCache, MemoryReader, bytes]:
+    chunks = [os.urandom(CHUNK) for _ in range(NCHUNKS)]
+    reader = MemoryReader(chunks)
+    cache = ChunkCache(reader)  # type: ignore[arg-type]
+    return cache, reader, b"".join(chunks)
+
+
+def test_a_sequential_reader_keeps_the_store_hinted_ahead_in_few_calls() -> None:
+    cache, reader, data = make()
+    manifest = Locator(b"m" * 32)
+    ids = [c.loc.id for c in reader.manifest]
+    try:
+        for off in range(0, len(data), CHUNK):
+            assert bytes(cache.read(manifest, off, off + CHUNK)) == data[off : off + CHUNK]
+            i = off // CHUNK
+            if i == 0:
+                continue  # the first read is not known to be sequential yet
+            hinted = {h for call in reader.hinted for h in call}
+            # At every read, at least half a window ahead (or up to the end) is hinted...
+            ahead = ids[i : min(i + STORE_READ_AHEAD // 2, NCHUNKS)]
+            assert set(ahead) <= hinted, f"read of chunk {i}: the store was not told ahead"
+        # ...by one call per half window, not one per read.
+        assert len(reader.hinted) <= NCHUNKS // (STORE_READ_AHEAD // 2) + 2
+    finally:
+        cache.close()
+
+
+def test_a_seek_backwards_hints_from_the_new_place() -> None:
+    cache, reader, data = make()
+    manifest = Locator(b"m" * 32)
+    ids = [c.loc.id for c in reader.manifest]
+    try:
+        for off in range(100 * CHUNK, 110 * CHUNK, CHUNK):
+            cache.read(manifest, off, off + CHUNK)
+        calls = len(reader.hinted)
+        # Back within the sequential slack (a re-read of a few MiB earlier): hinted again
+        # from there, since the window last hinted starts after it.
+        assert bytes(cache.read(manifest, 50 * CHUNK, 51 * CHUNK)) == data[50 * CHUNK : 51 * CHUNK]
+        assert len(reader.hinted) == calls + 1
+        assert reader.hinted[-1][:STORE_READ_AHEAD] == ids[50 : 50 + STORE_READ_AHEAD]
+    finally:
+        cache.close()
