@@ -60,6 +60,7 @@ class ChunkCache:
         max_bytes: int = 64 << 20,
         disk_dir: Path | None = None,
         read_ahead: int = 2,
+        read_ahead_workers: int = 1,
     ) -> None:
         self.reader = reader
         self.max_bytes = max_bytes
@@ -70,6 +71,7 @@ class ChunkCache:
         self.hits = 0
         self.misses = 0
         self.read_ahead = read_ahead
+        self.read_ahead_workers = read_ahead_workers
         self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[bytes, Future[Chunk]] = {}
         self._next_offset: dict[bytes, int] = {}  # manifest id → where a sequential read goes on
@@ -124,7 +126,9 @@ class ChunkCache:
             if loc.id in self._chunks or loc.id in self._pending:
                 continue
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readahead")
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.read_ahead_workers, thread_name_prefix="readahead"
+                )
             self._pending[loc.id] = self._pool.submit(self._fetch, loc)
         if len(self._pending) > 4 * self.read_ahead:  # abandoned read-aheads: forget them
             for chunk_id in list(self._pending)[: len(self._pending) - 2 * self.read_ahead]:

@@ -49,6 +49,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from ..errors import NotFound, StoreError
 from ..ids import hash_bytes
@@ -63,7 +64,28 @@ DIGEST = 32
 _EVICT_TO = 0.9
 _BUMP_AFTER = 60.0  # seconds: do not touch a file's mtime more often than this
 _tmp_counter = itertools.count()
-Block = bytes | memoryview  # a data-pack block: a view into the span it was fetched with
+
+
+class _Block:
+    """One block of a data pack: ``span[start:end]`` of the ranged GET that fetched it (or of
+    the cache file it was read from). Blocks of one span are adjacent in it, so a range over
+    several of them is one slice of the span: no copy."""
+
+    __slots__ = ("span", "start", "end")
+
+    def __init__(self, span: memoryview, start: int = 0, end: int | None = None) -> None:
+        self.span = span
+        self.start = start
+        self.end = len(span) if end is None else end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def view(self) -> memoryview:
+        return self.span[self.start : self.end]
+
+
+Cached = bytes | _Block  # in memory: whole blobs, and data-pack blocks
 
 
 class CachingStore(ObjectStore):
@@ -88,10 +110,10 @@ class CachingStore(ObjectStore):
         self.block_size = block_size
         self.span_bytes = span_bytes
         self._memory_bytes = memory_bytes
-        self._memory: OrderedDict[str, Block] = OrderedDict()
+        self._memory: OrderedDict[str, Cached] = OrderedDict()
         self._memory_used = 0
         self._lock = threading.Lock()
-        self._loading: dict[str, Future[Block]] = {}
+        self._loading: dict[str, Future[Any]] = {}  # whole blobs (bytes) and _Blocks
         self._disk_used: int | None = None  # unknown until the first scan
         self._staged: dict[str, bytes] = {}  # metadata packs written, cached at flush
         self._requested: set[str] = set()  # keys prefetch was already asked for
@@ -165,6 +187,8 @@ class CachingStore(ObjectStore):
 
     # -- blobs: cached reads -------------------------------------------------------------------
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """As ``ObjectStore.get``; a range of a data pack may come back as a read-only
+        ``memoryview`` into the fetched span (no copy)."""
         check_key(key)
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
@@ -240,7 +264,7 @@ class CachingStore(ObjectStore):
             return self._pool
 
     def _load_quietly(
-        self, key: str, owned: list[int], futures: dict[int, Future[Block]]
+        self, key: str, owned: list[int], futures: dict[int, Future[_Block]]
     ) -> None:
         try:
             self._load(key, owned, futures)
@@ -258,17 +282,20 @@ class CachingStore(ObjectStore):
     def _whole(self, key: str) -> bytes:
         return self._cached(key, self._blob_path(key), lambda: self.inner.get(key))
 
-    def _get_blocks(self, key: str, offset: int, length: int) -> bytes:
+    def _get_blocks(self, key: str, offset: int, length: int) -> bytes | memoryview:
         if length == 0:
             return self.inner.get(key, offset, 0)
         size = self.block_size
         first, last = offset // size, (offset + length - 1) // size
         parts = self._blocks(key, range(first, last + 1))
         start = offset - first * size
-        if len(parts) == 1:
-            result = bytes(parts[0][start : start + length])
+        result: bytes | memoryview
+        span = parts[0].span
+        if all(p.span is span for p in parts):  # fetched together: one slice, no copy
+            begin = parts[0].start + start
+            result = span[begin : min(begin + length, parts[-1].end)]
         else:  # one copy: slices of the first and last block, whole ones between
-            views = [memoryview(p) for p in parts]
+            views = [p.view() for p in parts]
             views[0] = views[0][start:]
             views[-1] = views[-1][: start + length - (len(parts) - 1) * size]
             result = b"".join(views)
@@ -276,7 +303,7 @@ class CachingStore(ObjectStore):
             raise NotFound(f"object {key} in {self.location} is shorter than expected")
         return result
 
-    def _blocks(self, key: str, numbers: range) -> list[Block]:
+    def _blocks(self, key: str, numbers: range) -> list[_Block]:
         """Blocks ``numbers`` of a data pack, up to the pack's (short or empty) last block.
 
         Each block comes from memory, from a fetch already running (waited for), from disk, or
@@ -296,10 +323,10 @@ class CachingStore(ObjectStore):
 
     def _claim(
         self, key: str, numbers: range, *, count: bool = True
-    ) -> tuple[dict[int, Future[Block]], list[int]]:
+    ) -> tuple[dict[int, Future[_Block]], list[int]]:
         """A future per block; the blocks nobody is loading yet become ours to load.
         (``count``: memory hits count as cache hits — not for prefetches.)"""
-        futures: dict[int, Future[Block]] = {}
+        futures: dict[int, Future[_Block]] = {}
         owned: list[int] = []
         with self._lock:
             for n in numbers:
@@ -311,7 +338,7 @@ class CachingStore(ObjectStore):
                     # the ones just read would evict the prefetched ones not read yet (they
                     # were then read back from disk, or fetched again).
                     self.hits += count
-                    done: Future[Block] = Future()
+                    done: Future[_Block] = Future()
                     done.set_result(data)
                     futures[n] = done
                 elif mem_key in self._loading:
@@ -321,7 +348,7 @@ class CachingStore(ObjectStore):
                     owned.append(n)
         return futures, owned
 
-    def _load(self, key: str, owned: list[int], futures: dict[int, Future[Block]]) -> None:
+    def _load(self, key: str, owned: list[int], futures: dict[int, Future[_Block]]) -> None:
         """Settle the futures of ``owned`` blocks: from disk, else fetched in spans."""
         size = self.block_size
         try:
@@ -332,14 +359,14 @@ class CachingStore(ObjectStore):
                     missing.append(n)
                 else:
                     self.hits += 1
-                    self._settle(key, n, futures[n], data, write=False)
+                    self._settle(key, n, futures[n], _Block(memoryview(data)), write=False)
             for first, count in _runs(missing, max(1, self.span_bytes // size)):
                 self.misses += count
                 # Blocks are views of the span (no copy); they leave memory in the order they
                 # came (FIFO), so a span is freed about when its last block is.
                 span = memoryview(self._fetch_span(key, first * size, count * size))
                 for i in range(count):
-                    block = span[i * size : (i + 1) * size]
+                    block = _Block(span, min(i * size, len(span)), min((i + 1) * size, len(span)))
                     self._settle(key, first + i, futures[first + i], block, write=bool(block))
         except BaseException as exc:
             with self._lock:
@@ -351,10 +378,10 @@ class CachingStore(ObjectStore):
             raise
 
     def _settle(
-        self, key: str, n: int, future: Future[Block], data: Block, *, write: bool
+        self, key: str, n: int, future: Future[_Block], data: _Block, *, write: bool
     ) -> None:
         if write:
-            self._write_file(self._block_path(key, n), data)
+            self._write_file(self._block_path(key, n), data.view())
         mem_key = f"{key}#{n}"
         if data:
             self._remember(mem_key, data)
@@ -413,7 +440,7 @@ class CachingStore(ObjectStore):
             with self._lock:
                 self._loading.pop(mem_key, None)
 
-    def _remember(self, mem_key: str, data: Block) -> None:
+    def _remember(self, mem_key: str, data: Cached) -> None:
         if len(data) > self._memory_bytes // 2:
             return
         with self._lock:
@@ -463,7 +490,7 @@ class CachingStore(ObjectStore):
             pass
         return data
 
-    def _write_file(self, path: Path, data: Block) -> None:
+    def _write_file(self, path: Path, data: bytes | memoryview) -> None:
         """Cache ``data`` at ``path`` in the background (best effort: see ``CacheWriter``)."""
         self._writer.submit(path, data)
 
