@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from itertools import pairwise
 
 from . import model
 from .errors import Corruption, NotFound
@@ -211,6 +212,34 @@ class ObjectReader:
                 "run `pfsfs fsck`"
             )
         return data
+
+    def joined_view(
+        self, locs: Sequence[Locator], verified: Sequence[bytes | memoryview], lo: int, n: int
+    ) -> memoryview | None:
+        """``n`` bytes from ``lo`` into the run ``locs`` — consecutive objects stored back to
+        back in one pack, already read and verified as ``verified`` — as one view, without
+        joining copies; None if that cannot be had (the caller joins the parts then).
+
+        A remote store's cache hands out views of the buffer a ranged GET filled; when the
+        verified parts are all views of one such buffer, the range asked for again is too, and
+        then it holds exactly the verified bytes (the buffer is immutable). Any other answer
+        — a copy, another buffer (refetched meanwhile) — is not trusted and gives None."""
+        owner = verified[0].obj if isinstance(verified[0], memoryview) else None
+        if owner is None or not locs[0].pack:
+            return None
+        for part in verified:
+            if not isinstance(part, memoryview) or part.obj is not owner:
+                return None
+        for a, b in pairwise(locs):
+            if b.pack != a.pack or b.offset != a.offset + a.length:
+                return None
+        try:
+            view = self.store.get(model.blob_key(locs[0]), locs[0].offset + lo, n)
+        except NotFound:
+            return None
+        if isinstance(view, memoryview) and view.obj is owner and len(view) == n:
+            return view
+        return None
 
     def prefetch(self, locs: Iterable[Locator]) -> None:
         """Hint the store that these objects will be read next, in this order (a remote

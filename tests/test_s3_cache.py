@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from pfsfs.errors import NotFound, StoreError
-from pfsfs.model import DATA_PACK, META_PACK, pack_key
+from pfsfs.ids import hash_bytes
+from pfsfs.model import DATA_PACK, META_PACK, Locator, new_pack_name, pack_key
+from pfsfs.objects import ObjectReader
 from pfsfs.store.base import ObjectStore
 from pfsfs.store.cache import DIGEST, CachingStore
 from pfsfs.store.retry import RetryPolicy
@@ -185,6 +187,31 @@ def test_a_sequential_reader_gets_each_prefetched_block_once(
         assert requests(store) - before <= 20
     finally:
         store.close()
+
+
+def test_adjacent_chunks_read_as_one_view_of_the_buffer_they_came_in(
+    cached: CachingStore,
+) -> None:
+    """A read straddling two chunks of one pack costs no joining copy when the cache holds
+    both in one fetched buffer, and gets exactly the verified bytes; parts that are not views
+    of one buffer are refused (the caller copies them)."""
+    a, b = os.urandom(150_000), os.urandom(90_000)
+    pack = new_pack_name(DATA_PACK)
+    cached.inner.put(pack_key(pack), a + b)
+    cached.inner.flush()
+    locs = [Locator(hash_bytes(a), pack, 0, len(a)), Locator(hash_bytes(b), pack, len(a), len(b))]
+    reader = ObjectReader(cached, None)  # type: ignore[arg-type]  # no index needed to read
+    reader.prefetch(locs)  # as a sequential reader does: both arrive in one ranged GET
+    parts = [reader.read_raw(loc) for loc in locs]  # verified
+    joined = reader.joined_view(locs, parts, 1000, len(a))
+    assert isinstance(joined, memoryview)
+    assert joined == (a + b)[1000 : 1000 + len(a)]
+    copies = [bytes(p) for p in parts]
+    assert reader.joined_view(locs, copies, 1000, len(a)) is None
+    elsewhere = [memoryview(bytes(a)), parts[1]]
+    assert reader.joined_view(locs, elsewhere, 1000, len(a)) is None  # not one buffer
+    apart = [locs[0], Locator(locs[1].id, pack, len(a) + 1, len(b))]
+    assert reader.joined_view(apart, parts, 1000, len(a)) is None  # not back to back
 
 
 def test_written_meta_packs_are_cached_after_flush(cached: CachingStore) -> None:
