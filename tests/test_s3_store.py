@@ -136,6 +136,25 @@ def test_get_past_the_end(s3: S3ObjectStore) -> None:
         s3.get("pack/ffffffffffffffff", 0, 0)
 
 
+
+def test_get_upto_reads_no_further_than_asked(s3: S3ObjectStore) -> None:
+    """From the start, ``get_upto`` asks for the whole object but reads only what it needs:
+    a blob longer than that yields exactly ``length`` bytes (and the next request still
+    works); a shorter one yields all of it; a missing one is NotFound."""
+    data = os.urandom(3 << 20)
+    put_and_flush(s3, "pack/0123456789abcdef", data)
+    for _ in range(3):  # the connection dropped after a partial read is not reused
+        assert s3.get_upto("pack/0123456789abcdef", 0, 1 << 20) == data[: 1 << 20]
+    assert s3.get_upto("pack/0123456789abcdef", 0, 8 << 20) == data
+    assert s3.get_upto("pack/0123456789abcdef", 5, 10) == data[5:15]
+    assert s3.get_upto("pack/0123456789abcdef", len(data), 10) == b""
+    with pytest.raises(NotFound):
+        s3.get_upto("pack/ffffffffffffffff", 0, 10)
+    s3.put("pack/00000000000000ee", b"")
+    s3.flush()
+    assert s3.get_upto("pack/00000000000000ee", 0, 10) == b""
+
+
 # -- errors ------------------------------------------------------------------------------------
 def test_wrong_bucket(s3_server: MotoServer) -> None:
     store = make_store(s3_server, bucket="no-such-bucket")

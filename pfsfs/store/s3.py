@@ -455,8 +455,13 @@ class S3ObjectStore(ObjectStore):
             if not self.exists(key):
                 raise NotFound(f"object {key} is missing from {self.location}")
             return b""
+        # Up to ``length`` bytes from the start (a read cache's first span of a pack, which
+        # usually holds all of it): a plain GET read no further than ``length`` gives the
+        # same bytes as a range, and the server need not cut a range out of the object (moto
+        # copies the whole object once more to do that).
+        from_start = not exact and offset == 0 and length is not None
         extra: dict[str, str] = {}
-        if length is not None:
+        if length is not None and not from_start:
             extra["Range"] = f"bytes={offset}-{offset + length - 1}"
         elif offset:
             extra["Range"] = f"bytes={offset}-"
@@ -466,7 +471,8 @@ class S3ObjectStore(ObjectStore):
             resp = client.get_object(Bucket=self.bucket, Key=s3key, **extra)
             body = resp["Body"]
             try:
-                return bytes(body.read())
+                # closing before the end (a blob longer than ``length``) drops the connection
+                return bytes(body.read(length) if from_start else body.read())
             finally:
                 body.close()
 
