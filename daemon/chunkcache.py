@@ -120,16 +120,19 @@ class ChunkCache:
             _, old = self._chunks.popitem(last=False)
             self._bytes -= len(old)
 
+    def _workers(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.read_ahead_workers, thread_name_prefix="readahead"
+            )
+        return self._pool
+
     def _prefetch(self, m: Manifest, first: int) -> None:
         for i in range(first, min(first + self.read_ahead, len(m.chunks))):
             loc = m.chunks[i].loc
             if loc.id in self._chunks or loc.id in self._pending:
                 continue
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    max_workers=self.read_ahead_workers, thread_name_prefix="readahead"
-                )
-            self._pending[loc.id] = self._pool.submit(self._fetch, loc)
+            self._pending[loc.id] = self._workers().submit(self._fetch, loc)
         if len(self._pending) > 4 * self.read_ahead:  # abandoned read-aheads: forget them
             for chunk_id in list(self._pending)[: len(self._pending) - 2 * self.read_ahead]:
                 self._pending.pop(chunk_id).cancel()
@@ -143,7 +146,13 @@ class ChunkCache:
             if i < end - STORE_READ_AHEAD // 2 or end >= len(m.chunks):
                 return  # it still reaches half a window ahead, or to the end of the file
         self._hinted[mid] = i + STORE_READ_AHEAD
-        self.reader.prefetch(c.loc for c in m.chunks[i : i + STORE_READ_AHEAD])
+        locs = [c.loc for c in m.chunks[i : i + STORE_READ_AHEAD]]
+        if end is None:
+            # The first hint of a read, before the chunk read-aheads are queued: they must find
+            # their blocks claimed by it, or each would fetch its own blocks in a small GET.
+            self.reader.prefetch(locs)
+        else:  # half a window ahead of the reader: a worker thread can spare the mount's
+            self._workers().submit(self.reader.prefetch, locs)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -8,8 +8,8 @@ In one run, against one ``moto_server`` on a free loopback port:
 3. S3 requests to read every tree of a 100,000-file commit from a fresh home — target ≤ 100;
 4. a cold-cache read of the committed 1 GiB file — through a FUSE mount (``pfsfs mount``,
    fresh home, empty cache; read to the end like ``cat``, then compared with the source
-   untimed) if mounting works here, and with ``pfsfs get`` (another fresh home) — target
-   ≥ 70% of raw GET.
+   untimed) if mounting works here — target ≥ 70% of raw GET — and, for reference, with
+   ``pfsfs get`` to a local file (another fresh home).
 
 The server keeps every object in memory: moto spools objects over ~5 MiB to temporary files
 on disk (``MOTO_S3_DEFAULT_KEY_BUFFER_SIZE``), which the raw baseline's 4 MiB objects escape
@@ -305,13 +305,9 @@ def main() -> None:
         best[how] = max(read, best.get(how, 0.0))
     for how, read in best.items():
         ratio = read / raw_get
-        rows.append(
-            (
-                f"cold read ({how})",
-                f"{read:.0f} MB/s = {ratio:.0%} of raw GET",
-                _verdict(ratio >= 0.7, "≥ 70%"),
-            )
-        )
+        # The target is for the mount; ``pfsfs get`` (writing a local file) is for reference.
+        target = _verdict(ratio >= 0.7, "≥ 70%") if "mount" in how else ""
+        rows.append((f"cold read ({how})", f"{read:.0f} MB/s = {ratio:.0%} of raw GET", target))
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'result':<28}  target")
     for name, value, verdict in rows:

@@ -88,6 +88,22 @@ class _Block:
 Cached = bytes | _Block  # in memory: whole blobs, and data-pack blocks
 
 
+class _Ready:
+    """A block already in memory, looking like a finished ``Future`` to its reader (a real
+    one costs a lock and a condition, per block, on every read of a cached range)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> Any:
+        return self._value
+
+
 class CachingStore(ObjectStore):
     """Caches immutable blobs of ``inner`` under ``cache_dir``; refs pass straight through."""
 
@@ -338,9 +354,7 @@ class CachingStore(ObjectStore):
                     # the ones just read would evict the prefetched ones not read yet (they
                     # were then read back from disk, or fetched again).
                     self.hits += count
-                    done: Future[_Block] = Future()
-                    done.set_result(data)
-                    futures[n] = done
+                    futures[n] = _Ready(data)  # type: ignore[assignment]
                 elif mem_key in self._loading:
                     futures[n] = self._loading[mem_key]
                 else:
