@@ -13,8 +13,9 @@ complete and no half-written temp files behind.
 The thread runs at the lowest CPU priority (nice 19; Linux gives each thread its own). Writing a
 file costs CPU (hashing it, copying it into the page cache, the kernel's writeback), and on a
 small machine that CPU is taken from the reader and the S3 server it reads from: measured on
-2 cores, a cold 1 GiB read through an S3 mount went from ~320–480 to ~520–580 MB/s. On a busy
-machine the writer then falls behind and drops files instead of slowing reads.
+2 cores (moto on the same machine), three back-to-back cold 1 GiB reads through an S3 mount
+went from 322–477 to 407–541 MB/s. On a busy machine the writer then falls behind and drops
+files instead of slowing reads (a cold read may leave part of a big file uncached).
 """
 
 from __future__ import annotations
