@@ -141,18 +141,19 @@ class ChunkCache:
         """Tell a remote store's cache which chunks a sequential reader at chunk ``i`` reads
         next (it fetches them ahead, in parallel, in a few large requests; a local store
         ignores it). Once per half window, not per read: each hint walks its chunks."""
-        end = self._hinted.get(mid)
-        if end is not None and end - STORE_READ_AHEAD <= i < end:  # inside the last window
-            if i < end - STORE_READ_AHEAD // 2 or end >= len(m.chunks):
-                return  # it still reaches half a window ahead, or to the end of the file
+        end = self._hinted.get(mid, -1)
+        sliding = end - STORE_READ_AHEAD <= i < end  # inside the window hinted last
+        if sliding and (i < end - STORE_READ_AHEAD // 2 or end >= len(m.chunks)):
+            return  # it still reaches half a window ahead, or to the end of the file
         self._hinted[mid] = i + STORE_READ_AHEAD
         locs = [c.loc for c in m.chunks[i : i + STORE_READ_AHEAD]]
-        if end is None:
-            # The first hint of a read, before the chunk read-aheads are queued: they must find
-            # their blocks claimed by it, or each would fetch its own blocks in a small GET.
-            self.reader.prefetch(locs)
-        else:  # half a window ahead of the reader: a worker thread can spare the mount's
+        if sliding:  # half a window ahead of the reader: a worker thread can spare the mount's
             self._workers().submit(self.reader.prefetch, locs)
+        else:
+            # The first hint of a read (or after a seek), before the chunk read-aheads are
+            # queued: they must find their blocks claimed by it, or each would fetch its own
+            # blocks in a small GET.
+            self.reader.prefetch(locs)
 
     def close(self) -> None:
         if self._pool is not None:

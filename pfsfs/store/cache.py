@@ -28,8 +28,11 @@ cold read is not slowed to the disk's speed; if the disk falls more than ``write
 behind, blocks go uncached) and ``close`` waits for what is queued. Eviction is LRU-ish by
 size: a hit bumps the file's mtime; when the total passes ``max_bytes`` the oldest files go
 until it is under 90%. Several processes may share
-one cache directory. A small in-memory LRU (``memory_bytes``) keeps recently read blobs decoded,
-so the many range reads of one metadata pack do not re-read and re-hash the file.
+one cache directory. A small in-memory cache (``memory_bytes``) keeps recently read blobs
+decoded, so the many range reads of one metadata pack do not re-read and re-hash the file:
+whole blobs by LRU; data-pack blocks first in, first out, as views of the span they were
+fetched in, so that prefetched blocks stay until a sequential reader gets to them and a range
+within one span is returned as a slice of it, without a copy.
 
 ``prefetch(keys)`` fills the cache for whole blobs in the background (bounded thread pool), and
 ``prefetch_ranges`` for the blocks of data-pack ranges (``span_bytes`` per request: a sequential
