@@ -20,6 +20,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from pfsfs.heldbytes import HeldBytes, owner_of
 from pfsfs.ids import hash_bytes
 from pfsfs.model import Locator, ManifestChunk
 from pfsfs.objects import ObjectReader
@@ -65,7 +66,9 @@ class ChunkCache:
         self.reader = reader
         self.max_bytes = max_bytes
         self._chunks: OrderedDict[bytes, Chunk] = OrderedDict()
-        self._bytes = 0
+        # A chunk may be a view of the span a remote store fetched it in: what counts against
+        # ``max_bytes`` is every distinct buffer kept alive, not the chunks' lengths.
+        self._held = HeldBytes()
         self._manifests: OrderedDict[bytes, Manifest] = OrderedDict()
         self.disk_dir = disk_dir
         self.hits = 0
@@ -112,13 +115,16 @@ class ChunkCache:
         return data
 
     def _remember(self, chunk_id: bytes, data: Chunk) -> None:
+        replaced = self._chunks.pop(chunk_id, None)
+        if replaced is not None:
+            self._held.remove(owner_of(replaced))
         self._chunks[chunk_id] = data
-        self._bytes += len(data)
-        while (self._bytes > self.max_bytes or len(self._chunks) > MAX_ENTRIES) and len(
+        self._held.add(owner_of(data))
+        while (self._held.total > self.max_bytes or len(self._chunks) > MAX_ENTRIES) and len(
             self._chunks
         ) > 1:
             _, old = self._chunks.popitem(last=False)
-            self._bytes -= len(old)
+            self._held.remove(owner_of(old))
 
     def _workers(self) -> ThreadPoolExecutor:
         if self._pool is None:

@@ -549,6 +549,8 @@ class Worker:
             await self.chan.send({"event": "exited", **reply})
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        if self.tree is not None:
+            self.tree.cache.close()  # its read-ahead threads stop before the store closes
         self.repo.close()
 
     async def commit_only(self, req: dict[str, Any]) -> None:

@@ -221,23 +221,21 @@ class ObjectReader:
         joining copies; None if that cannot be had (the caller joins the parts then).
 
         A remote store's cache hands out views of the buffer a ranged GET filled; when the
-        verified parts are all views of one such buffer, the range asked for again is too, and
-        then it holds exactly the verified bytes (the buffer is immutable). Any other answer
-        — a copy, another buffer (refetched meanwhile) — is not trusted and gives None."""
+        verified parts are all views of one such buffer and the store still holds the range
+        in it (``cached_view``: memory only, no fetch), that view holds exactly the verified
+        bytes (the buffer is immutable ``bytes``). Any other answer — nothing, another buffer
+        (refetched meanwhile) — gives None."""
         owner = verified[0].obj if isinstance(verified[0], memoryview) else None
-        if owner is None or not locs[0].pack:
-            return None
+        if type(owner) is not bytes or not locs[0].pack:
+            return None  # only immutable buffers: a reused one could change under the view
         for part in verified:
             if not isinstance(part, memoryview) or part.obj is not owner:
                 return None
         for a, b in pairwise(locs):
             if b.pack != a.pack or b.offset != a.offset + a.length:
                 return None
-        try:
-            view = self.store.get(model.blob_key(locs[0]), locs[0].offset + lo, n)
-        except NotFound:
-            return None
-        if isinstance(view, memoryview) and view.obj is owner and len(view) == n:
+        view = self.store.cached_view(model.blob_key(locs[0]), locs[0].offset + lo, n)
+        if view is not None and view.obj is owner and len(view) == n:
             return view
         return None
 

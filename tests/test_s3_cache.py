@@ -214,6 +214,55 @@ def test_adjacent_chunks_read_as_one_view_of_the_buffer_they_came_in(
     assert reader.joined_view(apart, parts, 1000, len(a)) is None  # not back to back
 
 
+def test_a_joined_view_is_never_fetched(s3_server: MotoServer, tmp_path: Path) -> None:
+    """Once the store's memory has let the span go, the chunks (still held by the reader) are
+    joined by copying: no request, no error, even with the server gone."""
+    block = 64 << 10
+    store = CachingStore(
+        s3_store(s3_server, max_attempts=1, retry_policy=RetryPolicy(1, 0, 0)),
+        tmp_path / "c",
+        block_size=block,
+        span_bytes=4 * block,
+        memory_bytes=4 * block,
+    )
+    try:
+        a, b = os.urandom(100_000), os.urandom(50_000)
+        pack = new_pack_name(DATA_PACK)
+        store.inner.put(pack_key(pack), a + b)
+        other = data_key()
+        store.inner.put(other, os.urandom(4 * block))
+        store.inner.flush()
+        locs = [
+            Locator(hash_bytes(a), pack, 0, len(a)),
+            Locator(hash_bytes(b), pack, len(a), len(b)),
+        ]
+        reader = ObjectReader(store, None)  # type: ignore[arg-type]
+        reader.prefetch(locs)
+        parts = [reader.read_raw(loc) for loc in locs]
+        assert reader.joined_view(locs, parts, 10, 1000) is not None
+        store.get(other, 0, 4 * block)  # another span: the first one leaves memory
+        before = requests(store)
+        assert reader.joined_view(locs, parts, 10, 1000) is None
+        assert requests(store) == before
+    finally:
+        store.close()
+
+
+def test_a_hint_after_close_does_nothing(s3_server: MotoServer, tmp_path: Path) -> None:
+    """A mount's last read-ahead hint may arrive while the store closes: it is dropped (no
+    request, no thread started again, no block left claimed for a reader to wait on)."""
+    store = CachingStore(s3_store(s3_server), tmp_path / "c", block_size=64 << 10)
+    key = data_key()
+    store.inner.put(key, os.urandom(300_000))
+    store.inner.flush()
+    before = requests(store)
+    store.close()
+    store.prefetch_ranges([(key, 0, 300_000)])
+    store.prefetch([meta_key()])
+    assert requests(store) == before
+    assert store._pool is None and not store._loading
+
+
 def test_written_meta_packs_are_cached_after_flush(cached: CachingStore) -> None:
     key = meta_key()
     cached.put(key, b"trees" * 100)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.server
 import logging
 import os
 import subprocess
@@ -138,14 +139,17 @@ def test_get_past_the_end(s3: S3ObjectStore) -> None:
 
 
 def test_get_upto_reads_no_further_than_asked(s3: S3ObjectStore) -> None:
-    """From the start, ``get_upto`` asks for the whole object but reads only what it needs:
-    a blob longer than that yields exactly ``length`` bytes (and the next request still
-    works); a shorter one yields all of it; a missing one is NotFound."""
-    data = os.urandom(3 << 20)
+    """From the start and for at least a whole pack's worth, ``get_upto`` asks for the whole
+    object but reads only what it needs: a blob longer than that yields exactly ``length``
+    bytes (and the next requests still work); a shorter one yields all of it; smaller reads
+    and other offsets are ranges; a missing blob is NotFound."""
+    big = MULTIPART_THRESHOLD
+    data = os.urandom(big + (1 << 20))
     put_and_flush(s3, "pack/0123456789abcdef", data)
     for _ in range(3):  # the connection dropped after a partial read is not reused
-        assert s3.get_upto("pack/0123456789abcdef", 0, 1 << 20) == data[: 1 << 20]
-    assert s3.get_upto("pack/0123456789abcdef", 0, 8 << 20) == data
+        assert s3.get_upto("pack/0123456789abcdef", 0, big) == data[:big]
+    assert s3.get_upto("pack/0123456789abcdef", 0, 2 * big) == data
+    assert s3.get_upto("pack/0123456789abcdef", 0, 1 << 20) == data[: 1 << 20]
     assert s3.get_upto("pack/0123456789abcdef", 5, 10) == data[5:15]
     assert s3.get_upto("pack/0123456789abcdef", len(data), 10) == b""
     with pytest.raises(NotFound):
@@ -195,6 +199,45 @@ def test_rejected_credentials_are_never_quoted(caplog: pytest.LogCaptureFixture)
         assert TEST_SECRET_KEY not in text  # not even botocore's own debug log has the secret
         if record.name.startswith("pfsfs"):
             assert TEST_ACCESS_KEY not in text
+
+
+class _TruncatingS3(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with 200 and a Content-Length its body never reaches, then hangs
+    up: a connection cut in the middle of a download (moto cannot be made to do that)."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.send_response(200)
+        self.send_header("Content-Length", str(MULTIPART_THRESHOLD))
+        self.end_headers()
+        self.wfile.write(b"x" * 1000)
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_download_cut_short_is_an_error_not_a_short_blob() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TruncatingS3)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        store = S3ObjectStore(
+            "bucket",
+            endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
+            aws_access_key_id=TEST_ACCESS_KEY,
+            aws_secret_access_key=TEST_SECRET_KEY,
+            max_attempts=1,
+            retry_policy=FAST,
+        )
+        for length in (MULTIPART_THRESHOLD, 2 * MULTIPART_THRESHOLD):  # whole-object reads
+            with pytest.raises(StoreError) as info:
+                store.get_upto("pack/0123456789abcdef", 0, length)
+            assert "IncompleteReadError" in str(info.value)
+        with pytest.raises(StoreError):
+            store.get("pack/0123456789abcdef")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_unreachable_endpoint_is_quick_with_short_retries() -> None:

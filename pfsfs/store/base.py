@@ -127,6 +127,12 @@ class ObjectStore(abc.ABC):
         a remote store's cache may fetch them in the background, adjacent ranges of one blob
         in one request. Local stores ignore it."""
 
+    def cached_view(self, key: str, offset: int, length: int) -> memoryview | None:
+        """``length`` bytes of ``key`` from ``offset`` as a view of a buffer this process
+        already holds, if it has them in one; never fetches, never raises. (A remote store's
+        read cache may; others have none to offer.)"""
+        return None
+
     def uncached(self) -> ObjectStore:
         """The store below any local read cache (fsck --deep and copies must read the truth)."""
         return self

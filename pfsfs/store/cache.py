@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotFound, StoreError
+from ..heldbytes import HeldBytes, owner_of
 from ..ids import hash_bytes
 from ..model import is_meta_pack_key
 from .base import BlobInfo, ObjectStore, check_key
@@ -86,6 +87,11 @@ class _Block:
 
     def view(self) -> memoryview:
         return self.span[self.start : self.end]
+
+
+def _owner(data: Cached) -> Any:
+    """What an in-memory entry keeps alive: a block its whole span, a blob itself."""
+    return owner_of(data.span) if isinstance(data, _Block) else data
 
 
 Cached = bytes | _Block  # in memory: whole blobs, and data-pack blocks
@@ -130,7 +136,7 @@ class CachingStore(ObjectStore):
         self.span_bytes = span_bytes
         self._memory_bytes = memory_bytes
         self._memory: OrderedDict[str, Cached] = OrderedDict()
-        self._memory_used = 0
+        self._memory_used = HeldBytes()  # spans counted whole, however few blocks remain
         self._lock = threading.Lock()
         self._loading: dict[str, Future[Any]] = {}  # whole blobs (bytes) and _Blocks
         self._disk_used: int | None = None  # unknown until the first scan
@@ -139,6 +145,7 @@ class CachingStore(ObjectStore):
         self._staged_bytes = 0
         self._prefetch_workers = prefetch_workers
         self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
         self._writer = CacheWriter(self._write_now, max_bytes=write_queue_bytes)
         self.hits = 0
         self.misses = 0
@@ -234,7 +241,13 @@ class CachingStore(ObjectStore):
                     continue
             if self._blob_path(key).exists():
                 continue
-            self._prefetch_pool().submit(self._quietly, self._whole, key)
+            pool = self._prefetch_pool()
+            if pool is None:
+                return
+            try:
+                pool.submit(self._quietly, self._whole, key)
+            except RuntimeError:  # shut down meanwhile: a hint may be dropped
+                return
 
     def prefetch_ranges(self, ranges: Iterable[tuple[str, int, int]]) -> None:
         """Start fetching these ranges: whole blobs for everything but data packs; for data
@@ -262,8 +275,15 @@ class CachingStore(ObjectStore):
             # Claimed here, not in the pool thread: a read of these blocks arriving before the
             # fetch starts waits for it instead of fetching them in smaller pieces.
             futures, owned = self._claim(key, range(g * group, (g + 1) * group), count=False)
-            if owned:
-                self._prefetch_pool().submit(self._load_quietly, key, owned, futures)
+            if not owned:
+                continue
+            pool = self._prefetch_pool()
+            try:
+                if pool is None:
+                    raise StoreError(f"the read cache of {self.location} was closed")
+                pool.submit(self._load_quietly, key, owned, futures)
+            except (RuntimeError, StoreError) as exc:  # closed meanwhile: nobody will load
+                self._fail_owned(key, owned, futures, exc)  # them, so readers must not wait
 
     def _first_ask(self, name: str) -> bool:
         """Whether prefetch is asked for ``name`` the first time (call with the lock held)."""
@@ -274,8 +294,11 @@ class CachingStore(ObjectStore):
         self._requested.add(name)
         return True
 
-    def _prefetch_pool(self) -> ThreadPoolExecutor:
+    def _prefetch_pool(self) -> ThreadPoolExecutor | None:
+        """The prefetch threads; None once the store is closed (a late hint does nothing)."""
         with self._lock:
+            if self._closed:
+                return None
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
                     self._prefetch_workers, thread_name_prefix="pfsfs-prefetch"
@@ -321,6 +344,26 @@ class CachingStore(ObjectStore):
         if len(result) != length:
             raise NotFound(f"object {key} in {self.location} is shorter than expected")
         return result
+
+    def cached_view(self, key: str, offset: int, length: int) -> memoryview | None:
+        """The range as a slice of the one span holding all its blocks in memory, else None
+        (no claim, no fetch: what is not in memory is simply not offered)."""
+        if length <= 0 or not key.startswith("pack/") or is_meta_pack_key(key):
+            return None
+        size = self.block_size
+        first, last = offset // size, (offset + length - 1) // size
+        with self._lock:
+            blocks = [self._memory.get(f"{key}#{n}") for n in range(first, last + 1)]
+        head = blocks[0]
+        if not isinstance(head, _Block):
+            return None
+        for block in blocks:
+            if not isinstance(block, _Block) or block.span is not head.span:
+                return None
+        begin = head.start + offset - first * size
+        if begin + length > blocks[-1].end:
+            return None  # past the end of the pack
+        return head.span[begin : begin + length]
 
     def _blocks(self, key: str, numbers: range) -> list[_Block]:
         """Blocks ``numbers`` of a data pack, up to the pack's (short or empty) last block.
@@ -386,13 +429,19 @@ class CachingStore(ObjectStore):
                     block = _Block(span, min(i * size, len(span)), min((i + 1) * size, len(span)))
                     self._settle(key, first + i, futures[first + i], block, write=bool(block))
         except BaseException as exc:
-            with self._lock:
-                for n in owned:
-                    future = futures[n]
-                    if not future.done():
-                        future.set_exception(exc)
-                    self._loading.pop(f"{key}#{n}", None)
+            self._fail_owned(key, owned, futures, exc)
             raise
+
+    def _fail_owned(
+        self, key: str, owned: list[int], futures: dict[int, Future[_Block]], exc: BaseException
+    ) -> None:
+        """Settle the claimed blocks nobody will load with ``exc`` (their readers get it)."""
+        with self._lock:
+            for n in owned:
+                future = futures[n]
+                if not future.done():
+                    future.set_exception(exc)
+                self._loading.pop(f"{key}#{n}", None)
 
     def _settle(
         self, key: str, n: int, future: Future[_Block], data: _Block, *, write: bool
@@ -464,15 +513,15 @@ class CachingStore(ObjectStore):
             if mem_key in self._memory:
                 return
             self._memory[mem_key] = data
-            self._memory_used += len(data)
-            while self._memory_used > self._memory_bytes and self._memory:
+            self._memory_used.add(_owner(data))
+            while self._memory_used.total > self._memory_bytes and self._memory:
                 _, old = self._memory.popitem(last=False)
-                self._memory_used -= len(old)
+                self._memory_used.remove(_owner(old))
 
     def _forget(self, key: str) -> None:
         with self._lock:
             for mem_key in [k for k in self._memory if k == key or k.startswith(key + "#")]:
-                self._memory_used -= len(self._memory.pop(mem_key))
+                self._memory_used.remove(_owner(self._memory.pop(mem_key)))
         try:
             self._blob_path(key).unlink(missing_ok=True)
             if key.startswith("pack/"):
@@ -585,7 +634,9 @@ class CachingStore(ObjectStore):
         return self.inner.list_refs(prefix)
 
     def close(self) -> None:
-        pool, self._pool = self._pool, None
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         # Blocks claimed by prefetches that the shutdown cancelled would never be settled: a

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -110,6 +111,8 @@ class CacheWriter:
 
 def _lowest_priority() -> None:
     """Make the calling thread yield the CPU to everything else (best effort)."""
+    if not sys.platform.startswith("linux"):
+        return  # elsewhere a thread id is no pid: setpriority would renice something else
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (OSError, AttributeError) as exc:  # not Linux, or not allowed: just slower reads

@@ -62,7 +62,7 @@ import boto3
 import boto3.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, IncompleteReadError
 
 from ..errors import InvalidInput, NotFound, PfsError, RefChanged, StoreError
 from .base import BlobInfo, ObjectStore, check_key
@@ -455,11 +455,15 @@ class S3ObjectStore(ObjectStore):
             if not self.exists(key):
                 raise NotFound(f"object {key} is missing from {self.location}")
             return b""
-        # Up to ``length`` bytes from the start (a read cache's first span of a pack, which
-        # usually holds all of it): a plain GET read no further than ``length`` gives the
-        # same bytes as a range, and the server need not cut a range out of the object (moto
-        # copies the whole object once more to do that).
-        from_start = not exact and offset == 0 and length is not None
+        # Up to ``length`` bytes from the start, ``length`` at least the largest blob a single
+        # PUT makes (a read cache's span over a whole data pack): a plain GET gives the same
+        # bytes as a range, and the server need not cut a range out of the object (moto
+        # copies the whole object once more to do that). Smaller reads keep their Range: a
+        # plain GET read only in part would waste what the server sent ahead and the
+        # connection with it.
+        from_start = (
+            not exact and offset == 0 and length is not None and length >= MULTIPART_THRESHOLD
+        )
         extra: dict[str, str] = {}
         if length is not None and not from_start:
             extra["Range"] = f"bytes={offset}-{offset + length - 1}"
@@ -471,8 +475,14 @@ class S3ObjectStore(ObjectStore):
             resp = client.get_object(Bucket=self.bucket, Key=s3key, **extra)
             body = resp["Body"]
             try:
+                if not from_start:
+                    return bytes(body.read())  # botocore checks Content-Length at the end
                 # closing before the end (a blob longer than ``length``) drops the connection
-                return bytes(body.read(length) if from_start else body.read())
+                data = bytes(body.read(length))
+                expected = min(length, int(resp["ContentLength"]))
+                if len(data) != expected:  # a cut connection: read(amt) does not check
+                    raise IncompleteReadError(actual_bytes=len(data), expected_bytes=expected)
+                return data
             finally:
                 body.close()
 
