@@ -240,6 +240,10 @@ class ChunkCache:
             return parts[0]
         # A read straddling chunks (most 1 MiB reads do: chunks average ~1.1 MiB): one view of
         # the buffer a remote store fetched them in, if it holds them all; else one copy.
-        locs = [c.loc for c in m.chunks[first:i]]
-        joined = self.reader.joined_view(locs, chunks, offset - m.starts[first], end - offset)
-        return joined if joined is not None else b"".join(parts)
+        if isinstance(chunks[0], memoryview):  # a local store's chunks are plain bytes
+            locs = [c.loc for c in m.chunks[first:i]]
+            lo, n = offset - m.starts[first], end - offset
+            joined = self.reader.joined_view(locs, chunks, lo, n)
+            if joined is not None:
+                return joined
+        return b"".join(parts)

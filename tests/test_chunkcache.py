@@ -34,9 +34,6 @@ class MemoryReader:
     def read_raw(self, loc: Locator) -> bytes:
         return self.blobs[loc.id]
 
-    def joined_view(self, *args: object) -> None:
-        return None  # a local store: chunks are separate buffers, joined by copying
-
     def prefetch(self, locs: Iterable[Locator]) -> None:
         self.hinted.append([loc.id for loc in locs])
 

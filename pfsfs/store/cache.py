@@ -89,6 +89,19 @@ class _Block:
         return self.span[self.start : self.end]
 
 
+def _one_span(blocks: list[Any], start: int, length: int) -> memoryview | None:
+    """``length`` bytes from ``start`` into consecutive ``blocks`` as one slice of their span,
+    if they all are blocks of one span (fewer bytes where the span ends); else None."""
+    head = blocks[0]
+    if not isinstance(head, _Block):
+        return None
+    for block in blocks:
+        if not isinstance(block, _Block) or block.span is not head.span:
+            return None
+    begin = head.start + start
+    return head.span[begin : min(begin + length, blocks[-1].end)]
+
+
 def _owner(data: Cached) -> Any:
     """What an in-memory entry keeps alive: a block its whole span, a blob itself."""
     return owner_of(data.span) if isinstance(data, _Block) else data
@@ -278,12 +291,14 @@ class CachingStore(ObjectStore):
             if not owned:
                 continue
             pool = self._prefetch_pool()
-            try:
-                if pool is None:
-                    raise StoreError(f"the read cache of {self.location} was closed")
-                pool.submit(self._load_quietly, key, owned, futures)
-            except (RuntimeError, StoreError) as exc:  # closed meanwhile: nobody will load
-                self._fail_owned(key, owned, futures, exc)  # them, so readers must not wait
+            if pool is not None:
+                try:
+                    pool.submit(self._load_quietly, key, owned, futures)
+                    continue
+                except RuntimeError:  # shut down meanwhile
+                    pass
+            # Closed: nobody will load these blocks, so their readers must not wait for them.
+            self._fail_owned(key, owned, futures, self._closed_error())
 
     def _first_ask(self, name: str) -> bool:
         """Whether prefetch is asked for ``name`` the first time (call with the lock held)."""
@@ -304,6 +319,9 @@ class CachingStore(ObjectStore):
                     self._prefetch_workers, thread_name_prefix="pfsfs-prefetch"
                 )
             return self._pool
+
+    def _closed_error(self) -> StoreError:
+        return StoreError(f"the read cache of {self.location} was closed")
 
     def _load_quietly(
         self, key: str, owned: list[int], futures: dict[int, Future[_Block]]
@@ -331,12 +349,8 @@ class CachingStore(ObjectStore):
         first, last = offset // size, (offset + length - 1) // size
         parts = self._blocks(key, range(first, last + 1))
         start = offset - first * size
-        result: bytes | memoryview
-        span = parts[0].span
-        if all(p.span is span for p in parts):  # fetched together: one slice, no copy
-            begin = parts[0].start + start
-            result = span[begin : min(begin + length, parts[-1].end)]
-        else:  # one copy: slices of the first and last block, whole ones between
+        result: bytes | memoryview | None = _one_span(parts, start, length)
+        if result is None:  # one copy: slices of the first and last block, whole ones between
             views = [p.view() for p in parts]
             views[0] = views[0][start:]
             views[-1] = views[-1][: start + length - (len(parts) - 1) * size]
@@ -354,16 +368,8 @@ class CachingStore(ObjectStore):
         first, last = offset // size, (offset + length - 1) // size
         with self._lock:
             blocks = [self._memory.get(f"{key}#{n}") for n in range(first, last + 1)]
-        head = blocks[0]
-        if not isinstance(head, _Block):
-            return None
-        for block in blocks:
-            if not isinstance(block, _Block) or block.span is not head.span:
-                return None
-        begin = head.start + offset - first * size
-        if begin + length > blocks[-1].end:
-            return None  # past the end of the pack
-        return head.span[begin : begin + length]
+        view = _one_span(blocks, offset - first * size, length)
+        return view if view is not None and len(view) == length else None
 
     def _blocks(self, key: str, numbers: range) -> list[_Block]:
         """Blocks ``numbers`` of a data pack, up to the pack's (short or empty) last block.
@@ -643,7 +649,7 @@ class CachingStore(ObjectStore):
         # read waiting for one (another thread, mid-read) must fail, not hang.
         with self._lock:
             loading, self._loading = self._loading, {}
-        closed = StoreError(f"the read cache of {self.location} was closed")
+        closed = self._closed_error()
         for future in loading.values():
             if not future.done():
                 future.set_exception(closed)

@@ -115,5 +115,5 @@ def _lowest_priority() -> None:
         return  # elsewhere a thread id is no pid: setpriority would renice something else
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (OSError, AttributeError) as exc:  # not Linux, or not allowed: just slower reads
+    except OSError as exc:  # not allowed (a sandbox): only slower reads
         log.debug("cannot lower the cache writer's priority: %s", exc)
