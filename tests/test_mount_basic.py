@@ -161,3 +161,30 @@ def test_create_and_empty_repo(env: Env) -> None:
         commit = env.out("snapshot", str(mp), "-m", "first")
         assert len(commit) == 64
     assert env.cat("fresh@dev:/f") == b"data"
+
+
+def test_the_mount_worker_runs_with_the_malloc_tuning(env: Env) -> None:
+    """Each mount's process starts with glibc malloc tuned for streaming big buffers (see
+    ``pfsfsd.mounts``); a user's own GLIBC_TUNABLES is passed on instead."""
+    import json
+
+    from pfsfsd.mounts import WORKER_MALLOC_TUNABLES, worker_environment
+
+    mp = env.mount("data@master", "mnt", "--create")
+    try:
+        pid = json.loads(env.out("mounts", "--json"))["mounts"][0]["pid"]
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+        # glibc splits the variable in place as it reads it (":" becomes NUL), so each
+        # setting is looked for on its own.
+        first, *rest = WORKER_MALLOC_TUNABLES.split(":")
+        assert f"\0GLIBC_TUNABLES={first}\0".encode() in environ
+        for setting in rest:
+            assert f"\0{setting}\0".encode() in environ
+        env.unmount(mp)
+    finally:
+        force_unmount(mp)
+    assert "glibc.malloc.arena_max=1" in WORKER_MALLOC_TUNABLES
+    mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4", "PATH": "/bin"}
+    assert worker_environment(mine) == mine
+    assert worker_environment({"PATH": "/bin"})["GLIBC_TUNABLES"] == WORKER_MALLOC_TUNABLES

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pfsfs.errors import NotFound, StoreError
+from pfsfs.errors import Corruption, NotFound, StoreError
 from pfsfs.ids import hash_bytes
 from pfsfs.model import DATA_PACK, META_PACK, Locator, new_pack_name, pack_key
 from pfsfs.objects import ObjectReader
@@ -294,6 +294,78 @@ def test_a_corrupt_cache_file_is_dropped_and_refetched(cached: CachingStore) -> 
     assert fresh.get(key) == b"hello" * 1000
     fresh.drain_cache_writes()
     assert path.read_bytes()[DIGEST:] == b"hello" * 1000  # rewritten whole
+
+
+def _cached_data_pack(cached: CachingStore, chunks: list[bytes]) -> tuple[str, list[Locator]]:
+    """A data pack of ``chunks`` written by another machine, read once through ``cached`` (so
+    its blocks are on this machine's disk); its chunks' locators."""
+    pack = new_pack_name(DATA_PACK)
+    cached.inner.put(pack_key(pack), b"".join(chunks))
+    cached.inner.flush()
+    locs, offset = [], 0
+    for c in chunks:
+        locs.append(Locator(hash_bytes(c), pack, offset, len(c)))
+        offset += len(c)
+    reader = ObjectReader(cached, None)  # type: ignore[arg-type]  # no index needed to read
+    assert [reader.read_raw(loc) for loc in locs] == chunks
+    cached.drain_cache_writes()
+    return pack_key(pack), locs
+
+
+def test_data_blocks_are_cached_bare(cached: CachingStore) -> None:
+    """A data pack's blocks go to disk as they are, no digest in front: their chunks are
+    verified on every read anyway, so a block costs no second hash on either way."""
+    chunks = [os.urandom(100_000), os.urandom(60_000)]
+    key, _ = _cached_data_pack(cached, chunks)
+    data = b"".join(chunks)
+    size = cached.block_size
+    files = sorted(cached._data_blocks.rglob("*"), key=lambda p: p.name)
+    blocks = [p for p in files if p.is_file()]
+    assert [p.name for p in blocks] == ["0", "1", "2"]
+    for p in blocks:
+        n = int(p.name)
+        assert p.read_bytes() == data[n * size : (n + 1) * size]
+    assert cached.disk_usage() == len(data)
+
+
+@pytest.mark.parametrize("damage", ["flipped", "cut short", "emptied"])
+def test_a_damaged_cached_data_block_is_read_from_the_store(
+    cached: CachingStore, tmp_path: Path, damage: str
+) -> None:
+    """A data block damaged on disk (bit rot, a file cut by a crash) is caught by the chunk's
+    own hash: the reader gets the right bytes from the store, the bad block is dropped and
+    cached again, and nothing fails."""
+    chunks = [os.urandom(100_000), os.urandom(60_000)]
+    key, locs = _cached_data_pack(cached, chunks)
+    block = cached._block_path(key, 0)
+    raw = bytearray(block.read_bytes())
+    if damage == "flipped":
+        raw[500] ^= 0xFF
+    elif damage == "cut short":
+        del raw[1000:]
+    else:
+        raw.clear()
+    block.write_bytes(bytes(raw))
+    fresh = CachingStore(cached.inner, cached.root, block_size=cached.block_size)  # no memory
+    try:
+        reader = ObjectReader(fresh, None)  # type: ignore[arg-type]
+        before = requests(cached)
+        assert reader.read_raw(locs[0]) == chunks[0]
+        assert requests(cached) > before  # from the store, not from the damaged file
+        assert reader.read_raw(locs[1]) == chunks[1]
+        assert fresh.get(key, 0, 10) == chunks[0][:10]  # cached right again
+        fresh.drain_cache_writes()
+        assert block.read_bytes() == (chunks[0] + chunks[1])[: cached.block_size]
+    finally:
+        fresh.close()
+
+
+def test_a_chunk_missing_from_the_store_is_still_an_error(cached: CachingStore) -> None:
+    """The second try at the store itself does not hide a real loss."""
+    reader = ObjectReader(cached, None)  # type: ignore[arg-type]
+    gone = Locator(hash_bytes(b"x"), new_pack_name(DATA_PACK), 0, 1)
+    with pytest.raises(Corruption, match="missing from the store"):
+        reader.read_raw(gone)
 
 
 def test_deleted_blobs_leave_the_cache(cached: CachingStore) -> None:

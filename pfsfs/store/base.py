@@ -133,6 +133,10 @@ class ObjectStore(abc.ABC):
         read cache may; others have none to offer.)"""
         return None
 
+    def discard(self, key: str, offset: int, length: int) -> None:  # noqa: B027 - no cache
+        """Forget what a local read cache holds of this range of ``key``: a reader found it
+        corrupt (stores without a cache have nothing to forget)."""
+
     def uncached(self) -> ObjectStore:
         """The store below any local read cache (fsck --deep and copies must read the truth)."""
         return self
