@@ -2,13 +2,14 @@
 
 A FUSE read asks for 128 KiB–1 MiB at a time while chunks average 1 MiB, so a sequential read
 touches each chunk several times; chunks are fetched (and verified against their hash) once and
-kept in a small in-memory LRU. Sequential reads trigger read-ahead: one background thread
-fetches and verifies the next chunks (file reads and BLAKE3 release the GIL) while the mount
-thread answers the kernel. For a remote store (S3) a disk cache under ``<home>/cache/chunks``
-keeps verified chunks across mounts, so re-reading committed data does not hit the network.
-Memory use is bounded (``max_bytes``, ``MAX_ENTRIES``) whatever the file sizes. (Mapping store
-files instead of reading them was measured slower on tmpfs: page-table setup costs more than
-the copy.)
+kept in a small in-memory LRU. Sequential reads trigger read-ahead: background threads
+(``read_ahead_workers``) fetch and verify the next ``read_ahead`` chunks (file reads and BLAKE3
+release the GIL) while the mount thread answers the kernel. For a remote store without a read
+cache of its own, a disk cache under ``<home>/cache/chunks`` keeps verified chunks across
+mounts (S3 has one: ``CachingStore``), so re-reading committed data does not hit the network.
+Memory use is bounded (``max_bytes``, ``MAX_ENTRIES``) whatever the file sizes, plus the
+read-aheads not consumed yet (at most ``4 * read_ahead`` chunks). (Mapping store files instead
+of reading them was measured slower on tmpfs: page-table setup costs more than the copy.)
 """
 
 from __future__ import annotations

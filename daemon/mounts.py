@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import trio
 from pfsfs.daemon_client import error_from_reply
 from pfsfs.errors import DaemonError
 
+from .malloc import worker_environment
 from .protocol import Channel
 
 log = logging.getLogger(__name__)
@@ -43,33 +43,6 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, sig)
     except OSError:
         pass
-
-
-# glibc malloc for a worker that streams big buffers: 16 MiB S3 spans arrive, are read through
-# and freed, over and over. By default each one is fresh memory, faulted in 4 KiB at a time
-# (zeroed by the kernel) and unmapped at free: a cold 1 GiB read from S3 took ~160,000 page
-# faults, ~40% of the download threads' time (perf). With one arena (per-thread arenas hand
-# their freed heaps back), spans from the heap (below 32 MiB) kept for reuse (up to 256 MiB
-# free on top) and transparent huge pages where the kernel offers them on request: ~400
-# faults, the worker's CPU per GiB ~1.9 s -> ~1.5 s, the cold read ~15% faster (A/B, 3 pairs
-# of runs, twice). Peak RSS is unchanged (the caches bound it); what is freed stays mapped
-# for the next read. A user's own GLIBC_TUNABLES is left as it is.
-WORKER_MALLOC_TUNABLES = ":".join(
-    f"glibc.malloc.{name}={value}"
-    for name, value in (
-        ("arena_max", 1),
-        ("mmap_threshold", 32 << 20),
-        ("trim_threshold", 256 << 20),
-        ("hugetlb", 1),
-    )
-)
-
-
-def worker_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """The environment a mount worker starts with: ours, plus the malloc tuning above."""
-    out = dict(env)
-    out.setdefault("GLIBC_TUNABLES", WORKER_MALLOC_TUNABLES)
-    return out
 
 
 async def _wait(process: subprocess.Popen[bytes]) -> int:

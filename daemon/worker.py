@@ -47,6 +47,7 @@ from pfsfs.repository import Repository
 from .chunkcache import ChunkCache
 from .fs import PfsOperations
 from .inodes import Tree
+from .malloc import trim_when_idle
 from .mountinfo import (
     READ_AHEAD_KB,
     REMOTE_READ_AHEAD_KB,
@@ -144,6 +145,7 @@ class Worker:
         self.devno: str | None = None
         self.read_ahead_kb = READ_AHEAD_KB
         self.earlier: list[VolumeResult] = []
+        self.snapshots = 0
 
     # -- setup ---------------------------------------------------------------------------------
     def chunk_cache(self, repo: Repository) -> ChunkCache:
@@ -293,6 +295,7 @@ class Worker:
                 interval = self.meta.get("autosnapshot")
                 if interval:
                     nursery.start_soon(self.autosnapshot_loop, float(interval))
+                nursery.start_soon(trim_when_idle, self.activity)
                 await pyfuse3.main()
                 clean = True
                 nursery.cancel_scope.cancel()
@@ -302,6 +305,12 @@ class Worker:
                 unmount(self.mountpoint, lazy=True)
             with trio.CancelScope(shield=True):
                 await self.finish()
+
+    def activity(self) -> int:
+        """A counter that moves with every read of committed data, mutation and snapshot."""
+        assert self.tree is not None
+        cache = self.tree.cache
+        return cache.hits + cache.misses + self.tree.changes + self.snapshots
 
     def _cleanup_failed_start(self, mode: str) -> None:
         if mode == "mount" and self.staging is not None:
@@ -449,6 +458,7 @@ class Worker:
                 author=author or self.author,
             )
             self.set_gc_roots()
+            self.snapshots += 1
             await self._invalidate(results)
             return results
 

@@ -9,8 +9,10 @@ already written in this session are not written again. ``finish`` flushes the st
 durability barrier) and only then records the new locators in the index, so the index never
 names an object a crash could have lost.
 
-``ObjectReader`` fetches and *verifies*: every chunk and object is re-hashed on read and a
-mismatch raises ``Corruption`` — wrong bytes are never returned.
+``ObjectReader`` fetches and *verifies*: every chunk and object is re-hashed on read —
+wrong bytes are never returned. A mismatch behind a local read cache is first taken for the
+cache's fault (the range is discarded there and read from the store itself); a mismatch in the
+store raises ``Corruption``.
 """
 
 from __future__ import annotations
@@ -205,7 +207,12 @@ class ObjectReader:
                 self.store.discard(key, loc.offset, loc.length)
                 data = self._get_verified(truth, key, loc)
                 if data is not None:
-                    log.warning("object %s was corrupt in the local cache", loc.hex[:16])
+                    log.warning(
+                        "object %s in %s: the read cache's copy was bad or short (or a bad "
+                        "response was cached); dropped it and read the store again",
+                        loc.hex[:16],
+                        key,
+                    )
             if data is None:
                 raise Corruption(
                     f"object {loc.hex[:16]} in {key} is corrupt (content does not match its "

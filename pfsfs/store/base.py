@@ -138,7 +138,9 @@ class ObjectStore(abc.ABC):
         corrupt (stores without a cache have nothing to forget)."""
 
     def uncached(self) -> ObjectStore:
-        """The store below any local read cache (fsck --deep and copies must read the truth)."""
+        """The store below any local read cache (fsck --deep and copies must read the truth;
+        a read cache's data-pack ranges are checked only by their readers, see
+        ``ObjectReader.read_raw``)."""
         return self
 
     def close(self) -> None:  # noqa: B027 - optional hook

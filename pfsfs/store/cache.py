@@ -149,6 +149,8 @@ class CachingStore(ObjectStore):
         self.location = inner.location
         self.root = Path(cache_dir)
         self._data_blocks = self.root / "data-blocks"  # bare files, no digest (see above)
+        # Blocks with a digest, as releases before data-blocks/ wrote them: never read now.
+        shutil.rmtree(self.root / "blocks", ignore_errors=True)
         self.max_bytes = max_bytes
         self.block_size = block_size
         self.span_bytes = span_bytes
@@ -232,7 +234,10 @@ class CachingStore(ObjectStore):
     # -- blobs: cached reads -------------------------------------------------------------------
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """As ``ObjectStore.get``; a range of a data pack may come back as a read-only
-        ``memoryview`` into the fetched span (no copy)."""
+        ``memoryview`` into the fetched span (no copy). A data-pack range read from disk is
+        *not* checked here (its blocks carry no digest): the caller verifies the chunks in it
+        against their ids and ``discard``s the range on a mismatch (``ObjectReader`` does),
+        or reads ``uncached()``."""
         check_key(key)
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
@@ -544,8 +549,10 @@ class CachingStore(ObjectStore):
                 if old is not None:
                     self._memory_used.remove(_owner(old))
         for n in numbers:
+            path = self._block_path(key, n)
+            self._writer.cancel(path)  # a bad span just fetched is still queued for disk
             try:
-                self._block_path(key, n).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
             except OSError as exc:
                 log.debug("cannot drop cached block %s#%d: %s", key, n, exc)
 

@@ -42,6 +42,7 @@ class CacheWriter:
         self._queue: OrderedDict[Path, Data] = OrderedDict()
         self._queued_bytes = 0
         self._busy: tuple[Path, Data] | None = None  # the file being written now
+        self._unwanted = False  # the file being written now was cancelled meanwhile
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -73,6 +74,16 @@ class CacheWriter:
                 data = self._busy[1]
             return data
 
+    def cancel(self, path: Path) -> None:
+        """Do not write ``path`` after all (its bytes were found bad): dropped from the queue,
+        or removed once written if it is being written now."""
+        with self._cond:
+            data = self._queue.pop(path, None)
+            if data is not None:
+                self._queued_bytes -= len(data)
+            if self._busy is not None and self._busy[0] == path:
+                self._unwanted = True
+
     def _run(self) -> None:
         _lowest_priority()
         while True:
@@ -90,7 +101,9 @@ class CacheWriter:
                 log.debug("cannot cache %s: %s", path, exc)
             finally:
                 with self._cond:
-                    self._busy = None
+                    if self._unwanted:
+                        path.unlink(missing_ok=True)
+                    self._busy, self._unwanted = None, False
                     self._cond.notify_all()
 
     def drain(self) -> None:
