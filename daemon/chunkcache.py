@@ -17,7 +17,6 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -64,7 +63,6 @@ class ChunkCache:
         disk_dir: Path | None = None,
         read_ahead: int = 2,
         read_ahead_workers: int = 1,
-        fetch_misses_ahead: bool = False,
     ) -> None:
         self.reader = reader
         self.max_bytes = max_bytes
@@ -78,15 +76,8 @@ class ChunkCache:
         self.misses = 0
         self.read_ahead = read_ahead
         self.read_ahead_workers = read_ahead_workers
-        # A remote store: ``unready`` hands chunk misses to the workers too, so that a mount
-        # waits for the network without holding up its other requests. (A local store's
-        # chunk is read in well under a millisecond: the hop to a thread would cost more.)
-        self.fetch_misses_ahead = fetch_misses_ahead
         self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[bytes, Future[Chunk]] = {}
-        # Fetches a request is waiting for (handed out by ``unready``): never cancelled as
-        # abandoned read-aheads. Weak: forgotten with the future.
-        self._awaited: weakref.WeakSet[Future[Chunk]] = weakref.WeakSet()
         self._next_offset: dict[bytes, int] = {}  # manifest id → where a sequential read goes on
         self._hinted: dict[bytes, int] = {}  # manifest id → chunk the store was told about upto
 
@@ -151,8 +142,7 @@ class ChunkCache:
             self._pending[loc.id] = self._workers().submit(self._fetch, loc)
         if len(self._pending) > 4 * self.read_ahead:  # abandoned read-aheads: forget them
             for chunk_id in list(self._pending)[: len(self._pending) - 2 * self.read_ahead]:
-                if self._pending[chunk_id] not in self._awaited:
-                    self._pending.pop(chunk_id).cancel()
+                self._pending.pop(chunk_id).cancel()
 
     def _hint_store(self, mid: bytes, m: Manifest, i: int) -> None:
         """Tell a remote store's cache which chunks a sequential reader at chunk ``i`` reads
@@ -209,45 +199,6 @@ class ChunkCache:
         except OSError as exc:  # the cache is best effort (a full disk must not fail reads)
             log.debug("cannot cache chunk %s: %s", loc.hex[:12], exc)
 
-    def unready(self, manifest_loc: Locator | None, offset: int, end: int) -> list[Future[Chunk]]:
-        """The fetches that ``read(manifest_loc, offset, end)`` would wait for now: a mount
-        awaits them without blocking its event loop, then reads. The store hint and the
-        read-aheads a sequential read triggers start here, before the waiting (``read``
-        repeats them at no cost). An empty list when everything is in memory."""
-        if manifest_loc is None or end <= offset:
-            return []
-        m = self.manifest(manifest_loc)
-        end = min(end, m.size)
-        if end <= offset:
-            return []
-        i = m.index_at(offset)
-        if self._is_sequential(manifest_loc.id, offset):
-            self._hint_store(manifest_loc.id, m, i)
-        waits: list[Future[Chunk]] = []
-        last = m.index_at(end - 1)
-        for c in m.chunks[i : last + 1]:
-            chunk_id = c.loc.id
-            if chunk_id in self._chunks:
-                continue
-            pending = self._pending.get(chunk_id)
-            if pending is None and self.fetch_misses_ahead:
-                self.misses += 1
-                pending = self._pending[chunk_id] = self._workers().submit(self._fetch, c.loc)
-            if pending is not None and not pending.done():
-                self._awaited.add(pending)
-                waits.append(pending)
-        if self._is_sequential(manifest_loc.id, offset):
-            self._prefetch(m, last + 1)
-        return waits
-
-    def _is_sequential(self, mid: bytes, offset: int) -> bool:
-        """Near where the last read of this file ended. The kernel's read-ahead sends several
-        requests at once, so they may arrive slightly out of order."""
-        last_end = self._next_offset.get(mid)
-        return bool(self.read_ahead) and last_end is not None and (
-            last_end - SEQUENTIAL_SLACK <= offset <= last_end + SEQUENTIAL_SLACK
-        )
-
     def read(self, manifest_loc: Locator | None, offset: int, end: int) -> bytes | memoryview:
         """Bytes ``[offset, end)`` of a committed file (``end`` within its size); a memoryview
         into a cached chunk when the range lies in one chunk (no copy)."""
@@ -259,8 +210,12 @@ class ChunkCache:
             return b""
         i = m.index_at(offset)
         mid = manifest_loc.id
+        # Sequential: near where the last read of this file ended. The kernel's read-ahead
+        # sends several requests at once, so they may arrive slightly out of order.
         last_end = self._next_offset.get(mid)
-        sequential = self._is_sequential(mid, offset)
+        sequential = bool(self.read_ahead) and last_end is not None and (
+            last_end - SEQUENTIAL_SLACK <= offset <= last_end + SEQUENTIAL_SLACK
+        )
         if sequential:
             self._hint_store(mid, m, i)
         first = i

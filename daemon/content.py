@@ -13,14 +13,11 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from .chunkcache import Chunk
 from .nodes import FsError, Node, _end, add_extent, cut_extents
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
-
     from .inodes import Tree
 
     _Base = Tree
@@ -117,15 +114,6 @@ class ContentOps(_Base):
             node.size = offset + length
         node.mtime_ns = node.ctime_ns = now
         self._dirty(node)
-
-    def unready(self, node: Node, offset: int, size: int) -> list[Future[Chunk]]:
-        """Fetches a ``read`` of committed content would wait for (see ``ChunkCache.unready``).
-        Files changed in this mount read their committed part inline, as before: their reads
-        mix staged data in and are rarely cold."""
-        if node.virt is not None or node.staged:
-            return []
-        end = min(node.size, offset + size)
-        return self.cache.unready(node.base.ref if node.base else None, offset, end)
 
     def read(self, node: Node, offset: int, size: int) -> bytes | memoryview:
         if node.virt is not None:

@@ -18,12 +18,9 @@ import os
 import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent import futures
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import pyfuse3
-import trio
 
 from pfsfs.errors import Corruption, NotFound, PfsError, ReadOnly, StoreFull
 
@@ -37,7 +34,6 @@ TIMEOUT = 30.0  # entries and attributes of this mount's own nodes (we are their
 RO_TIMEOUT = 300.0  # committed trees under .pfs/commits
 BRANCH_TIMEOUT = 1.0  # .pfs/branches/<name> follows the branch
 BLKSIZE = 128 << 10
-BLOCKING_WAIT = 0.02  # seconds a read may hold the event loop waiting for its chunks
 
 
 def to_fuse_error(exc: Exception) -> pyfuse3.FUSEError:
@@ -62,24 +58,6 @@ def to_fuse_error(exc: Exception) -> pyfuse3.FUSEError:
         return pyfuse3.FUSEError(errno.EIO)
     log.exception("unexpected error in a FUSE handler", exc_info=exc)
     return pyfuse3.FUSEError(errno.EIO)
-
-
-async def settled(fut: Future[Any]) -> None:
-    """Wait for a thread's future without blocking the event loop (its outcome is read
-    afterwards, by whoever consumes it)."""
-    if fut.done():
-        return
-    token = trio.lowlevel.current_trio_token()
-    done = trio.Event()
-
-    def wake(_: Future[Any]) -> None:
-        try:
-            token.run_sync_soon(done.set)
-        except trio.RunFinishedError:  # the mount is shutting down: nobody waits any more
-            pass
-
-    fut.add_done_callback(wake)
-    await done.wait()
 
 
 def fuse_op(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -319,17 +297,7 @@ class PfsOperations(pyfuse3.Operations):
 
     @fuse_op
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
-        ino = self._files[fh]
-        # Chunks still on their way (from S3, or being verified): waited for here, briefly on
-        # this thread (a streaming read's usual wait: as fast as it gets), then without
-        # blocking the event loop, so a slow or retrying store holds up this read only — not
-        # a `stat` elsewhere in the mount, the kernel's other requests, or an unmount.
-        waits = self.tree.unready(self.tree.node(ino), off, size)
-        if waits:
-            _, late = futures.wait(waits, timeout=BLOCKING_WAIT)
-            for fetch in late:
-                await settled(fetch)
-        return self.tree.read(self.tree.node(ino), off, size)
+        return self.tree.read(self.tree.node(self._files[fh]), off, size)
 
     @fuse_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:

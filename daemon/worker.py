@@ -163,13 +163,7 @@ class Worker:
         # caches (S3 behind CachingStore) must not be cached twice (twice the disk writes).
         if repo.store.uncached() is repo.store:
             cache_dir = self.home / "cache" / "chunks"
-        return ChunkCache(
-            repo.reader,
-            disk_dir=cache_dir,
-            read_ahead=16,
-            read_ahead_workers=2,
-            fetch_misses_ahead=True,
-        )
+        return ChunkCache(repo.reader, disk_dir=cache_dir, read_ahead=16, read_ahead_workers=2)
 
     def setup(self, req: dict[str, Any]) -> None:
         self.repo = repo = Repository.open(self.home)

@@ -1,5 +1,4 @@
-"""A TCP proxy that tests can kill or pause: the S3 server "dies" (or stalls) for the client while
-its state survives.
+"""A TCP proxy that tests can kill: the S3 server "dies" for the client while its state survives.
 
 moto keeps its data in memory, so killing moto itself destroys the very state a test wants to
 inspect afterwards (did the ref move? is every object it names there?). Putting this proxy
@@ -28,8 +27,6 @@ class KillableProxy:
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._listener: socket.socket | None = None
-        self._flowing = threading.Event()  # cleared by ``pause``: bytes wait, nothing breaks
-        self._flowing.set()
         self.start()
 
     @property
@@ -64,13 +61,6 @@ class KillableProxy:
                 conn.shutdown(socket.SHUT_RDWR)
             conn.close()
 
-    def pause(self) -> None:
-        """Stop forwarding: requests hang as on a stalled network, connections stay open."""
-        self._flowing.clear()
-
-    def resume(self) -> None:
-        self._flowing.set()
-
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -97,7 +87,6 @@ class KillableProxy:
                 data = src.recv(1 << 16)
                 if not data:
                     break
-                self._flowing.wait()
                 if up:
                     with self._lock:
                         self.bytes_up += len(data)

@@ -8,7 +8,6 @@ store hints (``prefetch``) the cache gives. The S3 end of the same path is teste
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -89,46 +88,5 @@ def test_a_seek_backwards_hints_from_the_new_place() -> None:
         assert bytes(cache.read(manifest, 50 * CHUNK, 51 * CHUNK)) == data[50 * CHUNK : 51 * CHUNK]
         assert eventually(lambda: len(reader.hinted) == calls + 1)
         assert reader.hinted[-1][:STORE_READ_AHEAD] == ids[50 : 50 + STORE_READ_AHEAD]
-    finally:
-        cache.close()
-
-
-class GatedReader(MemoryReader):
-    """The first chunks arrive only once ``gate`` is set (a stalled store); the rest at once."""
-
-    def __init__(self, chunks: list[bytes], gated: int) -> None:
-        super().__init__(chunks)
-        self.gate = threading.Event()
-        self.gated = {c.loc.id for c in self.manifest[:gated]}
-
-    def read_raw(self, loc: Locator) -> bytes:
-        if loc.id in self.gated:
-            self.gate.wait(10)
-        return super().read_raw(loc)
-
-
-def test_unready_names_what_a_read_waits_for_and_never_drops_it() -> None:
-    """``unready`` hands out the fetches a read would wait for (misses too, when asked to):
-    the mount awaits them off its event loop. However many read-aheads are abandoned
-    meanwhile, a fetch somebody waits for is never cancelled with them."""
-    chunks = [os.urandom(CHUNK) for _ in range(NCHUNKS)]
-    reader = GatedReader(chunks, gated=3)
-    cache = ChunkCache(reader, read_ahead=2, fetch_misses_ahead=True)  # type: ignore[arg-type]
-    manifest = Locator(b"m" * 32)
-    data = b"".join(chunks)
-    try:
-        waits = cache.unready(manifest, 0, 3 * CHUNK)
-        assert len(waits) == 3 and not any(w.done() for w in waits)
-        # Reads skipping along (sequential enough to read ahead, never reading what was read
-        # ahead): the read-aheads pile up past 4 * read_ahead and the oldest are dropped...
-        for k in range(100, 240, 10):
-            assert bytes(cache.read(manifest, k * CHUNK, (k + 1) * CHUNK)) == data[
-                k * CHUNK : (k + 1) * CHUNK
-            ]
-        assert not any(w.cancelled() for w in waits)  # ...but never the awaited ones
-        reader.gate.set()
-        assert eventually(lambda: all(w.done() for w in waits))
-        assert bytes(cache.read(manifest, 0, 3 * CHUNK)) == data[: 3 * CHUNK]
-        assert cache.unready(manifest, 0, 3 * CHUNK) == []  # in memory now
     finally:
         cache.close()
