@@ -20,7 +20,6 @@ means nothing and the trim is skipped.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable, Mapping
 
@@ -50,8 +49,9 @@ def worker_environment(env: Mapping[str, str]) -> dict[str, str]:
 
 def _libc_trim() -> Callable[[], int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        # The symbols already loaded in this process (libc among them): no library search,
+        # which would run ``ldconfig`` in a subprocess on the mount's event loop.
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
     trim.argtypes = [ctypes.c_size_t]

@@ -23,13 +23,15 @@ class HeldBytes:
 
     def __init__(self) -> None:
         self.total = 0
-        self._held: dict[int, list[Any]] = {}  # id(buffer) → [buffer, entries referring to it]
+        # id(buffer) → [buffer (kept, so the id stays its own), entries referring to it, size]
+        self._held: dict[int, list[Any]] = {}
 
     def add(self, buffer: Any) -> None:
         held = self._held.get(id(buffer))
         if held is None:
-            self._held[id(buffer)] = [buffer, 1]
-            self.total += memoryview(buffer).nbytes
+            size = memoryview(buffer).nbytes
+            self._held[id(buffer)] = [buffer, 1, size]
+            self.total += size
         else:
             held[1] += 1
 
@@ -38,4 +40,4 @@ class HeldBytes:
         held[1] -= 1
         if held[1] == 0:
             del self._held[id(buffer)]
-            self.total -= memoryview(buffer).nbytes
+            self.total -= held[2]
