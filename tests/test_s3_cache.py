@@ -27,6 +27,7 @@ from pfsfs.store.cache import DIGEST, CachingStore
 from pfsfs.store.retry import RetryPolicy
 from pfsfs.store.s3 import S3ObjectStore
 
+from .pagecache import on_tmpfs, resident_bytes
 from .s3server import MotoServer, free_port
 from .test_store_contract import (  # noqa: F401 - re-run the contract on the caching store
     test_concurrent_cas_loses_no_update,
@@ -312,9 +313,10 @@ def _cached_data_pack(cached: CachingStore, chunks: list[bytes]) -> tuple[str, l
     return pack_key(pack), locs
 
 
-def test_data_blocks_are_cached_bare(cached: CachingStore) -> None:
+def test_data_blocks_are_cached_bare_and_past_the_page_cache(cached: CachingStore) -> None:
     """A data pack's blocks go to disk as they are, no digest in front: their chunks are
-    verified on every read anyway, so a block costs no second hash on either way."""
+    verified on every read anyway, so a block costs no second hash on either way. They are
+    written with O_DIRECT: a cold read does not fill the page cache a second time."""
     chunks = [os.urandom(100_000), os.urandom(60_000)]
     key, _ = _cached_data_pack(cached, chunks)
     data = b"".join(chunks)
@@ -322,6 +324,8 @@ def test_data_blocks_are_cached_bare(cached: CachingStore) -> None:
     files = sorted(cached._data_blocks.rglob("*"), key=lambda p: p.name)
     blocks = [p for p in files if p.is_file()]
     assert [p.name for p in blocks] == ["0", "1", "2"]
+    if not on_tmpfs(cached.root):  # a tmpfs file is its page cache
+        assert [resident_bytes(p) for p in blocks] == [0, 0, 0]
     for p in blocks:
         n = int(p.name)
         assert p.read_bytes() == data[n * size : (n + 1) * size]
@@ -409,13 +413,14 @@ def test_a_bad_response_never_lands_in_the_disk_cache(
     flaky = _OneBadResponse(inner)
     store = CachingStore(flaky, tmp_path / "cache", block_size=64 << 10)  # type: ignore[arg-type]
     gate = threading.Event()
-    write = store._writer._write
+    write = store._writer._write_copy
+    assert write is not None
 
-    def slow_disk(path: Path, data: bytes) -> None:
+    def slow_disk(path: Path, slot: memoryview, length: int) -> None:
         gate.wait(10)
-        write(path, data)
+        write(path, slot, length)
 
-    store._writer._write = slow_disk  # block 0 is being written, block 1 queued
+    store._writer._write_copy = slow_disk  # block 0 is being written, block 1 queued
     try:
         reader = ObjectReader(store, None)  # type: ignore[arg-type]
         assert reader.read_raw(loc) == chunk  # the bad response, then the store again

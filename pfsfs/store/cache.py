@@ -27,9 +27,11 @@ bare: every chunk read from it is verified against its own id anyway (``ObjectRe
 on a mismatch ``discard``s the cached range and reads the store itself — so the block costs no
 second hash on its way to disk nor on its way back (a cold 1 GiB read writes ~1000 of them).
 Files are not fsynced: the cache is not a source of truth. They are written off the read path
-by a ``CacheWriter`` thread (a cold read is not slowed to the disk's speed; if the disk falls
-more than ``write_queue_bytes`` behind, blocks go uncached) and ``close`` waits for what is
-queued. Eviction is LRU-ish by
+by a ``CacheWriter`` thread (a cold read is not slowed to the disk's speed) and ``close`` waits
+for what is queued. Data blocks are copied into ``write_slots`` reusable buffers and written
+with ``O_DIRECT`` (``directio``: filling the page cache with a cold read's blocks halved the read
+on the VMs measured); if the disk falls that far behind, blocks go uncached. Blobs are queued as
+they are, up to ``write_queue_bytes``. Eviction is LRU-ish by
 size: a hit bumps the file's mtime; when the total passes ``max_bytes`` the oldest files go
 until it is under 90%. Several processes may share
 one cache directory. A small in-memory cache (``memory_bytes``) keeps recently read blobs
@@ -64,6 +66,7 @@ from ..ids import hash_bytes
 from ..model import is_meta_pack_key
 from .base import BlobInfo, ObjectStore, check_key
 from .cachewriter import CacheWriter
+from .directio import DirectFileWriter
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +147,7 @@ class CachingStore(ObjectStore):
         span_bytes: int = 32 << 20,
         prefetch_workers: int = 8,
         write_queue_bytes: int = 128 << 20,
+        write_slots: int = 32,
     ) -> None:
         self.inner = inner
         self.location = inner.location
@@ -166,7 +170,14 @@ class CachingStore(ObjectStore):
         self._prefetch_workers = prefetch_workers
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
-        self._writer = CacheWriter(self._write_now, max_bytes=write_queue_bytes)
+        self._direct = DirectFileWriter()
+        self._writer = CacheWriter(
+            self._write_now,
+            max_bytes=write_queue_bytes,
+            write_copy=self._write_block_now,
+            copy_slots=write_slots,
+            slot_bytes=block_size,
+        )
         self.hits = 0
         self.misses = 0
 
@@ -601,31 +612,48 @@ class CachingStore(ObjectStore):
         return data
 
     def _write_file(self, path: Path, data: bytes | memoryview) -> None:
-        """Cache ``data`` at ``path`` in the background (best effort: see ``CacheWriter``)."""
-        self._writer.submit(path, data)
+        """Cache ``data`` at ``path`` in the background (best effort: see ``CacheWriter``).
+        A data block is copied out (it is a view of a whole fetched span, which must not stay
+        in memory for its sake) and written past the page cache; a blob is written as it is."""
+        if self._has_digest(path):
+            self._writer.submit(path, data)
+        else:
+            self._writer.submit_copy(path, data)
 
     def drain_cache_writes(self) -> None:
         """Wait until every file queued for the disk cache is written."""
         self._writer.drain()
 
     def _write_now(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
-        header = hash_bytes(data) if self._has_digest(path) else b""
-        try:
-            try:
-                f = open(tmp, "wb")
-            except FileNotFoundError:  # the first file of its directory (asked only then)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                f = open(tmp, "wb")
-            with f:
+        """Write a blob file: its digest, then its bytes (see the module doc)."""
+        header = hash_bytes(data)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
                 f.write(header)
                 f.write(data)
+
+        self._write_new(path, write, len(header) + len(data))
+
+    def _write_block_now(self, path: Path, buffer: memoryview, length: int) -> None:
+        """Write a bare data block from a page-aligned ``buffer`` (``O_DIRECT`` if allowed)."""
+        self._write_new(path, lambda tmp: self._direct.write(tmp, buffer, length), length)
+
+    def _write_new(self, path: Path, write: Callable[[Path], None], size: int) -> None:
+        """``write`` a temp file, then rename it to ``path`` (readers never see a part)."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
+        try:
+            try:
+                write(tmp)
+            except FileNotFoundError:  # the first file of its directory (asked only then)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write(tmp)
             os.replace(tmp, path)
         except OSError as exc:  # best effort: a full disk must not fail reads
             log.debug("cannot cache %s: %s", path, exc)
             tmp.unlink(missing_ok=True)
             return
-        self._account(len(header) + len(data))
+        self._account(size)
 
     def _account(self, added: int) -> None:
         with self._lock:

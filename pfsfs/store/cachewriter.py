@@ -3,45 +3,106 @@
 A cold read from S3 moves data faster than this machine's disk takes it (ext4 here: 350–600 MB/s
 for fresh files, S3 GETs on loopback up to ~800 MB/s), so writing each fetched block to the cache
 before answering would make every cold read as slow as the disk. ``CacheWriter`` takes the
-write off the read path: one thread writes queued files in order; ``submit`` never blocks; when
-more than ``max_bytes`` are queued the file is simply not cached (a cache may forget; the data
-was verified and returned anyway). Until a queued file is written,
-``pending(path)`` returns its bytes, so a read never misses what was just fetched. ``drain``
-waits for the queue to empty (``close`` does), so a finished ``pfsfs get`` leaves its cache
-complete and no half-written temp files behind.
+write off the read path: one thread writes queued files in order; nothing is waited for; when
+the queue is full the file is simply not cached (a cache may forget; the data was verified and
+returned anyway). Until a queued file is written, ``pending(path)`` returns its bytes, so a read
+never misses what was just fetched. ``drain`` waits for the queue to empty (``close`` does), so a
+finished ``pfsfs get`` leaves its cache complete and no half-written temp files behind.
 
-The thread runs at the lowest CPU priority (nice 19; Linux gives each thread its own). Writing a
-file costs CPU (hashing it, copying it into the page cache, the kernel's writeback), and on a
-small machine that CPU is taken from the reader and the S3 server it reads from: measured on
-2 cores (moto on the same machine), three back-to-back cold 1 GiB reads through an S3 mount
-went from 322–477 to 407–541 MB/s. On a busy machine the writer then falls behind and drops
-files instead of slowing reads (a cold read may leave part of a big file uncached).
+Two ways in:
+
+* ``submit(path, data)`` keeps a reference to ``data`` until it is written (whole blobs: a few,
+  small or already held); at most ``max_bytes`` of them are queued.
+* ``submit_copy(path, data)`` copies ``data`` into one of ``copy_slots`` reusable page-aligned
+  buffers of ``slot_bytes`` and keeps no reference (the blocks of a big read: a block is a view
+  of a 16 MiB download, and holding it would hold the download). The copy is written by
+  ``write_copy`` — past the page cache, see ``directio``: a reused buffer is warm memory, a
+  page-cache page may not be, and touching cold memory is what made cache writes slow down
+  reads. When no slot is free the block is not cached. The slots are one anonymous mapping,
+  touched only as far as they are used, most recently freed first.
+
+The thread runs at normal priority: it copies nothing and hashes no block (the caller made the
+copy, and blocks are stored bare), so it mostly waits for the disk. (It used to run at nice 19,
+when each block cost it a hash and a page-cache copy; with the copy gone, nice 19 only made it
+fall behind and cache less — 170–380 MiB of a cold GiB against 270–410 — at the same speed.)
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
+import mmap
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+from .directio import padded
 
 log = logging.getLogger(__name__)
 
 Data = bytes | memoryview
 
 
-class CacheWriter:
-    """A bounded queue of ``(path, data)`` written by one background thread."""
+@dataclass
+class _Copy:
+    """``length`` bytes copied into ``slot`` (a page-aligned buffer of the writer's)."""
 
-    def __init__(self, write: Callable[[Path, Data], None], max_bytes: int = 128 << 20) -> None:
+    slot: memoryview
+    length: int
+
+    def data(self) -> memoryview:
+        return self.slot[: self.length]
+
+
+class _Slots:
+    """``count`` page-aligned buffers of ``size`` bytes in one mapping, made at the first use."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.count = count
+        self.size = padded(size)
+        self._free: list[memoryview] | None = None
+
+    def take(self) -> memoryview | None:
+        if self._free is None:
+            if not self.count:
+                self._free = []
+            else:
+                # Private: a shared mapping is shmem, which gets no huge pages.
+                region = mmap.mmap(-1, self.count * self.size, flags=mmap.MAP_PRIVATE)
+                if hasattr(mmap, "MADV_HUGEPAGE"):  # fewer faults at first touch (best effort)
+                    region.madvise(mmap.MADV_HUGEPAGE)
+                whole = memoryview(region)
+                # Reversed: the first slots are taken first, and freed ones again before any
+                # untouched one, so a writer that keeps up touches only a few.
+                self._free = [whole[i * self.size : (i + 1) * self.size] for i in range(self.count)]
+                self._free.reverse()
+        return self._free.pop() if self._free else None
+
+    def give(self, slot: memoryview) -> None:
+        assert self._free is not None
+        self._free.append(slot)
+
+
+class CacheWriter:
+    """A bounded queue of files to write, written by one background thread."""
+
+    def __init__(
+        self,
+        write: Callable[[Path, Data], None],
+        max_bytes: int = 128 << 20,
+        *,
+        write_copy: Callable[[Path, memoryview, int], None] | None = None,
+        copy_slots: int = 0,
+        slot_bytes: int = 0,
+    ) -> None:
         self._write = write
+        self._write_copy = write_copy
         self._max_bytes = max_bytes
-        self._queue: OrderedDict[Path, Data] = OrderedDict()
-        self._queued_bytes = 0
-        self._busy: tuple[Path, Data] | None = None  # the file being written now
+        self._slots = _Slots(copy_slots if write_copy is not None else 0, slot_bytes)
+        self._queue: OrderedDict[Path, Data | _Copy] = OrderedDict()
+        self._queued_bytes = 0  # of submitted (referenced) data only: copies live in slots
+        self._busy: tuple[Path, Data | _Copy] | None = None  # the file being written now
         self._unwanted = False  # the file being written now was cancelled meanwhile
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -50,59 +111,92 @@ class CacheWriter:
     def submit(self, path: Path, data: Data) -> None:
         """Queue ``data`` for ``path``, unless the queue is full (then it is not cached)."""
         with self._cond:
-            if self._closed:
-                return
-            if path in self._queue or (self._busy is not None and self._busy[0] == path):
+            if not self._wanted(path):
                 return
             if self._queue and self._queued_bytes + len(data) > self._max_bytes:
                 log.debug("cache write queue full: not caching %s", path)
                 return
             self._queue[path] = data
             self._queued_bytes += len(data)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="pfsfs-cache-writer", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify_all()
+            self._start()
+
+    def submit_copy(self, path: Path, data: Data) -> None:
+        """Queue a copy of ``data`` for ``path``, keeping no reference to ``data``; not cached
+        if no slot is free or ``data`` does not fit one."""
+        with self._cond:
+            if not self._wanted(path):
+                return
+            slot = self._slots.take() if len(data) <= self._slots.size else None
+            if slot is None:
+                log.debug("no free cache write slot: not caching %s", path)
+                return
+            slot[: len(data)] = data
+            self._queue[path] = _Copy(slot, len(data))
+            self._start()
+
+    def _wanted(self, path: Path) -> bool:
+        return not (
+            self._closed
+            or path in self._queue
+            or (self._busy is not None and self._busy[0] == path)
+        )
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="pfsfs-cache-writer", daemon=True
+            )
+            self._thread.start()
+        self._cond.notify_all()
 
     def pending(self, path: Path) -> Data | None:
         """The bytes queued (or being written) for ``path``, else None."""
         with self._cond:
-            data = self._queue.get(path)
-            if data is None and self._busy is not None and self._busy[0] == path:
-                data = self._busy[1]
-            return data
+            entry = self._queue.get(path)
+            if entry is None and self._busy is not None and self._busy[0] == path:
+                entry = self._busy[1]
+            if isinstance(entry, _Copy):
+                return bytes(entry.data())  # the slot is reused once written
+            return entry
 
     def cancel(self, path: Path) -> None:
         """Do not write ``path`` after all (its bytes were found bad): dropped from the queue,
         or removed once written if it is being written now."""
         with self._cond:
-            data = self._queue.pop(path, None)
-            if data is not None:
-                self._queued_bytes -= len(data)
+            entry = self._queue.pop(path, None)
+            if entry is not None:
+                self._release(entry)
             if self._busy is not None and self._busy[0] == path:
                 self._unwanted = True
 
+    def _release(self, entry: Data | _Copy) -> None:
+        if isinstance(entry, _Copy):
+            self._slots.give(entry.slot)
+        else:
+            self._queued_bytes -= len(entry)
+
     def _run(self) -> None:
-        _lowest_priority()
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
                     self._cond.wait()
                 if not self._queue:
                     return
-                path, data = self._queue.popitem(last=False)
-                self._queued_bytes -= len(data)
-                self._busy = (path, data)
+                path, entry = self._queue.popitem(last=False)
+                self._busy = (path, entry)
             try:
-                self._write(path, data)
+                if isinstance(entry, _Copy):
+                    assert self._write_copy is not None
+                    self._write_copy(path, entry.slot, entry.length)
+                else:
+                    self._write(path, entry)
             except Exception as exc:  # noqa: BLE001 - a cache write failing is not an error
                 log.debug("cannot cache %s: %s", path, exc)
             finally:
                 with self._cond:
                     if self._unwanted:
                         path.unlink(missing_ok=True)
+                    self._release(entry)
                     self._busy, self._unwanted = None, False
                     self._cond.notify_all()
 
@@ -120,13 +214,3 @@ class CacheWriter:
             thread = self._thread
         if thread is not None:
             thread.join()
-
-
-def _lowest_priority() -> None:
-    """Make the calling thread yield the CPU to everything else (best effort)."""
-    if not sys.platform.startswith("linux"):
-        return  # elsewhere a thread id is no pid: setpriority would renice something else
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except OSError as exc:  # not allowed (a sandbox): only slower reads
-        log.debug("cannot lower the cache writer's priority: %s", exc)

@@ -1,0 +1,140 @@
+"""The read cache's background writer and its direct-I/O file writes, on real files.
+
+``CacheWriter.submit_copy`` copies a block into one of a few reusable buffers and keeps no
+reference to the caller's memory; with no buffer free, a block is not cached (never waited for);
+``DirectFileWriter`` writes exact lengths past the page cache, and falls back to ordinary writes
+where the filesystem refuses ``O_DIRECT``.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from pfsfs.store import directio
+from pfsfs.store.cachewriter import CacheWriter
+from pfsfs.store.directio import DirectFileWriter, padded
+
+from .pagecache import on_tmpfs, resident_bytes
+
+
+def _writer(slots: int, gate: threading.Event | None = None) -> CacheWriter:
+    direct = DirectFileWriter()
+
+    def write_copy(path: Path, slot: memoryview, length: int) -> None:
+        if gate is not None:
+            gate.wait(10)
+        direct.write(path, slot, length)
+
+    def write(path: Path, data: bytes | memoryview) -> None:
+        path.write_bytes(data)
+
+    return CacheWriter(write, write_copy=write_copy, copy_slots=slots, slot_bytes=64 << 10)
+
+
+def test_a_copied_block_keeps_no_reference_to_the_callers_memory(tmp_path: Path) -> None:
+    """The caller may free or reuse its buffer at once: the file holds what was submitted."""
+    data = os.urandom(50_000)
+    buffer = bytearray(data)
+    gate = threading.Event()
+    writer = _writer(4, gate)
+    try:
+        view = memoryview(buffer)
+        writer.submit_copy(tmp_path / "block", view[:40_000])
+        view.release()
+        buffer.extend(b"more")  # a bytearray still exported elsewhere cannot grow
+        buffer[:] = bytes(len(buffer))
+        gate.set()
+        writer.drain()
+        assert (tmp_path / "block").read_bytes() == data[:40_000]
+    finally:
+        gate.set()
+        writer.close()
+
+
+def test_blocks_beyond_the_free_slots_are_dropped_and_slots_come_back(tmp_path: Path) -> None:
+    gate = threading.Event()
+    writer = _writer(2, gate)
+    try:
+        blocks = {tmp_path / f"b{i}": os.urandom(10_000 + i) for i in range(6)}
+        paths = list(blocks)
+        for path in paths[:4]:
+            writer.submit_copy(path, blocks[path])  # two fit; two find no free slot
+        assert writer.pending(paths[1]) == blocks[paths[1]]
+        assert writer.pending(paths[2]) is None
+        gate.set()
+        writer.drain()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["b0", "b1"]
+        gate.clear()
+        writer.submit_copy(paths[4], blocks[paths[4]])
+        writer.submit_copy(paths[5], blocks[paths[5]])
+        writer.cancel(paths[5])  # a cancelled block gives its slot back too
+        writer.submit_copy(paths[2], blocks[paths[2]])
+        gate.set()
+        writer.drain()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["b0", "b1", "b2", "b4"]
+        for path in tmp_path.iterdir():
+            assert path.read_bytes() == blocks[path]
+    finally:
+        gate.set()
+        writer.close()
+
+
+def test_a_block_bigger_than_a_slot_is_not_cached(tmp_path: Path) -> None:
+    writer = _writer(2)
+    try:
+        writer.submit_copy(tmp_path / "big", os.urandom((64 << 10) + 1))
+        writer.drain()
+        assert not (tmp_path / "big").exists()
+    finally:
+        writer.close()
+
+
+def _page_buffer(data: bytes) -> memoryview:
+    region = mmap.mmap(-1, max(padded(len(data)), directio.PAGE))
+    region[: len(data)] = data
+    return memoryview(region)
+
+
+@pytest.mark.parametrize("length", [0, 1, 4095, 4096, 4097, (1 << 20) + 5])
+def test_direct_writes_keep_the_exact_length_and_skip_the_page_cache(
+    tmp_path: Path, length: int
+) -> None:
+    data = os.urandom(length)
+    path = tmp_path / "block"
+    writer = DirectFileWriter()
+    writer.write(path, _page_buffer(data), length)
+    assert path.read_bytes() == data
+    path.unlink()
+    writer.write(path, _page_buffer(data), length)
+    if on_tmpfs(tmp_path):
+        return  # a tmpfs file is its page cache: nothing to skip
+    assert writer.direct, "ext4 and the like take O_DIRECT"
+    assert resident_bytes(path) == 0
+
+
+def test_a_filesystem_refusing_o_direct_gets_ordinary_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+    refused = []
+
+    def no_direct(path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & getattr(os, "O_DIRECT", 0):
+            refused.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(directio.os, "open", no_direct)
+    writer = DirectFileWriter()
+    data = os.urandom(10_000)
+    for name in ("a", "b"):
+        writer.write(tmp_path / name, _page_buffer(data), len(data))
+        assert (tmp_path / name).read_bytes() == data
+    assert not writer.direct
+    assert len(refused) == (1 if hasattr(os, "O_DIRECT") else 0)  # asked once, then not again
