@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from pfsfs.store import directio
+from pfsfs.store import cachewriter, directio
 from pfsfs.store.cachewriter import CacheWriter
 from pfsfs.store.directio import DirectFileWriter, padded
 
-from .pagecache import on_tmpfs, resident_bytes
+from .pagecache import DIRECT_IO_FILESYSTEMS, filesystem_of, resident_bytes
 
 
 def _writer(slots: int, gate: threading.Event | None = None) -> CacheWriter:
@@ -108,14 +108,13 @@ def test_direct_writes_keep_the_exact_length_and_skip_the_page_cache(
     data = os.urandom(length)
     path = tmp_path / "block"
     writer = DirectFileWriter()
-    writer.write(path, _page_buffer(data), length)
+    writer.write(path, _page_buffer(b"stale" * 300_000), 1_500_000)
+    writer.write(path, _page_buffer(data), length)  # over an older, longer file
+    fs = filesystem_of(tmp_path)
+    if fs in DIRECT_IO_FILESYSTEMS:
+        assert writer.direct, f"{fs} takes O_DIRECT"
+        assert resident_bytes(path) == 0
     assert path.read_bytes() == data
-    path.unlink()
-    writer.write(path, _page_buffer(data), length)
-    if on_tmpfs(tmp_path):
-        return  # a tmpfs file is its page cache: nothing to skip
-    assert writer.direct, "ext4 and the like take O_DIRECT"
-    assert resident_bytes(path) == 0
 
 
 def test_a_filesystem_refusing_o_direct_gets_ordinary_writes(
@@ -138,3 +137,72 @@ def test_a_filesystem_refusing_o_direct_gets_ordinary_writes(
         assert (tmp_path / name).read_bytes() == data
     assert not writer.direct
     assert len(refused) == (1 if hasattr(os, "O_DIRECT") else 0)  # asked once, then not again
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="this OS has no O_DIRECT")
+def test_a_refused_direct_write_is_written_the_ordinary_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem that opens with O_DIRECT but refuses the write: that file is written
+    ordinarily, and O_DIRECT is tried again for the next."""
+    real_write = os.write
+    refusals = iter([True])
+
+    def refuse_once(fd: int, data: bytes | memoryview) -> int:
+        if next(refusals, False):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(directio.os, "write", refuse_once)
+    writer = DirectFileWriter()
+    data = os.urandom(10_000)
+    writer.write(tmp_path / "a", _page_buffer(data), len(data))
+    assert (tmp_path / "a").read_bytes() == data
+    assert writer.direct
+
+
+def test_a_pending_copy_stays_right_after_its_slot_is_reused(tmp_path: Path) -> None:
+    gate = threading.Event()
+    writer = _writer(1, gate)
+    try:
+        first, second = os.urandom(20_000), os.urandom(20_000)
+        writer.submit_copy(tmp_path / "first", first)
+        held = writer.pending(tmp_path / "first")
+        gate.set()
+        writer.drain()
+        writer.submit_copy(tmp_path / "second", second)  # the one slot, again
+        writer.drain()
+        assert held == first
+        assert (tmp_path / "second").read_bytes() == second
+    finally:
+        gate.set()
+        writer.close()
+
+
+def test_a_failed_write_gives_its_slot_back(tmp_path: Path) -> None:
+    writer = _writer(1)
+    try:
+        writer.submit_copy(tmp_path / "missing-dir" / "a", b"x" * 100)  # cannot be written
+        writer.drain()
+        writer.submit_copy(tmp_path / "b", b"y" * 100)
+        writer.drain()
+        assert (tmp_path / "b").read_bytes() == b"y" * 100
+    finally:
+        writer.close()
+
+
+def test_no_memory_for_write_slots_leaves_blocks_uncached_without_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_memory(*args: object, **kwargs: object) -> mmap.mmap:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(cachewriter.mmap, "mmap", no_memory)
+    writer = _writer(4)
+    try:
+        writer.submit_copy(tmp_path / "a", b"x" * 100)
+        writer.submit_copy(tmp_path / "b", b"x" * 100)
+        writer.drain()
+        assert not list(tmp_path.iterdir())
+    finally:
+        writer.close()

@@ -9,6 +9,7 @@ land and a failed one surfaces at ``flush``.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -22,12 +23,13 @@ from pfsfs.errors import Corruption, NotFound, StoreError
 from pfsfs.ids import hash_bytes
 from pfsfs.model import DATA_PACK, META_PACK, Locator, new_pack_name, pack_key
 from pfsfs.objects import ObjectReader
+from pfsfs.store import cachewriter
 from pfsfs.store.base import ObjectStore
 from pfsfs.store.cache import DIGEST, CachingStore
 from pfsfs.store.retry import RetryPolicy
 from pfsfs.store.s3 import S3ObjectStore
 
-from .pagecache import on_tmpfs, resident_bytes
+from .pagecache import DIRECT_IO_FILESYSTEMS, filesystem_of, resident_bytes
 from .s3server import MotoServer, free_port
 from .test_store_contract import (  # noqa: F401 - re-run the contract on the caching store
     test_concurrent_cas_loses_no_update,
@@ -324,12 +326,28 @@ def test_data_blocks_are_cached_bare_and_past_the_page_cache(cached: CachingStor
     files = sorted(cached._data_blocks.rglob("*"), key=lambda p: p.name)
     blocks = [p for p in files if p.is_file()]
     assert [p.name for p in blocks] == ["0", "1", "2"]
-    if not on_tmpfs(cached.root):  # a tmpfs file is its page cache
+    if filesystem_of(cached.root) in DIRECT_IO_FILESYSTEMS:  # (a tmpfs file is its page cache)
         assert [resident_bytes(p) for p in blocks] == [0, 0, 0]
     for p in blocks:
         n = int(p.name)
         assert p.read_bytes() == data[n * size : (n + 1) * size]
     assert cached.disk_usage() == len(data)
+
+
+def test_reads_go_on_without_memory_for_cache_write_buffers(
+    cached: CachingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Data blocks then go uncached; the read itself neither fails nor slows to an error."""
+
+    def no_memory(*args: object, **kwargs: object) -> object:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(cachewriter.mmap, "mmap", no_memory)
+    chunks = [os.urandom(100_000), os.urandom(60_000)]
+    key, locs = _cached_data_pack(cached, chunks)  # reads them, and checks what it read
+    assert not [p for p in cached._data_blocks.rglob("*") if p.is_file()]
+    reader = ObjectReader(cached, None)  # type: ignore[arg-type]
+    assert [reader.read_raw(loc) for loc in locs] == chunks
 
 
 @pytest.mark.parametrize("damage", ["flipped", "cut short", "emptied"])

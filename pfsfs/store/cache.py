@@ -30,7 +30,8 @@ Files are not fsynced: the cache is not a source of truth. They are written off 
 by a ``CacheWriter`` thread (a cold read is not slowed to the disk's speed) and ``close`` waits
 for what is queued. Data blocks are copied into ``write_slots`` reusable buffers and written
 with ``O_DIRECT`` (``directio``: filling the page cache with a cold read's blocks halved the read
-on the VMs measured); if the disk falls that far behind, blocks go uncached. Blobs are queued as
+on the VMs measured; the price: reading them again soon comes from the disk, not memory); when
+the disk is more than ``write_slots`` blocks behind, blocks go uncached. Blobs are queued as
 they are, up to ``write_queue_bytes``. Eviction is LRU-ish by
 size: a hit bumps the file's mtime; when the total passes ``max_bytes`` the oldest files go
 until it is under 90%. Several processes may share

@@ -18,13 +18,15 @@ Two ways in:
   of a 16 MiB download, and holding it would hold the download). The copy is written by
   ``write_copy`` — past the page cache, see ``directio``: a reused buffer is warm memory, a
   page-cache page may not be, and touching cold memory is what made cache writes slow down
-  reads. When no slot is free the block is not cached. The slots are one anonymous mapping,
-  touched only as far as they are used, most recently freed first.
+  reads. When no slot is free (the disk is more than ``copy_slots`` blocks behind) the block
+  is not cached. The slots are one anonymous mapping, touched only as far as they are used,
+  most recently freed first; if it cannot be made, blocks are not cached (reads go on).
 
-The thread runs at normal priority: it copies nothing and hashes no block (the caller made the
-copy, and blocks are stored bare), so it mostly waits for the disk. (It used to run at nice 19,
-when each block cost it a hash and a page-cache copy; with the copy gone, nice 19 only made it
-fall behind and cache less — 170–380 MiB of a cold GiB against 270–410 — at the same speed.)
+The thread runs at normal priority: for blocks it neither copies (the caller did) nor hashes
+(blocks are stored bare), so it mostly waits for the disk. (It used to run at nice 19, when each
+block cost it a hash and a page-cache copy; with those gone, nice 19 only made it fall behind
+and cache less — 170–380 MiB of a cold GiB against 270–410 — at the same speed.) Blobs still
+cost it a hash each, and where ``O_DIRECT`` is refused, a page-cache copy.
 """
 
 from __future__ import annotations
@@ -65,19 +67,24 @@ class _Slots:
 
     def take(self) -> memoryview | None:
         if self._free is None:
-            if not self.count:
-                self._free = []
-            else:
-                # Private: a shared mapping is shmem, which gets no huge pages.
-                region = mmap.mmap(-1, self.count * self.size, flags=mmap.MAP_PRIVATE)
-                if hasattr(mmap, "MADV_HUGEPAGE"):  # fewer faults at first touch (best effort)
-                    region.madvise(mmap.MADV_HUGEPAGE)
-                whole = memoryview(region)
-                # Reversed: the first slots are taken first, and freed ones again before any
-                # untouched one, so a writer that keeps up touches only a few.
-                self._free = [whole[i * self.size : (i + 1) * self.size] for i in range(self.count)]
-                self._free.reverse()
+            self._free = self._make() if self.count else []
         return self._free.pop() if self._free else None
+
+    def _make(self) -> list[memoryview]:
+        try:
+            # Private: a shared anonymous mapping is shmem, which usually gets no huge pages.
+            region = mmap.mmap(-1, self.count * self.size, flags=mmap.MAP_PRIVATE)
+        except (OSError, ValueError, AttributeError) as exc:  # no memory; no MAP_PRIVATE
+            log.warning("no memory for cache write buffers (%s): data blocks go uncached", exc)
+            return []
+        try:
+            region.madvise(mmap.MADV_HUGEPAGE)  # fewer faults at first touch
+        except (OSError, ValueError, AttributeError):
+            pass  # a kernel without transparent huge pages: only more faults
+        whole = memoryview(region)
+        # Reversed: the first slots are taken first, and freed ones again before any untouched
+        # one, so a writer that keeps up touches only a few.
+        return [whole[i * self.size : (i + 1) * self.size] for i in reversed(range(self.count))]
 
     def give(self, slot: memoryview) -> None:
         assert self._free is not None
@@ -122,15 +129,25 @@ class CacheWriter:
 
     def submit_copy(self, path: Path, data: Data) -> None:
         """Queue a copy of ``data`` for ``path``, keeping no reference to ``data``; not cached
-        if no slot is free or ``data`` does not fit one."""
+        if no slot is free or ``data`` does not fit one. Never raises (reads call it)."""
         with self._cond:
-            if not self._wanted(path):
+            if not self._wanted(path) or len(data) > self._slots.size:
                 return
-            slot = self._slots.take() if len(data) <= self._slots.size else None
-            if slot is None:
-                log.debug("no free cache write slot: not caching %s", path)
+            slot = self._slots.take()
+        if slot is None:
+            log.debug("no free cache write slot: not caching %s", path)
+            return
+        try:
+            slot[: len(data)] = data  # outside the lock: the slot is ours until queued
+        except (TypeError, ValueError) as exc:  # not a flat run of bytes
+            log.debug("cannot copy %s for the cache: %s", path, exc)
+            with self._cond:
+                self._slots.give(slot)
+            return
+        with self._cond:
+            if not self._wanted(path):  # queued by another reader meanwhile
+                self._slots.give(slot)
                 return
-            slot[: len(data)] = data
             self._queue[path] = _Copy(slot, len(data))
             self._start()
 
@@ -154,7 +171,7 @@ class CacheWriter:
         with self._cond:
             entry = self._queue.get(path)
             if entry is None and self._busy is not None and self._busy[0] == path:
-                entry = self._busy[1]
+                entry = None if self._unwanted else self._busy[1]
             if isinstance(entry, _Copy):
                 return bytes(entry.data())  # the slot is reused once written
             return entry
@@ -195,7 +212,10 @@ class CacheWriter:
             finally:
                 with self._cond:
                     if self._unwanted:
-                        path.unlink(missing_ok=True)
+                        try:
+                            path.unlink(missing_ok=True)
+                        except OSError as exc:  # the thread must live on: others wait for it
+                            log.debug("cannot drop cancelled cache file %s: %s", path, exc)
                     self._release(entry)
                     self._busy, self._unwanted = None, False
                     self._cond.notify_all()
