@@ -1,4 +1,4 @@
-"""Writing new files past the page cache (``O_DIRECT``), where the filesystem allows it.
+"""Writing and reading files past the page cache (``O_DIRECT``), where the filesystem allows it.
 
 Why the read cache writes this way: a page the kernel has not touched lately is costly to
 touch for the first time. In the VMs this was measured in (firecracker, free page reporting) a
@@ -14,6 +14,10 @@ What it costs: the files are not in the page cache afterwards, so reading them a
 from the disk rather than memory; and each write waits for the disk, so on a slow disk the
 writer keeps up with less of a cold read (blocks it cannot take are not cached).
 
+Reads of such files (``DirectFileReader``) go past the page cache too, for the same reason: the
+disk puts the bytes straight into a buffer from the heap, which malloc reuses (warm), where a
+buffered read would fill fresh page-cache pages and then copy them once more.
+
 ``O_DIRECT`` needs the buffer's address and the length written to be multiples of the device's
 block size; ``PAGE`` (4 KiB) is a multiple of every usual one. A file whose length is not is
 written padded to ``PAGE`` and truncated back. A filesystem that refuses ``O_DIRECT`` at open
@@ -23,6 +27,7 @@ writes from then on; one that refuses a write gets an ordinary write for that fi
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import mmap
@@ -81,3 +86,58 @@ class DirectFileWriter:
         finally:
             os.close(fd)
         return True
+
+
+class DirectFileReader:
+    """Reads whole files with ``O_DIRECT``; ordinary reads, for good, once the filesystem refuses
+    it at open (and for one file whose read it refuses)."""
+
+    def __init__(self) -> None:
+        self.direct = bool(_O_DIRECT)
+
+    def read(self, path: str | os.PathLike[str]) -> memoryview | bytes:
+        """The whole of ``path`` (``OSError`` if it cannot be read)."""
+        if self.direct:
+            data = self._read_direct(path)
+            if data is not None:
+                return data
+        with open(path, "rb") as f:
+            return f.read()
+
+    def _read_direct(self, path: str | os.PathLike[str]) -> memoryview | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | _O_DIRECT)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            log.debug("no O_DIRECT for %s (%s): reading through the page cache", path, exc)
+            self.direct = False
+            return None
+        try:
+            length = padded(os.fstat(fd).st_size)
+            buffer = bytearray(length + PAGE)  # from the heap (see above); aligned below
+            start = -_address(buffer) % PAGE
+            view = memoryview(buffer)[start : start + length]
+            got = 0
+            while got < length:
+                n = os.preadv(fd, [view[got:]], got)
+                got += n
+                if n == 0 or got % PAGE:  # the end of the file (it may have shrunk meanwhile)
+                    break
+            return view[:got]
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            log.debug("O_DIRECT read refused for %s (%s): reading it the ordinary way", path, exc)
+            return None
+        finally:
+            os.close(fd)
+
+
+def _address(buffer: bytearray) -> int:
+    """Where ``buffer``'s bytes start in memory."""
+    holder = ctypes.c_char.from_buffer(buffer)  # exports the buffer while it lives
+    try:
+        return ctypes.addressof(holder)
+    finally:
+        del holder
