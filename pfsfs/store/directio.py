@@ -44,12 +44,32 @@ def padded(length: int) -> int:
     return -(-length // PAGE) * PAGE
 
 
-class DirectFileWriter:
-    """Writes new files from page-aligned buffers with ``O_DIRECT``; ordinary writes, for good,
-    once the filesystem refuses it."""
+class _Direct:
+    """``O_DIRECT`` until the filesystem refuses it at open (``EINVAL``), then never again."""
 
     def __init__(self) -> None:
         self.direct = bool(_O_DIRECT)
+
+    def _open(self, path: str | os.PathLike[str], flags: int) -> int | None:
+        """``path`` opened with ``O_DIRECT``, or None if refused (do it the ordinary way)."""
+        try:
+            return os.open(path, flags | getattr(os, "O_CLOEXEC", 0) | _O_DIRECT, 0o644)
+        except OSError as exc:
+            _unless_refused(exc)
+            log.debug("no O_DIRECT for %s (%s): using the page cache from now on", path, exc)
+            self.direct = False
+            return None
+
+
+def _unless_refused(exc: OSError) -> None:
+    """Re-raise ``exc`` unless it is the filesystem refusing ``O_DIRECT``."""
+    if exc.errno != errno.EINVAL:
+        raise exc
+
+
+class DirectFileWriter(_Direct):
+    """Writes new files from page-aligned buffers with ``O_DIRECT``; ordinary writes, for good,
+    once the filesystem refuses it."""
 
     def write(self, path: str | os.PathLike[str], buffer: memoryview, length: int) -> None:
         """Create (or truncate) ``path`` holding ``buffer[:length]``. ``buffer`` starts on a page
@@ -63,14 +83,8 @@ class DirectFileWriter:
 
     def _write_direct(self, path: str | os.PathLike[str], buffer: memoryview, length: int) -> bool:
         """True if written; False if the filesystem refused (then write it the ordinary way)."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | _O_DIRECT
-        try:
-            fd = os.open(path, flags, 0o644)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            log.debug("no O_DIRECT for %s (%s): writing through the page cache", path, exc)
-            self.direct = False
+        fd = self._open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        if fd is None:
             return False
         try:
             view = buffer[: padded(length)]
@@ -78,9 +92,8 @@ class DirectFileWriter:
                 view = view[os.write(fd, view) :]
             if padded(length) != length:
                 os.ftruncate(fd, length)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:  # a full disk, say: not cached
-                raise
+        except OSError as exc:  # a full disk, say, is not cached; a refusal is written anew
+            _unless_refused(exc)
             log.debug("O_DIRECT write refused for %s (%s): writing it the ordinary way", path, exc)
             return False
         finally:
@@ -88,12 +101,9 @@ class DirectFileWriter:
         return True
 
 
-class DirectFileReader:
+class DirectFileReader(_Direct):
     """Reads whole files with ``O_DIRECT``; ordinary reads, for good, once the filesystem refuses
     it at open (and for one file whose read it refuses)."""
-
-    def __init__(self) -> None:
-        self.direct = bool(_O_DIRECT)
 
     def read(self, path: str | os.PathLike[str]) -> memoryview | bytes:
         """The whole of ``path`` (``OSError`` if it cannot be read)."""
@@ -105,13 +115,8 @@ class DirectFileReader:
             return f.read()
 
     def _read_direct(self, path: str | os.PathLike[str]) -> memoryview | None:
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | _O_DIRECT)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            log.debug("no O_DIRECT for %s (%s): reading through the page cache", path, exc)
-            self.direct = False
+        fd = self._open(path, os.O_RDONLY)
+        if fd is None:
             return None
         try:
             length = padded(os.fstat(fd).st_size)
@@ -126,8 +131,7 @@ class DirectFileReader:
                     break
             return view[:got]
         except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
+            _unless_refused(exc)
             log.debug("O_DIRECT read refused for %s (%s): reading it the ordinary way", path, exc)
             return None
         finally:
