@@ -1,4 +1,4 @@
-"""The read cache's background writer and its direct-I/O file writes and reads, on real files.
+"""The read cache's background writer and its direct-I/O file writes, on real files.
 
 ``CacheWriter.submit_copy`` copies a block into one of a few reusable buffers and keeps no
 reference to the caller's memory; with no buffer free, a block is not cached (never waited for);
@@ -18,7 +18,7 @@ import pytest
 
 from pfsfs.store import cachewriter, directio
 from pfsfs.store.cachewriter import CacheWriter
-from pfsfs.store.directio import DirectFileReader, DirectFileWriter, padded
+from pfsfs.store.directio import DirectFileWriter, padded
 
 from .pagecache import DIRECT_IO_FILESYSTEMS, filesystem_of, resident_bytes
 
@@ -206,45 +206,3 @@ def test_no_memory_for_write_slots_leaves_blocks_uncached_without_errors(
         assert not list(tmp_path.iterdir())
     finally:
         writer.close()
-
-
-@pytest.mark.parametrize("length", [0, 1, 4095, 4096, 4097, (1 << 20) + 5])
-def test_direct_reads_return_the_whole_file_and_skip_the_page_cache(
-    tmp_path: Path, length: int
-) -> None:
-    data = os.urandom(length)
-    path = tmp_path / "block"
-    DirectFileWriter().write(path, _page_buffer(data), length)
-    reader = DirectFileReader()
-    assert bytes(reader.read(path)) == data
-    fs = filesystem_of(tmp_path)
-    if fs in DIRECT_IO_FILESYSTEMS:
-        assert reader.direct, f"{fs} takes O_DIRECT"
-        assert resident_bytes(path) == 0
-
-
-def test_a_direct_read_sees_what_an_ordinary_write_left_in_the_page_cache(tmp_path: Path) -> None:
-    """Another process may have written the file the ordinary way, not yet on disk."""
-    data = os.urandom(100_000)
-    (tmp_path / "f").write_bytes(data)
-    assert bytes(DirectFileReader().read(tmp_path / "f")) == data
-
-
-def test_a_filesystem_refusing_o_direct_reads_gets_ordinary_reads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    data = os.urandom(10_000)
-    (tmp_path / "f").write_bytes(data)
-    real_open = os.open
-
-    def no_direct(path: str, flags: int, mode: int = 0o777) -> int:
-        if flags & getattr(os, "O_DIRECT", 0):
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, mode)
-
-    monkeypatch.setattr(directio.os, "open", no_direct)
-    reader = DirectFileReader()
-    assert bytes(reader.read(tmp_path / "f")) == data
-    assert not reader.direct
-    with pytest.raises(FileNotFoundError):
-        reader.read(tmp_path / "missing")

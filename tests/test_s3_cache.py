@@ -318,22 +318,14 @@ def _cached_data_pack(cached: CachingStore, chunks: list[bytes]) -> tuple[str, l
 def test_data_blocks_are_cached_bare_and_past_the_page_cache(cached: CachingStore) -> None:
     """A data pack's blocks go to disk as they are, no digest in front: their chunks are
     verified on every read anyway, so a block costs no second hash on either way. They are
-    written and read with O_DIRECT: a cold read does not fill the page cache a second time."""
+    written with O_DIRECT: a cold read does not fill the page cache a second time."""
     chunks = [os.urandom(100_000), os.urandom(60_000)]
-    key, locs = _cached_data_pack(cached, chunks)
+    key, _ = _cached_data_pack(cached, chunks)
     data = b"".join(chunks)
     size = cached.block_size
     files = sorted(cached._data_blocks.rglob("*"), key=lambda p: p.name)
     blocks = [p for p in files if p.is_file()]
     assert [p.name for p in blocks] == ["0", "1", "2"]
-    fresh = CachingStore(cached.inner, cached.root, block_size=cached.block_size)
-    try:  # read back from disk (no memory cache), with O_DIRECT too
-        before = requests(cached)
-        reader = ObjectReader(fresh, None)  # type: ignore[arg-type]
-        assert [reader.read_raw(loc) for loc in locs] == chunks
-        assert requests(cached) == before
-    finally:
-        fresh.close()
     if filesystem_of(cached.root) in DIRECT_IO_FILESYSTEMS:  # (a tmpfs file is its page cache)
         assert [resident_bytes(p) for p in blocks] == [0, 0, 0]
     for p in blocks:

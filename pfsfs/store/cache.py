@@ -67,7 +67,7 @@ from ..ids import hash_bytes
 from ..model import is_meta_pack_key
 from .base import BlobInfo, ObjectStore, check_key
 from .cachewriter import CacheWriter
-from .directio import DirectFileReader, DirectFileWriter
+from .directio import DirectFileWriter
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,6 @@ class CachingStore(ObjectStore):
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
         self._direct = DirectFileWriter()
-        self._direct_reads = DirectFileReader()
         self._writer = CacheWriter(
             self._write_now,
             max_bytes=write_queue_bytes,
@@ -589,22 +588,16 @@ class CachingStore(ObjectStore):
     def _has_digest(self, path: Path) -> bool:
         return not path.is_relative_to(self._data_blocks)
 
-    def _read_file(self, path: Path) -> bytes | memoryview | None:
-        """A cache file's bytes (a data block's as written: ``O_DIRECT``, see ``directio``),
-        or None if it is missing, unreadable or (a blob's) corrupt."""
+    def _read_file(self, path: Path) -> bytes | None:
         queued = self._writer.pending(path)
         if queued is not None:
             return bytes(queued)
-        digest = self._has_digest(path)
         try:
-            if digest:
-                with open(path, "rb") as f:
-                    raw: bytes | memoryview = f.read()
-            else:
-                raw = self._direct_reads.read(path)
+            with open(path, "rb") as f:
+                raw = f.read()
         except OSError:
             return None
-        if digest:
+        if self._has_digest(path):
             data = raw[DIGEST:]
             if len(raw) < DIGEST or hash_bytes(data) != raw[:DIGEST]:
                 log.warning("dropping a corrupt cache file %s", path)
