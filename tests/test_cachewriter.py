@@ -12,6 +12,8 @@ import errno
 import mmap
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,10 @@ from pfsfs.store.directio import DirectFileWriter, padded
 from .pagecache import DIRECT_IO_FILESYSTEMS, filesystem_of, resident_bytes
 
 
-def _writer(slots: int, gate: threading.Event | None = None) -> CacheWriter:
+@contextmanager
+def _writer(slots: int, gate: threading.Event | None = None) -> Iterator[CacheWriter]:
+    """A writer of ``slots`` 64 KiB slots whose block writes wait for ``gate``; closed after
+    (the gate opened first, so a test that fails cannot leave its thread waiting)."""
     direct = DirectFileWriter()
 
     def write_copy(path: Path, slot: memoryview, length: int) -> None:
@@ -34,7 +39,13 @@ def _writer(slots: int, gate: threading.Event | None = None) -> CacheWriter:
     def write(path: Path, data: bytes | memoryview) -> None:
         path.write_bytes(data)
 
-    return CacheWriter(write, write_copy=write_copy, copy_slots=slots, slot_bytes=64 << 10)
+    writer = CacheWriter(write, write_copy=write_copy, copy_slots=slots, slot_bytes=64 << 10)
+    try:
+        yield writer
+    finally:
+        if gate is not None:
+            gate.set()
+        writer.close()
 
 
 def test_a_copied_block_keeps_no_reference_to_the_callers_memory(tmp_path: Path) -> None:
@@ -42,8 +53,7 @@ def test_a_copied_block_keeps_no_reference_to_the_callers_memory(tmp_path: Path)
     data = os.urandom(50_000)
     buffer = bytearray(data)
     gate = threading.Event()
-    writer = _writer(4, gate)
-    try:
+    with _writer(4, gate) as writer:
         view = memoryview(buffer)
         writer.submit_copy(tmp_path / "block", view[:40_000])
         view.release()
@@ -52,15 +62,11 @@ def test_a_copied_block_keeps_no_reference_to_the_callers_memory(tmp_path: Path)
         gate.set()
         writer.drain()
         assert (tmp_path / "block").read_bytes() == data[:40_000]
-    finally:
-        gate.set()
-        writer.close()
 
 
 def test_blocks_beyond_the_free_slots_are_dropped_and_slots_come_back(tmp_path: Path) -> None:
     gate = threading.Event()
-    writer = _writer(2, gate)
-    try:
+    with _writer(2, gate) as writer:
         blocks = {tmp_path / f"b{i}": os.urandom(10_000 + i) for i in range(6)}
         paths = list(blocks)
         for path in paths[:4]:
@@ -80,19 +86,13 @@ def test_blocks_beyond_the_free_slots_are_dropped_and_slots_come_back(tmp_path: 
         assert sorted(p.name for p in tmp_path.iterdir()) == ["b0", "b1", "b2", "b4"]
         for path in tmp_path.iterdir():
             assert path.read_bytes() == blocks[path]
-    finally:
-        gate.set()
-        writer.close()
 
 
 def test_a_block_bigger_than_a_slot_is_not_cached(tmp_path: Path) -> None:
-    writer = _writer(2)
-    try:
+    with _writer(2) as writer:
         writer.submit_copy(tmp_path / "big", os.urandom((64 << 10) + 1))
         writer.drain()
         assert not (tmp_path / "big").exists()
-    finally:
-        writer.close()
 
 
 def _page_buffer(data: bytes) -> memoryview:
@@ -163,8 +163,7 @@ def test_a_refused_direct_write_is_written_the_ordinary_way(
 
 def test_a_pending_copy_stays_right_after_its_slot_is_reused(tmp_path: Path) -> None:
     gate = threading.Event()
-    writer = _writer(1, gate)
-    try:
+    with _writer(1, gate) as writer:
         first, second = os.urandom(20_000), os.urandom(20_000)
         writer.submit_copy(tmp_path / "first", first)
         held = writer.pending(tmp_path / "first")
@@ -174,21 +173,15 @@ def test_a_pending_copy_stays_right_after_its_slot_is_reused(tmp_path: Path) -> 
         writer.drain()
         assert held == first
         assert (tmp_path / "second").read_bytes() == second
-    finally:
-        gate.set()
-        writer.close()
 
 
 def test_a_failed_write_gives_its_slot_back(tmp_path: Path) -> None:
-    writer = _writer(1)
-    try:
+    with _writer(1) as writer:
         writer.submit_copy(tmp_path / "missing-dir" / "a", b"x" * 100)  # cannot be written
         writer.drain()
         writer.submit_copy(tmp_path / "b", b"y" * 100)
         writer.drain()
         assert (tmp_path / "b").read_bytes() == b"y" * 100
-    finally:
-        writer.close()
 
 
 def test_no_memory_for_write_slots_leaves_blocks_uncached_without_errors(
@@ -198,11 +191,8 @@ def test_no_memory_for_write_slots_leaves_blocks_uncached_without_errors(
         raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
     monkeypatch.setattr(cachewriter.mmap, "mmap", no_memory)
-    writer = _writer(4)
-    try:
+    with _writer(4) as writer:
         writer.submit_copy(tmp_path / "a", b"x" * 100)
         writer.submit_copy(tmp_path / "b", b"x" * 100)
         writer.drain()
         assert not list(tmp_path.iterdir())
-    finally:
-        writer.close()

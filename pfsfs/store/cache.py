@@ -240,7 +240,7 @@ class CachingStore(ObjectStore):
             staged, self._staged, self._staged_bytes = self._staged, {}, 0
         self.inner.flush()  # raises if an upload failed: nothing staged gets cached then
         for key, data in staged.items():
-            self._write_file(self._blob_path(key), data)
+            self._writer.submit(self._blob_path(key), data)
             self._remember(key, data)
 
     # -- blobs: cached reads -------------------------------------------------------------------
@@ -442,7 +442,7 @@ class CachingStore(ObjectStore):
         try:
             missing = []
             for n in owned:
-                data = self._read_file(self._block_path(key, n))
+                data = self._read_file(self._block_path(key, n), digest=False)
                 if data is None:
                     missing.append(n)
                 else:
@@ -475,7 +475,9 @@ class CachingStore(ObjectStore):
         self, key: str, n: int, future: Future[_Block], data: _Block, *, write: bool
     ) -> None:
         if write:
-            self._write_file(self._block_path(key, n), data.view())
+            # Copied out: the block is a view of a whole fetched span, which must not stay in
+            # memory for its sake; written past the page cache (see the module doc).
+            self._writer.submit_copy(self._block_path(key, n), data.view())
         mem_key = f"{key}#{n}"
         if data:
             self._remember(mem_key, data)
@@ -517,11 +519,11 @@ class CachingStore(ObjectStore):
         if not owner:
             return future.result()
         try:
-            data = self._read_file(path)
+            data = self._read_file(path, digest=True)
             if data is None:
                 self.misses += 1
                 data = fetch()
-                self._write_file(path, data)
+                self._writer.submit(path, data)
             else:
                 self.hits += 1
             self._remember(mem_key, data)
@@ -585,10 +587,9 @@ class CachingStore(ObjectStore):
         fan = name[:2] if len(name) > 8 else "_"
         return self.root / "blobs" / head / fan / name
 
-    def _has_digest(self, path: Path) -> bool:
-        return not path.is_relative_to(self._data_blocks)
-
-    def _read_file(self, path: Path) -> bytes | None:
+    def _read_file(self, path: Path, *, digest: bool) -> bytes | None:
+        """A cache file's bytes: a blob's after its ``digest`` (checked), a data block's bare;
+        None if it is missing, unreadable or (a blob's) corrupt."""
         queued = self._writer.pending(path)
         if queued is not None:
             return bytes(queued)
@@ -597,7 +598,7 @@ class CachingStore(ObjectStore):
                 raw = f.read()
         except OSError:
             return None
-        if self._has_digest(path):
+        if digest:
             data = raw[DIGEST:]
             if len(raw) < DIGEST or hash_bytes(data) != raw[:DIGEST]:
                 log.warning("dropping a corrupt cache file %s", path)
@@ -611,15 +612,6 @@ class CachingStore(ObjectStore):
         except OSError:
             pass
         return data
-
-    def _write_file(self, path: Path, data: bytes | memoryview) -> None:
-        """Cache ``data`` at ``path`` in the background (best effort: see ``CacheWriter``).
-        A data block is copied out (it is a view of a whole fetched span, which must not stay
-        in memory for its sake) and written past the page cache; a blob is written as it is."""
-        if self._has_digest(path):
-            self._writer.submit(path, data)
-        else:
-            self._writer.submit_copy(path, data)
 
     def drain_cache_writes(self) -> None:
         """Wait until every file queued for the disk cache is written."""
