@@ -40,8 +40,9 @@ class ContentOps(_Base):
         elif changes:
             self._log(["A", ino, changes, now])
         if "size" in changes:
+            # No mtime stamp of our own: with the writeback cache the kernel keeps a regular
+            # file's mtime and sends it (in this request or a later one) when it changes it.
             self._truncate(node, changes["size"])
-            node.mtime_ns = now
         if "mode" in changes:
             node.mode = changes["mode"] & 0o7777
         if "uid" in changes:
@@ -93,7 +94,9 @@ class ContentOps(_Base):
         self._dirty(node)
 
     # -- content -----------------------------------------------------------------------------
-    def write(self, ino: int, offset: int, data: bytes, now: int) -> int:
+    def write(self, ino: int, offset: int, data: bytes, now: int | None) -> int:
+        """Write through to the staged data file. ``now`` is the new mtime, or None when the
+        kernel keeps mtime itself (writeback cache) and will set it with ``setattr``."""
         node = self.node(ino)
         if node.kind != "f":
             raise FsError(errno.EISDIR if node.kind == "d" else errno.EINVAL)
@@ -106,13 +109,14 @@ class ContentOps(_Base):
         self._apply_write(node, offset, written, now)
         return written
 
-    def _apply_write(self, node: Node, offset: int, length: int, now: int) -> None:
+    def _apply_write(self, node: Node, offset: int, length: int, now: int | None) -> None:
         self._stage(node)
         if node.base_len:
             add_extent(node.extents, offset, offset + length)
         if offset + length > node.size:
             node.size = offset + length
-        node.mtime_ns = node.ctime_ns = now
+        if now is not None:
+            node.mtime_ns = node.ctime_ns = now
         self._dirty(node)
 
     def read(self, node: Node, offset: int, size: int) -> bytes | memoryview:

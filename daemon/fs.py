@@ -36,6 +36,15 @@ BRANCH_TIMEOUT = 1.0  # .pfs/branches/<name> follows the branch
 BLKSIZE = 128 << 10
 
 
+CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # Linux's number
+
+
+def fs_now() -> int:
+    """The time stamped on changes, from the clock the kernel uses for file times. (Regular
+    files' mtimes after creation come from the kernel itself: see ``write`` and ``open``.)"""
+    return time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
+
+
 def to_fuse_error(exc: Exception) -> pyfuse3.FUSEError:
     """The one place where errors become errno values."""
     if isinstance(exc, FsError):
@@ -172,11 +181,13 @@ class PfsOperations(pyfuse3.Operations):
             changes["gid"] = attr.st_gid
         if fields.update_size:
             changes["size"] = attr.st_size
+            if not self.enable_writeback_cache and not fields.update_mtime:
+                changes["mtime"] = fs_now()
         if fields.update_mtime:
             changes["mtime"] = attr.st_mtime_ns
         if fields.update_atime:
             changes["atime"] = attr.st_atime_ns
-        node = self.tree.setattr(inode, time.time_ns(), changes)
+        node = self.tree.setattr(inode, fs_now(), changes)
         return self.attr(node)
 
     @fuse_op
@@ -217,7 +228,7 @@ class PfsOperations(pyfuse3.Operations):
         target: bytes = b"",
     ) -> Node:
         return self.tree.create(
-            parent_inode, name, kind, mode, ctx.uid, ctx.gid, rdev, target, time.time_ns()
+            parent_inode, name, kind, mode, ctx.uid, ctx.gid, rdev, target, fs_now()
         )
 
     @fuse_op
@@ -244,11 +255,11 @@ class PfsOperations(pyfuse3.Operations):
 
     @fuse_op
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self.tree.unlink(parent_inode, name, time.time_ns(), rmdir=False)
+        self.tree.unlink(parent_inode, name, fs_now(), rmdir=False)
 
     @fuse_op
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self.tree.unlink(parent_inode, name, time.time_ns(), rmdir=True)
+        self.tree.unlink(parent_inode, name, fs_now(), rmdir=True)
 
     @fuse_op
     async def rename(
@@ -261,14 +272,14 @@ class PfsOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> None:
         self.tree.rename(
-            parent_inode_old, name_old, parent_inode_new, name_new, flags, time.time_ns()
+            parent_inode_old, name_old, parent_inode_new, name_new, flags, fs_now()
         )
 
     @fuse_op
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return self._entry(self.tree.link(inode, new_parent_inode, new_name, time.time_ns()))
+        return self._entry(self.tree.link(inode, new_parent_inode, new_name, fs_now()))
 
     # -- files ---------------------------------------------------------------------------------
     def _open_info(self, node: Node) -> pyfuse3.FileInfo:
@@ -283,8 +294,14 @@ class PfsOperations(pyfuse3.Operations):
         node = self.tree.node(inode)
         if node.kind == "d":
             raise FsError(errno.EISDIR)
-        if flags & (os.O_WRONLY | os.O_RDWR):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             self.tree._writable(node)
+        if flags & os.O_TRUNC and node.kind == "f" and node.size:
+            # libfuse enables atomic O_TRUNC: the kernel sends no setattr(size=0) of its own,
+            # it empties its page cache and trusts us to empty the file. Without this an
+            # overwrite with shorter content committed the old file's tail. (The new mtime
+            # comes from the kernel, which stamps the truncation itself.)
+            self.tree.setattr(inode, fs_now(), {"size": 0})
         return self._open_info(node)
 
     @fuse_op
@@ -301,7 +318,11 @@ class PfsOperations(pyfuse3.Operations):
 
     @fuse_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return self.tree.write(self._files[fh], off, buf, time.time_ns())
+        # With the writeback cache the kernel owns mtime: it sends it with a setattr when it
+        # writes the inode back, and that setattr may arrive before the last data pages. A
+        # write stamping its own arrival time made commits disagree with what stat() showed.
+        mtime = None if self.enable_writeback_cache else fs_now()
+        return self.tree.write(self._files[fh], off, buf, mtime)
 
     async def flush(self, fh: int) -> None:
         # Nothing to do at close (journal records are appended as mutations happen); ENOSYS
@@ -390,13 +411,13 @@ class PfsOperations(pyfuse3.Operations):
         self._xattrs_on()
         if not name.startswith(b"user."):
             raise FsError(errno.ENOTSUP)
-        self.tree.set_xattr(inode, name, value, time.time_ns())
+        self.tree.set_xattr(inode, name, value, fs_now())
 
     @fuse_op
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._xattrs_on()
         try:
-            self.tree.set_xattr(inode, name, None, time.time_ns())
+            self.tree.set_xattr(inode, name, None, fs_now())
         except FsError as exc:
             if exc.errno == errno.ENODATA:
                 raise FsError(pyfuse3.ENOATTR) from None

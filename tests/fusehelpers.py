@@ -227,6 +227,14 @@ def no_leftovers() -> Iterator[None]:
 
 @pytest.fixture
 def env(tmp_path: Path, no_leftovers: None) -> Iterator[Env]:
+    with running_env(tmp_path) as e:
+        yield e
+
+
+@contextmanager
+def running_env(tmp_path: Path) -> Iterator[Env]:
+    """A home in ``tmp_path`` with its daemon; afterwards nothing mounted or running, and
+    ``pfsfs fsck`` passes (the ``env`` fixture, also for scripts)."""
     e = Env(tmp_path)
     e.start_daemon()
     try:
