@@ -19,12 +19,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import Corruption, NotFound, PfsError
+import msgpack
+
+from . import codec
+from .errors import Corruption, PfsError
 from .ids import hash_bytes, to_hex
 from .model import FILE, Entry, Locator
 
 if TYPE_CHECKING:
     from .repository import Repository
+    from .store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +49,27 @@ class Reachable:
         return sum(distinct.values())
 
 
+def parse_head(name: str, value: bytes) -> bytes | None:
+    """A branch ref's commit id (None: no commits yet); ``Corruption`` if it is malformed."""
+    if not value:
+        return None
+    try:
+        text = value.decode("ascii")
+        commit_id = bytes.fromhex(text)
+    except ValueError:
+        commit_id = b""
+    if len(commit_id) != 32:
+        raise Corruption(f"ref {name} is malformed (not a commit id): {value[:40]!r}")
+    return commit_id
+
+
 def branch_heads(repo: Repository) -> list[tuple[str, bytes]]:
+    """Every branch head; a malformed ref is ``Corruption`` (gc must not guess past it)."""
     heads = []
     for name, value in repo.store.list_refs("branches/"):
-        if value:
-            heads.append((name, bytes.fromhex(value.decode())))
+        commit_id = parse_head(name, value)
+        if commit_id is not None:
+            heads.append((name, commit_id))
     return heads
 
 
@@ -196,47 +216,142 @@ def gc(repo: Repository, *, dry_run: bool = False, grace: float = 0.0) -> GcRepo
 
 
 def fsck(repo: Repository, *, deep: bool = False) -> list[str]:
-    """Problems found (empty when healthy): dangling refs, missing or corrupt objects."""
-    problems: list[str] = []
-    heads = []
-    for name, cid in branch_heads(repo):
-        try:
-            commit = repo.read_commit(cid)
-        except PfsError as exc:
-            problems.append(f"ref {name} -> {to_hex(cid)[:12]}: {exc}")
-            continue
-        heads.append(cid)
-        repo_name = name.split("/")[1]
-        if commit.repo != repo_name:
-            problems.append(f"ref {name} points at a commit of repo {commit.repo}")
+    """Problems found (empty when healthy), each one line.
+
+    Always: every ref decodes and every branch names a readable commit of its repo; every
+    object reachable from a branch (commits, trees, manifests, chunks, the packs holding them)
+    exists in the store, whole; the index's cached commits re-hash to their ids. ``deep``
+    also reads the store itself (below any read cache) and re-hashes every reachable object:
+    each commit blob, each tree, manifest and chunk (one read per pack for all its objects),
+    and checks that every index ``objects`` entry names bytes that hash to its id, since
+    writers reuse those entries without reading them."""
+    # The index first: reading a commit replaces a damaged cached copy (with a warning).
+    problems = _check_index_commits(repo)
+    heads = _check_refs(repo, problems)
     r = reachable(repo, heads, strict=False)
     problems.extend(r.problems)
-    truth = repo.store.uncached()  # --deep must read the store itself, not a local cache
+    truth = repo.store.uncached()  # the store itself, not a local read cache
     sizes = {info.key: info.size for info in truth.list()}
-    for loc in r.locators:
-        key = f"pack/{loc.pack.hex()}" if loc.pack else f"chunk/{loc.id.hex()}"
+    for cid in sorted(r.commits):
+        key = f"commit/{cid.hex()}"
+        if key not in sizes:
+            problems.append(f"commit {to_hex(cid)[:12]} is missing from the store")
+        elif deep:
+            try:
+                data = truth.get(key)
+            except PfsError as exc:
+                problems.append(f"commit {to_hex(cid)[:12]} cannot be read: {exc}")
+                continue
+            if hash_bytes(data) != cid:
+                problems.append(f"commit {to_hex(cid)[:12]} in {key} is corrupt (hash mismatch)")
+    bad = _check_objects(truth, r.locators, sizes, deep)
+    problems.extend(bad.values())
+    if deep:
+        problems.extend(_check_index_objects(repo, truth, r.locators, sizes))
+    return problems
+
+
+def _check_refs(repo: Repository, problems: list[str]) -> list[bytes]:
+    """Check every ref (settings, repo records, branches); return the readable heads."""
+    repos: set[str] = set()
+    heads: list[bytes] = []
+    try:
+        refs = list(repo.store.list_refs(""))
+    except PfsError as exc:
+        problems.append(f"refs: {exc}")
+        return heads
+    for name, value in refs:
+        if name == "config" or name.startswith("repos/"):
+            try:
+                record = codec.unpack_value(value)
+            except (ValueError, msgpack.UnpackException) as exc:
+                record = exc
+            if not isinstance(record, dict):
+                problems.append(f"ref {name} does not decode: {record}")
+            elif name.startswith("repos/"):
+                repos.add(name.split("/", 1)[1])
+        elif not name.startswith("branches/"):
+            problems.append(f"ref {name} is not a ref pfsfs writes")
+    for name, value in refs:
+        if not name.startswith("branches/"):
+            continue
+        repo_name = name.split("/")[1]
+        if repo_name not in repos:
+            problems.append(f"ref {name} belongs to no repo (repos/{repo_name} is missing)")
+        try:
+            cid = parse_head(name, value)
+            if cid is None:
+                continue
+            commit = repo.read_commit(cid)
+        except PfsError as exc:
+            problems.append(f"ref {name}: {exc}")
+            continue
+        heads.append(cid)
+        if commit.repo != repo_name:
+            problems.append(f"ref {name} points at a commit of repo {commit.repo}")
+    return heads
+
+
+def _check_index_commits(repo: Repository) -> list[str]:
+    """The index's cached commits must re-hash to their ids. Readers never serve a bad copy,
+    but one means the index file is being damaged: report it, and drop the copy (a cache
+    entry; the store's copy is read and cached again when needed)."""
+    bad = [cid for cid, data in repo.index.iter_commits() if hash_bytes(data) != cid]
+    repo.index.forget_commits(bad)
+    return [
+        f"index: the cached copy of commit {to_hex(cid)[:12]} was damaged (dropped it; the "
+        "store's copy is used)"
+        for cid in bad
+    ]
+
+
+def _blob_key(loc: Locator) -> str:
+    return f"pack/{loc.pack.hex()}" if loc.pack else f"chunk/{loc.id.hex()}"
+
+
+def _check_objects(
+    truth: ObjectStore, locators: Iterable[Locator], sizes: dict[str, int], deep: bool
+) -> dict[Locator, str]:
+    """A problem line per locator whose object is missing, cut short or (``deep``) does not
+    hash to its id. Each blob is read once for all the objects it holds."""
+    bad: dict[Locator, str] = {}
+    by_key: dict[str, list[Locator]] = {}
+    for loc in locators:
+        key = _blob_key(loc)
         size = sizes.get(key)
         if size is None:
-            problems.append(f"object {loc.hex[:16]} is missing ({key})")
+            bad[loc] = f"object {loc.hex[:16]} is missing ({key})"
+        elif (loc.offset + loc.length if loc.pack else loc.length) > size:
+            bad[loc] = f"object {loc.hex[:16]} is truncated in {key}"
+        elif deep:
+            by_key.setdefault(key, []).append(loc)
+    for key, locs in sorted(by_key.items()):
+        try:
+            blob = truth.get(key)
+        except PfsError as exc:
+            for loc in locs:
+                bad[loc] = f"object {loc.hex[:16]} in {key} cannot be read: {exc}"
             continue
-        if (loc.offset + loc.length if loc.pack else loc.length) > size:
-            problems.append(f"object {loc.hex[:16]} is truncated in {key}")
-            continue
-        if deep:
-            try:
-                data = truth.get(key, loc.offset, loc.length) if loc.pack else truth.get(key)
-            except NotFound:
-                problems.append(f"object {loc.hex[:16]} is missing ({key})")
-                continue
-            except PfsError as exc:
-                problems.append(f"object {loc.hex[:16]}: {exc}")
-                continue
-            if hash_bytes(data) != loc.id:
-                problems.append(f"object {loc.hex[:16]} in {key} is corrupt (hash mismatch)")
-    for cid in r.commits:
-        if f"commit/{cid.hex()}" not in sizes:
-            problems.append(f"commit {to_hex(cid)[:12]} is missing from the store")
-    return problems
+        view = memoryview(blob)
+        for loc in locs:
+            part = view[loc.offset : loc.offset + loc.length] if loc.pack else view
+            if len(part) != loc.length or hash_bytes(part) != loc.id:
+                bad[loc] = f"object {loc.hex[:16]} in {key} is corrupt (hash mismatch)"
+    return bad
+
+
+def _check_index_objects(
+    repo: Repository, truth: ObjectStore, reachable_locs: set[Locator], sizes: dict[str, int]
+) -> list[str]:
+    """Index ``objects`` entries not already checked as reachable must name their object: a
+    writer deduplicating against a bad entry would commit a reference to wrong bytes. Bad
+    entries are reported and dropped (the object is stored again when next written)."""
+    entries = [loc for loc in repo.index.iter_objects() if loc not in reachable_locs]
+    if truth.shared:  # another machine's gc may have removed some: writers re-check those
+        entries = [loc for loc in entries if _blob_key(loc) in sizes]
+    bad = _check_objects(truth, entries, sizes, deep=True)
+    repo.index.drop_objects([loc.id for loc in bad])
+    return [f"index: the entry for {line} (dropped it)" for line in bad.values()]
 
 
 def du(repo: Repository, commit_id: bytes | None) -> tuple[int, int]:
