@@ -30,8 +30,8 @@ What is the source of truth here, and what a rebuild does (``pfsfs fsck --rebuil
 branch (refs are *not* in this environment: a local store keeps them in its own ``refs`` LMDB
 next to the blobs, S3 in the bucket). ``meta``, ``gc_roots`` and the pipeline databases are this
 machine's own records and exist nowhere else: a rebuild copies every record of them it can still
-read (``salvage``: cursors forward from the first key and backward from the last, so only the
-records between damaged pages are lost) and reports what it could not.
+read (``salvage``: leaf page by leaf page, so only the records on damaged pages are lost) and
+reports what it could not.
 
 Every LMDB failure surfaces as one ``PfsError`` naming the index: damage (a bad page, a file that
 is not LMDB) as ``IndexDamaged`` with the fix, a full map as ``StoreFull``. A value that does not
@@ -42,6 +42,7 @@ decode is damage too. ``commits`` values are verified against their key when rea
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -100,6 +101,82 @@ def translate(path: Path, exc: lmdb.Error) -> StoreError | IndexDamaged:
         return damaged(path, exc)
     return StoreError(f"the index at {path} failed: {exc}")
 
+# -- the page walk: what makes a scan of a damaged file an error instead of a crash ----------
+#
+# LMDB trusts its file. A lookup that meets a damaged page fails (MDB_CORRUPTED,
+# MDB_PAGE_NOTFOUND), but a cursor stepping from one leaf to the next *asserts* the next page is
+# a leaf and aborts the process when it is not (a zeroed page: a lost write). So before a scan,
+# ``leaves`` walks the database's tree in the file itself (only page headers and branch pages,
+# as the scanning transaction sees them) and every damaged page becomes an error first.
+_P_BRANCH, _P_LEAF = 0x01, 0x02
+_P_INVALID = (1 << 64) - 1
+_HEADER = 16  # pgno (8), pad (2), flags (2), lower (2), upper (2)
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One leaf page of a database, in key order; ``bad`` says what is wrong with it (or
+    with the branch above it: then ``first`` is unknown and the whole subtree is lost)."""
+
+    pgno: int
+    keys: int = 0
+    first: bytes = b""
+    bad: str = ""
+
+
+def leaves(
+    env: lmdb.Environment, txn: lmdb.Transaction, data_file: Path, name: bytes
+) -> Iterator[Leaf]:
+    """The leaf pages of the named database ``name`` as ``txn`` sees it, in key order."""
+    record = txn.get(name)  # the main database's record of it: an MDB_db
+    if record is None or len(record) != 48:
+        return
+    depth = int.from_bytes(record[6:8], "little")
+    root = int.from_bytes(record[40:48], "little")
+    if root == _P_INVALID:
+        return  # empty
+    psize = env.stat()["psize"]
+    with open(data_file, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        yield from _walk(f.fileno(), psize, size, root, depth, 1)
+
+
+def _walk(fd: int, psize: int, size: int, pgno: int, depth: int, level: int) -> Iterator[Leaf]:
+    if (pgno + 1) * psize > size:
+        yield Leaf(pgno, bad=f"page {pgno} is past the end of the file")
+        return
+    page = os.pread(fd, psize, pgno * psize)
+    own = int.from_bytes(page[0:8], "little")
+    flags = int.from_bytes(page[10:12], "little")
+    lower = int.from_bytes(page[12:14], "little")
+    upper = int.from_bytes(page[14:16], "little")
+    want = _P_BRANCH if level < depth else _P_LEAF
+    if own != pgno or not flags & want or not _HEADER <= lower <= upper <= psize:
+        yield Leaf(pgno, bad=f"page {pgno} is damaged (flags {flags:#x}, number {own})")
+        return
+    count = (lower - _HEADER) // 2
+    if level == depth:
+        yield Leaf(pgno, count, _first_key(page, psize, count))
+        return
+    for i in range(count):
+        at = int.from_bytes(page[_HEADER + 2 * i : _HEADER + 2 * i + 2], "little")
+        if not upper <= at <= psize - 8:
+            yield Leaf(pgno, bad=f"branch page {pgno} is damaged (a node is out of the page)")
+            return
+        lo, hi, fl = (int.from_bytes(page[at + j : at + j + 2], "little") for j in (0, 2, 4))
+        yield from _walk(fd, psize, size, lo | hi << 16 | fl << 32, depth, level + 1)
+
+
+def _first_key(page: bytes, psize: int, count: int) -> bytes:
+    """The first key of a leaf page (b"" if its first node is out of the page)."""
+    if count == 0:
+        return b""
+    at = int.from_bytes(page[_HEADER : _HEADER + 2], "little")
+    if at + 8 > psize:
+        return b""
+    ksize = int.from_bytes(page[at + 6 : at + 8], "little")
+    return page[at + 8 : at + 8 + ksize] if at + 8 + ksize <= psize else b""
+
 
 class Index:
     """Thin typed access to the home's LMDB environment."""
@@ -157,6 +234,15 @@ class Index:
         with self.guard(), self.env.begin() as txn:
             yield txn
 
+    def scan(self, txn: lmdb.Transaction, name: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every record of database ``name``, in key order; ``IndexDamaged`` instead of a
+        crash when a page of it is damaged (see ``leaves``). Use it for every full scan."""
+        for leaf in leaves(self.env, txn, self.path / "data.mdb", name.encode()):
+            if leaf.bad:
+                raise damaged(self.path, f"database {name!r}: {leaf.bad}")
+        for key, value in txn.cursor(db=self.db(name)):
+            yield bytes(key), bytes(value)
+
     # -- objects -----------------------------------------------------------------------------
     def get_object(self, object_id: bytes) -> tuple[Locator, float] | None:
         """Where a durable object is, and when it was last verified to be there."""
@@ -196,7 +282,7 @@ class Index:
 
     def iter_objects(self) -> Iterator[Locator]:
         with self.read() as txn:
-            for key, value in txn.cursor(db=self.db("objects")):
+            for key, value in self.scan(txn, "objects"):
                 yield self._object(key, value)[0]
 
     # -- commits -----------------------------------------------------------------------------
@@ -209,8 +295,7 @@ class Index:
     def iter_commits(self) -> Iterator[tuple[bytes, bytes]]:
         """Every cached ``(commit id, encoded commit)``, unverified."""
         with self.read() as txn:
-            for key, value in txn.cursor(db=self.db("commits")):
-                yield bytes(key), bytes(value)
+            yield from self.scan(txn, "commits")
 
     def add_commit(self, repo: str, commit_id: bytes, encoded: bytes) -> None:
         with self.write() as txn:
@@ -281,7 +366,7 @@ class Index:
         commits: list[str] = []
         locators: list[Locator] = []
         with self.read() as txn:
-            for key, value in txn.cursor(db=self.db("gc_roots")):
+            for key, value in self.scan(txn, "gc_roots"):
                 d = self._unpack("gc_roots", value)
                 try:
                     owned = [str(c) for c in d.get("commits", [])]
@@ -316,7 +401,9 @@ class Salvaged:
     def describe(self) -> str:
         if self.complete:
             return f"{self.name}: {self.copied} records copied"
-        lost = f"{self.expected - self.copied}" if self.expected is not None else "some"
+        if self.expected is None:  # how many it held is unreadable too
+            return f"{self.name}: {self.copied} records copied, any others lost ({self.error})"
+        lost = self.expected - self.copied
         return f"{self.name}: {self.copied} records copied, {lost} lost ({self.error})"
 
 
@@ -324,9 +411,11 @@ def salvage(src: Path, dst: Path, skip: Collection[str] = CACHE_DATABASES) -> li
     """Copy every record still readable from the index at ``src`` into the index at ``dst``,
     except the databases in ``skip`` (the caches, which a rebuild recomputes from the store).
 
-    The reading runs in a child process: LMDB trusts its file, and some damage makes it crash
-    rather than fail. The child reports each database as it is done, so what it copied before
-    a crash is still reported; a database it was reading when it died is reported lost."""
+    Records are read leaf page by leaf page (see ``leaves``), so only those on damaged pages
+    (or under a damaged branch page) are lost. The reading runs in a child process: LMDB
+    trusts its file, and damage inside a page can still make it crash rather than fail. The
+    child reports each database as it is done, so what it copied before a crash is still
+    reported; a database it was reading when it died is reported lost."""
     cmd = [sys.executable, "-m", "pfsfs.index", str(src), str(dst), *skip]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     done: list[Salvaged] = []
@@ -362,7 +451,7 @@ def _copy_readable(src: Path, dst: Path, skip: Collection[str]) -> None:
         if label in skip:
             continue
         print(json.dumps({"reading": label}), flush=True)
-        report = _copy_database(old, new, name)
+        report = _copy_database(old, src, new, name)
         if report is None:  # no such database in the old file
             if listing_error and label in known:
                 report = Salvaged(label, error=f"the list of databases is damaged: {listing_error}")
@@ -385,25 +474,31 @@ def _database_names(env: lmdb.Environment) -> tuple[list[bytes], str]:
     return names, ""
 
 
-def _copy_database(old: lmdb.Environment, new: lmdb.Environment, name: bytes) -> Salvaged | None:
+def _copy_database(
+    old: lmdb.Environment, src: Path, new: lmdb.Environment, name: bytes
+) -> Salvaged | None:
     label = name.decode(errors="replace")
     try:
-        with old.begin() as txn:
-            db = old.open_db(name, txn=txn, create=False)
+        db = old.open_db(name, create=False)  # its own transaction: the handle outlives it
     except lmdb.NotFoundError:
         return None
     except lmdb.Error as exc:
         return Salvaged(label, error=f"cannot be opened: {exc}")
     report = Salvaged(label)
     records: dict[bytes, bytes] = {}
-    try:
-        with old.begin() as txn:
-            report.expected = txn.stat(db)["entries"]
-            for key, value in txn.cursor(db=db):
-                records[bytes(key)] = bytes(value)
-    except lmdb.Error as exc:
-        report.error = f"damaged after {len(records)} records: {exc}"
-        _copy_backwards(old, db, records)
+    errors: list[str] = []
+    with old.begin() as txn:
+        report.expected = txn.stat(db)["entries"]
+        for leaf in leaves(old, txn, src / "data.mdb", name):
+            if leaf.bad or not leaf.first:
+                errors.append(leaf.bad or f"page {leaf.pgno} is damaged")
+                continue
+            try:
+                _copy_leaf(txn.cursor(db=db), leaf, records)
+            except lmdb.Error as exc:
+                errors.append(f"page {leaf.pgno}: {exc}")
+                break  # the transaction is unusable after a failed read
+    report.error = "; ".join(errors[:3])
     target = new.open_db(name)
     with new.begin(write=True) as txn:
         for key, value in records.items():
@@ -412,21 +507,15 @@ def _copy_database(old: lmdb.Environment, new: lmdb.Environment, name: bytes) ->
     return report
 
 
-def _copy_backwards(old: lmdb.Environment, db: Any, records: dict[bytes, bytes]) -> None:
-    """Read from the last record back towards the damage (a fresh transaction: a failed read
-    leaves the first one unusable), so only the records on the damaged pages are lost."""
-    try:
-        with old.begin() as txn:
-            cursor = txn.cursor(db=db)
-            more = cursor.last()
-            while more:
-                key = bytes(cursor.key())
-                if key in records:
-                    break
-                records[key] = bytes(cursor.value())
-                more = cursor.prev()
-    except lmdb.Error:
-        pass
+def _copy_leaf(cursor: lmdb.Cursor, leaf: Leaf, records: dict[bytes, bytes]) -> None:
+    """The records of one sound leaf page. The cursor is placed by an exact lookup of its first
+    key and never stepped past its last: stepping onto a damaged next page would abort."""
+    if not cursor.set_key(leaf.first):
+        raise lmdb.CorruptedError(f"the first key of page {leaf.pgno} is not found")
+    for n in range(leaf.keys):
+        if n and not cursor.next():
+            break
+        records[bytes(cursor.key())] = bytes(cursor.value())
 
 
 if __name__ == "__main__":  # the child process of ``salvage``

@@ -14,16 +14,20 @@ could hide references, and deleting on a guess loses data.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgpack
 
 from . import codec
-from .errors import Corruption, PfsError
+from .errors import Corruption, NotFound, PfsError
 from .ids import hash_bytes, to_hex
+from .index import Index, Salvaged, salvage
 from .model import FILE, Entry, Locator
 
 if TYPE_CHECKING:
@@ -143,6 +147,8 @@ class GcReport:
     kept_young: int = 0
     dead_in_live_packs: int = 0  # bytes inside packs that still hold live objects
     dry_run: bool = False
+    temp_files: int = 0  # what killed writers left (removed unless dry_run)
+    temp_bytes: int = 0
 
 
 def gc(repo: Repository, *, dry_run: bool = False, grace: float = 0.0) -> GcReport:
@@ -187,6 +193,8 @@ def gc(repo: Repository, *, dry_run: bool = False, grace: float = 0.0) -> GcRepo
             doomed.append((info.key, info.size))
         report.deleted_blobs = len(doomed)
         report.deleted_bytes = sum(size for _, size in doomed)
+        if not dry_run:
+            _remove_temp(repo, cutoff, report)
         if dry_run or not doomed:
             return report
         gone = {key for key, _ in doomed}
@@ -215,6 +223,17 @@ def gc(repo: Repository, *, dry_run: bool = False, grace: float = 0.0) -> GcRepo
     return report
 
 
+def _remove_temp(repo: Repository, cutoff: float, report: GcReport) -> None:
+    """Temp files older than the grace period: what a writer killed mid-``put`` left. Under
+    the gc lock no writer of this home is running; the store keeps those of live writers of
+    other homes (see ``LocalObjectStore.remove_temp``)."""
+    remove = getattr(repo.store.uncached(), "remove_temp", None)
+    # S3 writes are atomic PUTs; a killed multipart upload is expired by a bucket lifecycle
+    # rule (AbortIncompleteMultipartUpload), not here.
+    if remove is not None:
+        report.temp_files, report.temp_bytes = remove(cutoff)
+
+
 def fsck(repo: Repository, *, deep: bool = False) -> list[str]:
     """Problems found (empty when healthy), each one line.
 
@@ -234,16 +253,19 @@ def fsck(repo: Repository, *, deep: bool = False) -> list[str]:
     sizes = {info.key: info.size for info in truth.list()}
     for cid in sorted(r.commits):
         key = f"commit/{cid.hex()}"
+        what = f"commit {to_hex(cid)[:12]}" + "".join(
+            f" (the head of ref {name})" for name in heads.get(cid, ())
+        )
         if key not in sizes:
-            problems.append(f"commit {to_hex(cid)[:12]} is missing from the store")
+            problems.append(f"{what} is missing from the store")
         elif deep:
             try:
                 data = truth.get(key)
             except PfsError as exc:
-                problems.append(f"commit {to_hex(cid)[:12]} cannot be read: {exc}")
+                problems.append(f"{what} cannot be read: {exc}")
                 continue
             if hash_bytes(data) != cid:
-                problems.append(f"commit {to_hex(cid)[:12]} in {key} is corrupt (hash mismatch)")
+                problems.append(f"{what} is corrupt in {key} (hash mismatch)")
     bad = _check_objects(truth, r.locators, sizes, deep)
     problems.extend(bad.values())
     if deep:
@@ -251,10 +273,11 @@ def fsck(repo: Repository, *, deep: bool = False) -> list[str]:
     return problems
 
 
-def _check_refs(repo: Repository, problems: list[str]) -> list[bytes]:
-    """Check every ref (settings, repo records, branches); return the readable heads."""
+def _check_refs(repo: Repository, problems: list[str]) -> dict[bytes, list[str]]:
+    """Check every ref (settings, repo records, branches); return the readable heads and the
+    branch refs naming each."""
     repos: set[str] = set()
-    heads: list[bytes] = []
+    heads: dict[bytes, list[str]] = {}
     try:
         refs = list(repo.store.list_refs(""))
     except PfsError as exc:
@@ -286,7 +309,7 @@ def _check_refs(repo: Repository, problems: list[str]) -> list[bytes]:
         except PfsError as exc:
             problems.append(f"ref {name}: {exc}")
             continue
-        heads.append(cid)
+        heads.setdefault(cid, []).append(name)
         if commit.repo != repo_name:
             problems.append(f"ref {name} points at a commit of repo {commit.repo}")
     return heads
@@ -375,3 +398,91 @@ def stats(repo: Repository) -> dict[str, int]:
         "logical_bytes": logical,
         "stored_bytes": stored,
     }
+
+
+@dataclass
+class RebuildReport:
+    """What ``rebuild_index`` recovered, recomputed and could not."""
+
+    salvaged: list[Salvaged]
+    commits: int = 0
+    objects: int = 0
+    problems: list[str] = field(default_factory=list)  # store damage met while re-indexing
+    kept: Path | None = None  # the old index file, kept for inspection
+
+    @property
+    def lost(self) -> list[Salvaged]:
+        return [s for s in self.salvaged if not s.complete]
+
+
+def rebuild_index(home: Path) -> RebuildReport:
+    """Replace the home's index by one rebuilt from the store plus what is still readable of
+    the old one (see ``pfsfs.index``: which databases are caches and which are this machine's
+    own records). Callers make sure nothing else has the index open (no daemon, no scheduler).
+
+    The new index is built next to the old one; its file then replaces the old file in one
+    rename, so a crash leaves either index whole. The old file is kept as
+    ``index.damaged-<time>.mdb`` in the home."""
+    from .home import open_store, read_config
+    from .repository import Repository
+
+    config = read_config(home)
+    if config is None:
+        raise NotFound(f"no pfsfs home at {home}")
+    current = home / "index"
+    fresh = home / "index.rebuild"
+    shutil.rmtree(fresh, ignore_errors=True)  # what a crashed rebuild left
+    repo = Repository(home, config, open_store(home, config), Index(fresh))
+    try:
+        with repo.gc_lock():  # no write session of this home is running meanwhile
+            old_data = current / "data.mdb"
+            salvaged = salvage(current, fresh) if old_data.exists() else []
+            report = RebuildReport(salvaged)
+            _reindex(repo, report)
+    finally:
+        repo.close()
+    if old_data.exists():
+        report.kept = home / time.strftime("index.damaged-%Y%m%d-%H%M%S.mdb")
+        os.link(old_data, report.kept)
+    current.mkdir(exist_ok=True)
+    os.replace(fresh / "data.mdb", old_data)
+    _fsync_dir(current)
+    shutil.rmtree(fresh, ignore_errors=True)
+    return report
+
+
+def _reindex(repo: Repository, report: RebuildReport) -> None:
+    """Fill the caches of ``repo.index`` (empty but for salvaged records) from the store:
+    every commit reachable from a branch or a salvaged gc root, and every object they reach
+    that the store holds whole."""
+    heads: list[bytes] = []
+    for name, value in repo.store.list_refs("branches/"):
+        try:
+            commit_id = parse_head(name, value)
+        except Corruption as exc:
+            report.problems.append(str(exc))
+            continue
+        if commit_id is not None:
+            heads.append(commit_id)
+    extra_commits, extra_locators = repo.index.gc_roots()
+    heads.extend(bytes.fromhex(c) for c in extra_commits)
+    r = reachable(repo, heads, extra_locators, strict=False)  # commits are indexed as read
+    report.problems.extend(r.problems)
+    sizes = {info.key: info.size for info in repo.store.uncached().list()}
+    present = [loc for loc in r.locators if _fits(loc, sizes)]
+    repo.index.add_objects(present)
+    report.objects = len(present)
+    report.commits = sum(1 for _ in repo.index.iter_commits())
+
+
+def _fits(loc: Locator, sizes: dict[str, int]) -> bool:
+    size = sizes.get(_blob_key(loc))
+    return size is not None and (loc.offset + loc.length if loc.pack else loc.length) <= size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -43,6 +43,24 @@ def io_error(exc: OSError, what: str) -> StoreError:
     return StoreError(f"{what}: {exc.strerror or exc}")
 
 
+def _temp_writer(name: str) -> int | None:
+    """The pid in a temp file name of ``_write`` (``.<blob>.<pid>.<thread>.tmp``), else None."""
+    parts = name.split(".")
+    if len(parts) != 5 or parts[0] or parts[4] != "tmp" or not parts[2].isdigit():
+        return None
+    return int(parts[2])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 class LocalObjectStore(ObjectStore):
     """Files on a local filesystem; refs in LMDB."""
 
@@ -149,6 +167,36 @@ class LocalObjectStore(ObjectStore):
                     except FileNotFoundError:
                         continue
                     yield BlobInfo(key, st.st_size, st.st_mtime)
+
+    def remove_temp(self, older_than: float) -> tuple[int, int]:
+        """Delete temp files a killed writer left (``.<name>.<pid>.<tid>.tmp``, see ``_write``)
+        last modified before ``older_than`` (epoch seconds); return (files, bytes). A temp file
+        whose writer still runs on this machine is kept (another home may share this store
+        and be writing it now) unless it is a day older than that."""
+        removed = freed = 0
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if os.path.relpath(dirpath, self.root).split(os.sep)[0] == "refs":
+                dirnames[:] = []
+                continue
+            for name in filenames:
+                pid = _temp_writer(name)
+                if pid is None:
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                    if st.st_mtime >= older_than:
+                        continue
+                    if _alive(pid) and st.st_mtime >= older_than - 86400:
+                        continue
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise io_error(exc, f"removing {path}") from None
+                removed += 1
+                freed += st.st_size
+        return removed, freed
 
     def head(self, key: str) -> BlobInfo | None:
         try:
