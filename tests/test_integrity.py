@@ -203,6 +203,23 @@ def test_damaged_leaf_rebuild_keeps_every_readable_record(tmp_path: Path) -> Non
     run(home, "fsck", "--deep")
 
 
+def test_damaged_ref_table_is_one_error_naming_it(tmp_path: Path) -> None:
+    """The local store's refs are the truth (no rebuild): the error says so and names it."""
+    home = tmp_path / "home"
+    two_commits(home, tmp_path)
+    data = home / "store" / "refs" / "data.mdb"
+    pages = leaf_pages_with(data, b"branches/r/master")
+    assert pages
+    for n in pages:
+        zero_page(data, n)
+    for args in (["log", "r@master"], ["repo", "list"]):
+        line = fails(home, *args, code=6)
+        assert f"the ref table in {home / 'store' / 'refs'} is damaged" in line
+        assert "restore it from a backup" in line
+    problems = run(home, "fsck", check=False)
+    assert problems.returncode == 6 and "the ref table in" in out(problems)
+
+
 def test_gc_removes_temp_blobs_of_a_killed_put(tmp_path: Path) -> None:
     home = tmp_path / "home"
     run(home, "repo", "create", "r")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import lmdb
 
-from ..errors import NotFound, RefChanged, StoreError, StoreFull
+from ..errors import Corruption, NotFound, RefChanged, StoreError, StoreFull
 from .base import BlobInfo, ObjectStore, check_key
 from .uploads import UploadQueue
 
@@ -243,11 +243,27 @@ class LocalObjectStore(ObjectStore):
                 raise StoreError(f"cannot open the ref table in {path}: {exc}") from None
         return self._refs_env
 
+    def _refs_failed(self, exc: lmdb.Error) -> StoreError | Corruption:
+        """A ref-table failure as one error naming it. Unlike the home's index this table is
+        the truth (branch heads, repo records) and cannot be rebuilt from the blobs."""
+        where = self.root / "refs"
+        if isinstance(exc, lmdb.MapFullError):
+            return StoreFull(f"the ref table in {where} is full")
+        if isinstance(exc, lmdb.ReadersFullError | lmdb.LockError | lmdb.DiskError):
+            return StoreError(f"the ref table in {where} failed: {exc}")
+        return Corruption(
+            f"the ref table in {where} is damaged ({exc}); it holds the branch heads, which "
+            "exist nowhere else: restore it from a backup, or `pfsfs pull` from a remote"
+        )
+
     def get_ref(self, name: str) -> bytes | None:
         check_key(name)
-        with self._refs().begin() as txn:
-            value = txn.get(name.encode())
-        return bytes(value) if value is not None else None
+        try:
+            with self._refs().begin() as txn:
+                value = txn.get(name.encode())
+                return bytes(value) if value is not None else None
+        except lmdb.Error as exc:
+            raise self._refs_failed(exc) from None
 
     def set_ref(self, name: str, expected: bytes | None, new: bytes | None) -> None:
         check_key(name)
@@ -261,21 +277,22 @@ class LocalObjectStore(ObjectStore):
                     txn.delete(name.encode())
                 else:
                     txn.put(name.encode(), new)
-        except lmdb.MapFullError:
-            raise StoreFull(f"the ref table in {self.location} is full") from None
         except lmdb.Error as exc:
-            raise StoreError(f"updating ref {name}: {exc}") from None
+            raise self._refs_failed(exc) from None
 
     def list_refs(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
-        with self._refs().begin() as txn:
-            cursor = txn.cursor()
-            if not cursor.set_range(prefix.encode()):
-                return
-            for key, value in cursor:
-                name = bytes(key).decode()
-                if not name.startswith(prefix):
-                    break
-                yield name, bytes(value)
+        try:
+            with self._refs().begin() as txn:
+                cursor = txn.cursor()
+                if not cursor.set_range(prefix.encode()):
+                    return
+                for key, value in cursor:
+                    name = bytes(key).decode(errors="replace")
+                    if not name.startswith(prefix):
+                        break
+                    yield name, bytes(value)
+        except lmdb.Error as exc:
+            raise self._refs_failed(exc) from None
 
     def close(self) -> None:
         if self._uploads is not None:
