@@ -83,3 +83,8 @@ class DaemonError(PfsError):
     """The mount daemon is not reachable or refused a request."""
 
     exit_code = 9
+
+
+class IndexDamaged(Corruption):
+    """The home's LMDB index (a rebuildable cache plus this machine's own records) cannot be
+    read: a damaged page, a file that is not LMDB. ``pfsfs fsck --rebuild-index`` repairs it."""

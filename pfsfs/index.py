@@ -21,22 +21,42 @@ Named databases (keys are bytes; "id" means a 32-byte BLAKE3 digest):
               held by the mount daemon (staged data, base commits of open mounts) and by
               pipelines (jobs in flight). gc treats everything listed as reachable.
 
-The daemon and pipelines add their own databases (``mounts``, ``inodes``, ``staging``,
-``pipelines``, ``jobs``); each is opened through ``Index.db(name)`` and documented in the module
-that owns it, with a line added to ``OTHER_DATABASES`` below.
+Pipelines add their own databases (``pipelines``, ``jobs``, ...; the daemon keeps its state in
+plain files under ``staging/``); each is opened through ``Index.db(name)`` and documented in the
+module that owns it, with a line added to ``OTHER_DATABASES`` below.
+
+What is the source of truth here, and what a rebuild does (``pfsfs fsck --rebuild-index``):
+``objects``, ``commits`` and ``repo_commits`` are caches of the store, rebuilt by walking every
+branch (refs are *not* in this environment: a local store keeps them in its own ``refs`` LMDB
+next to the blobs, S3 in the bucket). ``meta``, ``gc_roots`` and the pipeline databases are this
+machine's own records and exist nowhere else: a rebuild copies every record of them it can still
+read (``salvage``: leaf page by leaf page, so only the records on damaged pages are lost) and
+reports what it could not.
+
+Every LMDB failure surfaces as one ``PfsError`` naming the index: damage (a bad page, a file that
+is not LMDB) as ``IndexDamaged`` with the fix, a full map as ``StoreFull``. A value that does not
+decode is damage too. ``commits`` values are verified against their key when read (see
+``ObjectReader.read_commit``), so a flipped byte there never changes what a command shows.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lmdb
+import msgpack
 
 from . import codec
-from .errors import StoreError, StoreFull
+from .errors import IndexDamaged, StoreError, StoreFull
 from .model import Locator
 
 MAP_SIZE = 1 << 38  # 256 GiB of address space; the file grows only as used
@@ -50,6 +70,112 @@ OTHER_DATABASES: dict[str, str] = {
     "datums": "pfsfs.pipeline.state",
     "datum_cache": "pfsfs.pipeline.state",
 }
+#: Databases that only cache the store: a rebuild recomputes them instead of copying them.
+CACHE_DATABASES = ("objects", "commits", "repo_commits")
+
+#: LMDB errors that mean the file is damaged (not a transient or resource failure). A failed
+#: lookup on a bad page also leaves the transaction unusable, hence BadTxnError.
+_DAMAGE = (
+    lmdb.CorruptedError,
+    lmdb.PageNotFoundError,
+    lmdb.InvalidError,
+    lmdb.BadTxnError,
+    lmdb.BadValsizeError,
+    lmdb.BadDbiError,
+    lmdb.VersionMismatchError,
+    lmdb.IncompatibleError,
+    lmdb.PanicError,
+)
+REBUILD_HINT = "run `pfsfs fsck --rebuild-index` to rebuild it from the store"
+
+
+def damaged(path: Path, detail: object) -> IndexDamaged:
+    return IndexDamaged(f"the index at {path} is damaged ({detail}); {REBUILD_HINT}")
+
+
+def translate(path: Path, exc: lmdb.Error) -> StoreError | IndexDamaged:
+    """The one ``PfsError`` for an LMDB failure of the index at ``path``."""
+    if isinstance(exc, lmdb.MapFullError):
+        return StoreFull(f"the index at {path} is full")
+    if isinstance(exc, _DAMAGE):
+        return damaged(path, exc)
+    return StoreError(f"the index at {path} failed: {exc}")
+
+# -- the page walk: what makes a scan of a damaged file an error instead of a crash ----------
+#
+# LMDB trusts its file. A lookup that meets a damaged page fails (MDB_CORRUPTED,
+# MDB_PAGE_NOTFOUND), but a cursor stepping from one leaf to the next *asserts* the next page is
+# a leaf and aborts the process when it is not (a zeroed page: a lost write). So before a scan,
+# ``leaves`` walks the database's tree in the file itself (only page headers and branch pages,
+# as the scanning transaction sees them) and every damaged page becomes an error first.
+_P_BRANCH, _P_LEAF = 0x01, 0x02
+_P_INVALID = (1 << 64) - 1
+_HEADER = 16  # pgno (8), pad (2), flags (2), lower (2), upper (2)
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One leaf page of a database, in key order; ``bad`` says what is wrong with it (or
+    with the branch above it: then ``first`` is unknown and the whole subtree is lost)."""
+
+    pgno: int
+    keys: int = 0
+    first: bytes = b""
+    bad: str = ""
+
+
+def leaves(
+    env: lmdb.Environment, txn: lmdb.Transaction, data_file: Path, name: bytes
+) -> Iterator[Leaf]:
+    """The leaf pages of the named database ``name`` as ``txn`` sees it, in key order."""
+    record = txn.get(name)  # the main database's record of it: an MDB_db
+    if record is None or len(record) != 48:
+        return
+    depth = int.from_bytes(record[6:8], "little")
+    root = int.from_bytes(record[40:48], "little")
+    if root == _P_INVALID:
+        return  # empty
+    psize = env.stat()["psize"]
+    with open(data_file, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        yield from _walk(f.fileno(), psize, size, root, depth, 1)
+
+
+def _walk(fd: int, psize: int, size: int, pgno: int, depth: int, level: int) -> Iterator[Leaf]:
+    if (pgno + 1) * psize > size:
+        yield Leaf(pgno, bad=f"page {pgno} is past the end of the file")
+        return
+    page = os.pread(fd, psize, pgno * psize)
+    own = int.from_bytes(page[0:8], "little")
+    flags = int.from_bytes(page[10:12], "little")
+    lower = int.from_bytes(page[12:14], "little")
+    upper = int.from_bytes(page[14:16], "little")
+    want = _P_BRANCH if level < depth else _P_LEAF
+    if own != pgno or not flags & want or not _HEADER <= lower <= upper <= psize:
+        yield Leaf(pgno, bad=f"page {pgno} is damaged (flags {flags:#x}, number {own})")
+        return
+    count = (lower - _HEADER) // 2
+    if level == depth:
+        yield Leaf(pgno, count, _first_key(page, psize, count))
+        return
+    for i in range(count):
+        at = int.from_bytes(page[_HEADER + 2 * i : _HEADER + 2 * i + 2], "little")
+        if not upper <= at <= psize - 8:
+            yield Leaf(pgno, bad=f"branch page {pgno} is damaged (a node is out of the page)")
+            return
+        lo, hi, fl = (int.from_bytes(page[at + j : at + j + 2], "little") for j in (0, 2, 4))
+        yield from _walk(fd, psize, size, lo | hi << 16 | fl << 32, depth, level + 1)
+
+
+def _first_key(page: bytes, psize: int, count: int) -> bytes:
+    """The first key of a leaf page (b"" if its first node is out of the page)."""
+    if count == 0:
+        return b""
+    at = int.from_bytes(page[_HEADER : _HEADER + 2], "little")
+    if at + 8 > psize:
+        return b""
+    ksize = int.from_bytes(page[at + 6 : at + 8], "little")
+    return page[at + 8 : at + 8 + ksize] if at + 8 + ksize <= psize else b""
 
 
 class Index:
@@ -60,46 +186,93 @@ class Index:
         try:
             path.mkdir(parents=True, exist_ok=True)
             self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=32, max_readers=256)
-        except (OSError, lmdb.Error) as exc:
+        except OSError as exc:
             raise StoreError(f"cannot open the index at {path}: {exc}") from None
+        except lmdb.Error as exc:
+            raise translate(path, exc) from None
         self._dbs: dict[str, Any] = {}
-        for name in CORE_DATABASES:
-            self.db(name)
+        try:
+            for name in CORE_DATABASES:
+                self.db(name)
+        except BaseException:
+            self.env.close()
+            raise
 
     def db(self, name: str) -> Any:
         if name not in self._dbs:
-            self._dbs[name] = self.env.open_db(name.encode())
+            with self.guard():
+                self._dbs[name] = self.env.open_db(name.encode())
         return self._dbs[name]
 
     def close(self) -> None:
         self.env.close()
 
-    def write(self) -> lmdb.Transaction:
-        return self.env.begin(write=True)
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Turn LMDB failures inside the block into the one error naming this index."""
+        try:
+            yield
+        except lmdb.Error as exc:
+            raise translate(self.path, exc) from None
 
-    def read(self) -> lmdb.Transaction:
-        return self.env.begin()
+    def _unpack(self, db: str, value: bytes | memoryview) -> Any:
+        """A record of one of our databases, decoded; a record that does not decode is damage
+        (LMDB has no checksums: a flipped byte in a value is only seen here)."""
+        try:
+            return codec.unpack_value(value)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise damaged(self.path, f"a record of {db!r} does not decode: {exc}") from None
+
+    @contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction, committed when the block exits cleanly (aborted otherwise)."""
+        with self.guard(), self.env.begin(write=True) as txn:
+            yield txn
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        with self.guard(), self.env.begin() as txn:
+            yield txn
+
+    def scan(self, txn: lmdb.Transaction, name: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every record of database ``name``, in key order; ``IndexDamaged`` instead of a
+        crash when a page of it is damaged (see ``leaves``). Use it for every full scan."""
+        for leaf in leaves(self.env, txn, self.path / "data.mdb", name.encode()):
+            if leaf.bad:
+                raise damaged(self.path, f"database {name!r}: {leaf.bad}")
+        for key, value in txn.cursor(db=self.db(name)):
+            yield bytes(key), bytes(value)
 
     # -- objects -----------------------------------------------------------------------------
     def get_object(self, object_id: bytes) -> tuple[Locator, float] | None:
         """Where a durable object is, and when it was last verified to be there."""
         with self.read() as txn:
             value = txn.get(object_id, db=self.db("objects"))
-        if value is None:
-            return None
-        pack, offset, length, *rest = codec.unpack_value(value)
-        return Locator(object_id, pack, offset, length), (rest[0] if rest else 0.0)
+            return None if value is None else self._object(object_id, value)
 
+    def _object(self, object_id: bytes, value: bytes | memoryview) -> tuple[Locator, float]:
+        record = self._unpack("objects", value)
+        if not (isinstance(record, list) and 3 <= len(record) <= 4):
+            raise damaged(self.path, f"an 'objects' record is not a locator: {record!r:.60}")
+        pack, offset, length, *rest = record
+        verified_at = rest[0] if rest else 0.0
+        if not (
+            isinstance(pack, bytes)
+            and isinstance(offset, int)
+            and isinstance(length, int)
+            and offset >= 0
+            and length >= 0
+            and isinstance(verified_at, int | float)
+        ):
+            raise damaged(self.path, f"an 'objects' record is not a locator: {record!r:.60}")
+        return Locator(bytes(object_id), pack, offset, length), float(verified_at)
     def add_objects(self, locators: list[Locator]) -> None:
         db = self.db("objects")
         now = time.time()
-        try:
-            with self.write() as txn:
-                for loc in locators:
-                    value = codec.pack_value([loc.pack, loc.offset, loc.length, now])
-                    txn.put(loc.id, value, db=db)
-        except lmdb.MapFullError:
-            raise StoreFull(f"the index at {self.path} is full") from None
+        with self.write() as txn:  # a full map: StoreFull (see ``translate``)
+            for loc in locators:
+                value = codec.pack_value([loc.pack, loc.offset, loc.length, now])
+                txn.put(loc.id, value, db=db)
 
     def drop_objects(self, ids: list[bytes]) -> None:
         db = self.db("objects")
@@ -109,20 +282,31 @@ class Index:
 
     def iter_objects(self) -> Iterator[Locator]:
         with self.read() as txn:
-            for key, value in txn.cursor(db=self.db("objects")):
-                pack, offset, length, *_ = codec.unpack_value(value)
-                yield Locator(bytes(key), pack, offset, length)
+            for key, value in self.scan(txn, "objects"):
+                yield self._object(key, value)[0]
 
     # -- commits -----------------------------------------------------------------------------
     def get_commit(self, commit_id: bytes) -> bytes | None:
+        """The cached encoded commit, unverified: callers check it re-hashes to the id."""
         with self.read() as txn:
             value = txn.get(commit_id, db=self.db("commits"))
         return bytes(value) if value is not None else None
+
+    def iter_commits(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every cached ``(commit id, encoded commit)``, unverified."""
+        with self.read() as txn:
+            yield from self.scan(txn, "commits")
 
     def add_commit(self, repo: str, commit_id: bytes, encoded: bytes) -> None:
         with self.write() as txn:
             txn.put(commit_id, encoded, db=self.db("commits"))
             txn.put(repo.encode() + b"\0" + commit_id, b"", db=self.db("repo_commits"))
+
+    def forget_commits(self, ids: list[bytes]) -> None:
+        """Drop cached copies (damaged ones): readers fetch the store's again."""
+        with self.write() as txn:
+            for commit_id in ids:
+                txn.delete(commit_id, db=self.db("commits"))
 
     def drop_commit(self, repo: str, commit_id: bytes) -> None:
         with self.write() as txn:
@@ -161,7 +345,7 @@ class Index:
     def get_meta(self, key: str) -> Any:
         with self.read() as txn:
             value = txn.get(key.encode(), db=self.db("meta"))
-        return codec.unpack_value(value) if value is not None else None
+            return self._unpack("meta", value) if value is not None else None
 
     def set_meta(self, key: str, value: Any) -> None:
         with self.write() as txn:
@@ -182,8 +366,157 @@ class Index:
         commits: list[str] = []
         locators: list[Locator] = []
         with self.read() as txn:
-            for _key, value in txn.cursor(db=self.db("gc_roots")):
-                d = codec.unpack_value(value)
-                commits.extend(d.get("commits", []))
-                locators.extend(Locator.from_wire(w) for w in d.get("locators", []))
+            for key, value in self.scan(txn, "gc_roots"):
+                d = self._unpack("gc_roots", value)
+                try:
+                    owned = [str(c) for c in d.get("commits", [])]
+                    for c in owned:
+                        bytes.fromhex(c)
+                    locs = [Locator.from_wire(w) for w in d.get("locators", [])]
+                except (AttributeError, TypeError, ValueError, IndexError) as exc:
+                    owner = bytes(key).decode(errors="replace")
+                    detail = f"the gc roots of {owner} do not decode: {exc}"
+                    raise damaged(self.path, detail) from None
+                commits.extend(owned)
+                locators.extend(locs)
         return commits, locators
+
+
+# -- salvage: the low-level copy a rebuild starts from ---------------------------------------
+
+
+@dataclass
+class Salvaged:
+    """What ``salvage`` could copy of one database of a (possibly damaged) index."""
+
+    name: str
+    copied: int = 0
+    expected: int | None = None  # entries the damaged file claims to hold, if readable
+    error: str = ""  # why some or all of its records could not be read
+
+    @property
+    def complete(self) -> bool:
+        return not self.error and (self.expected is None or self.copied >= self.expected)
+
+    def describe(self) -> str:
+        if self.complete:
+            return f"{self.name}: {self.copied} records copied"
+        if self.expected is None:  # how many it held is unreadable too
+            return f"{self.name}: {self.copied} records copied, any others lost ({self.error})"
+        lost = self.expected - self.copied
+        return f"{self.name}: {self.copied} records copied, {lost} lost ({self.error})"
+
+
+def salvage(src: Path, dst: Path, skip: Collection[str] = CACHE_DATABASES) -> list[Salvaged]:
+    """Copy every record still readable from the index at ``src`` into the index at ``dst``,
+    except the databases in ``skip`` (the caches, which a rebuild recomputes from the store).
+
+    Records are read leaf page by leaf page (see ``leaves``), so only those on damaged pages
+    (or under a damaged branch page) are lost. The reading runs in a child process: LMDB
+    trusts its file, and damage inside a page can still make it crash rather than fail. The
+    child reports each database as it is done, so what it copied before a crash is still
+    reported; a database it was reading when it died is reported lost."""
+    cmd = [sys.executable, "-m", "pfsfs.index", str(src), str(dst), *skip]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done: list[Salvaged] = []
+    current = ""
+    for line in proc.stdout.splitlines():
+        msg = json.loads(line)
+        if "reading" in msg:
+            current = msg["reading"]
+        else:
+            done.append(Salvaged(**msg))
+            current = ""
+    if proc.returncode != 0:
+        why = f"the copy crashed (exit {proc.returncode}): {proc.stderr.strip()[-200:]}"
+        done.append(Salvaged(current or "(the list of databases)", error=why))
+    return done
+
+
+def _copy_readable(src: Path, dst: Path, skip: Collection[str]) -> None:
+    """The child's side of ``salvage``: one JSON line per database on stdout."""
+    known = [*CORE_DATABASES, *OTHER_DATABASES]
+    try:
+        old = lmdb.open(str(src), readonly=True, lock=False, max_dbs=64)
+    except lmdb.Error as exc:
+        for label in known:
+            if label not in skip:
+                lost = Salvaged(label, error=f"the old file cannot be opened: {exc}")
+                print(json.dumps(lost.__dict__), flush=True)
+        return
+    new = lmdb.open(str(dst), map_size=MAP_SIZE, max_dbs=64)
+    names, listing_error = _database_names(old)
+    for name in dict.fromkeys([*names, *(n.encode() for n in known)]):
+        label = name.decode(errors="replace")
+        if label in skip:
+            continue
+        print(json.dumps({"reading": label}), flush=True)
+        report = _copy_database(old, src, new, name)
+        if report is None:  # no such database in the old file
+            if listing_error and label in known:
+                report = Salvaged(label, error=f"the list of databases is damaged: {listing_error}")
+            else:
+                continue
+        print(json.dumps(report.__dict__), flush=True)
+    new.close()
+    old.close()
+
+
+def _database_names(env: lmdb.Environment) -> tuple[list[bytes], str]:
+    """The named databases the main database lists (as far as it can be read)."""
+    names: list[bytes] = []
+    try:
+        with env.begin() as txn:
+            for key in txn.cursor().iternext(values=False):
+                names.append(bytes(key))
+    except lmdb.Error as exc:
+        return names, str(exc)
+    return names, ""
+
+
+def _copy_database(
+    old: lmdb.Environment, src: Path, new: lmdb.Environment, name: bytes
+) -> Salvaged | None:
+    label = name.decode(errors="replace")
+    try:
+        db = old.open_db(name, create=False)  # its own transaction: the handle outlives it
+    except lmdb.NotFoundError:
+        return None
+    except lmdb.Error as exc:
+        return Salvaged(label, error=f"cannot be opened: {exc}")
+    report = Salvaged(label)
+    records: dict[bytes, bytes] = {}
+    errors: list[str] = []
+    with old.begin() as txn:
+        report.expected = txn.stat(db)["entries"]
+        for leaf in leaves(old, txn, src / "data.mdb", name):
+            if leaf.bad or not leaf.first:
+                errors.append(leaf.bad or f"page {leaf.pgno} is damaged")
+                continue
+            try:
+                _copy_leaf(txn.cursor(db=db), leaf, records)
+            except lmdb.Error as exc:
+                errors.append(f"page {leaf.pgno}: {exc}")
+                break  # the transaction is unusable after a failed read
+    report.error = "; ".join(errors[:3])
+    target = new.open_db(name)
+    with new.begin(write=True) as txn:
+        for key, value in records.items():
+            txn.put(key, value, db=target)
+    report.copied = len(records)
+    return report
+
+
+def _copy_leaf(cursor: lmdb.Cursor, leaf: Leaf, records: dict[bytes, bytes]) -> None:
+    """The records of one sound leaf page. The cursor is placed by an exact lookup of its first
+    key and never stepped past its last: stepping onto a damaged next page would abort."""
+    if not cursor.set_key(leaf.first):
+        raise lmdb.CorruptedError(f"the first key of page {leaf.pgno} is not found")
+    for n in range(leaf.keys):
+        if n and not cursor.next():
+            break
+        records[bytes(cursor.key())] = bytes(cursor.value())
+
+
+if __name__ == "__main__":  # the child process of ``salvage``
+    _copy_readable(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:])

@@ -14,17 +14,25 @@ could hide references, and deleting on a guess loses data.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgpack
+
+from . import codec
 from .errors import Corruption, NotFound, PfsError
 from .ids import hash_bytes, to_hex
+from .index import Index, Salvaged, salvage
 from .model import FILE, Entry, Locator
 
 if TYPE_CHECKING:
     from .repository import Repository
+    from .store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +53,27 @@ class Reachable:
         return sum(distinct.values())
 
 
+def parse_head(name: str, value: bytes) -> bytes | None:
+    """A branch ref's commit id (None: no commits yet); ``Corruption`` if it is malformed."""
+    if not value:
+        return None
+    try:
+        text = value.decode("ascii")
+        commit_id = bytes.fromhex(text)
+    except ValueError:
+        commit_id = b""
+    if len(commit_id) != 32:
+        raise Corruption(f"ref {name} is malformed (not a commit id): {value[:40]!r}")
+    return commit_id
+
+
 def branch_heads(repo: Repository) -> list[tuple[str, bytes]]:
+    """Every branch head; a malformed ref is ``Corruption`` (gc must not guess past it)."""
     heads = []
     for name, value in repo.store.list_refs("branches/"):
-        if value:
-            heads.append((name, bytes.fromhex(value.decode())))
+        commit_id = parse_head(name, value)
+        if commit_id is not None:
+            heads.append((name, commit_id))
     return heads
 
 
@@ -123,6 +147,8 @@ class GcReport:
     kept_young: int = 0
     dead_in_live_packs: int = 0  # bytes inside packs that still hold live objects
     dry_run: bool = False
+    temp_files: int = 0  # what killed writers left (removed unless dry_run)
+    temp_bytes: int = 0
 
 
 def gc(repo: Repository, *, dry_run: bool = False, grace: float = 0.0) -> GcReport:
@@ -167,6 +193,8 @@ def gc(repo: Repository, *, dry_run: bool = False, grace: float = 0.0) -> GcRepo
             doomed.append((info.key, info.size))
         report.deleted_blobs = len(doomed)
         report.deleted_bytes = sum(size for _, size in doomed)
+        if not dry_run:
+            _remove_temp(repo, cutoff, report)
         if dry_run or not doomed:
             return report
         gone = {key for key, _ in doomed}
@@ -195,48 +223,158 @@ def gc(repo: Repository, *, dry_run: bool = False, grace: float = 0.0) -> GcRepo
     return report
 
 
+def _remove_temp(repo: Repository, cutoff: float, report: GcReport) -> None:
+    """Temp files older than the grace period: what a writer killed mid-``put`` left. Under
+    the gc lock no writer of this home is running; the store keeps those of live writers of
+    other homes (see ``LocalObjectStore.remove_temp``)."""
+    remove = getattr(repo.store.uncached(), "remove_temp", None)
+    # S3 writes are atomic PUTs; a killed multipart upload is expired by a bucket lifecycle
+    # rule (AbortIncompleteMultipartUpload), not here.
+    if remove is not None:
+        report.temp_files, report.temp_bytes = remove(cutoff)
+
+
 def fsck(repo: Repository, *, deep: bool = False) -> list[str]:
-    """Problems found (empty when healthy): dangling refs, missing or corrupt objects."""
-    problems: list[str] = []
-    heads = []
-    for name, cid in branch_heads(repo):
-        try:
-            commit = repo.read_commit(cid)
-        except PfsError as exc:
-            problems.append(f"ref {name} -> {to_hex(cid)[:12]}: {exc}")
-            continue
-        heads.append(cid)
-        repo_name = name.split("/")[1]
-        if commit.repo != repo_name:
-            problems.append(f"ref {name} points at a commit of repo {commit.repo}")
+    """Problems found (empty when healthy), each one line.
+
+    Always: every ref decodes and every branch names a readable commit of its repo; every
+    object reachable from a branch (commits, trees, manifests, chunks, the packs holding them)
+    exists in the store, whole; the index's cached commits re-hash to their ids. ``deep``
+    also reads the store itself (below any read cache) and re-hashes every reachable object:
+    each commit blob, each tree, manifest and chunk (one read per pack for all its objects),
+    and checks that every index ``objects`` entry names bytes that hash to its id, since
+    writers reuse those entries without reading them."""
+    # The index first: reading a commit replaces a damaged cached copy (with a warning).
+    problems = _check_index_commits(repo)
+    heads = _check_refs(repo, problems)
     r = reachable(repo, heads, strict=False)
     problems.extend(r.problems)
-    truth = repo.store.uncached()  # --deep must read the store itself, not a local cache
+    truth = repo.store.uncached()  # the store itself, not a local read cache
     sizes = {info.key: info.size for info in truth.list()}
-    for loc in r.locators:
-        key = f"pack/{loc.pack.hex()}" if loc.pack else f"chunk/{loc.id.hex()}"
+    for cid in sorted(r.commits):
+        key = f"commit/{cid.hex()}"
+        what = f"commit {to_hex(cid)[:12]}" + "".join(
+            f" (the head of ref {name})" for name in heads.get(cid, ())
+        )
+        if key not in sizes:
+            problems.append(f"{what} is missing from the store")
+        elif deep:
+            try:
+                data = truth.get(key)
+            except PfsError as exc:
+                problems.append(f"{what} cannot be read: {exc}")
+                continue
+            if hash_bytes(data) != cid:
+                problems.append(f"{what} is corrupt in {key} (hash mismatch)")
+    bad = _check_objects(truth, r.locators, sizes, deep)
+    problems.extend(bad.values())
+    if deep:
+        problems.extend(_check_index_objects(repo, truth, r.locators, sizes))
+    return problems
+
+
+def _check_refs(repo: Repository, problems: list[str]) -> dict[bytes, list[str]]:
+    """Check every ref (settings, repo records, branches); return the readable heads and the
+    branch refs naming each."""
+    repos: set[str] = set()
+    heads: dict[bytes, list[str]] = {}
+    try:
+        refs = list(repo.store.list_refs(""))
+    except PfsError as exc:
+        problems.append(f"refs: {exc}")
+        return heads
+    for name, value in refs:
+        if name == "config" or name.startswith("repos/"):
+            try:
+                record = codec.unpack_value(value)
+            except (ValueError, msgpack.UnpackException) as exc:
+                record = exc
+            if not isinstance(record, dict):
+                problems.append(f"ref {name} does not decode: {record}")
+            elif name.startswith("repos/"):
+                repos.add(name.split("/", 1)[1])
+        elif not name.startswith("branches/"):
+            problems.append(f"ref {name} is not a ref pfsfs writes")
+    for name, value in refs:
+        if not name.startswith("branches/"):
+            continue
+        repo_name = name.split("/")[1]
+        if repo_name not in repos:
+            problems.append(f"ref {name} belongs to no repo (repos/{repo_name} is missing)")
+        try:
+            cid = parse_head(name, value)
+            if cid is None:
+                continue
+            commit = repo.read_commit(cid)
+        except PfsError as exc:
+            problems.append(f"ref {name}: {exc}")
+            continue
+        heads.setdefault(cid, []).append(name)
+        if commit.repo != repo_name:
+            problems.append(f"ref {name} points at a commit of repo {commit.repo}")
+    return heads
+
+
+def _check_index_commits(repo: Repository) -> list[str]:
+    """The index's cached commits must re-hash to their ids. Readers never serve a bad copy,
+    but one means the index file is being damaged: report it, and drop the copy (a cache
+    entry; the store's copy is read and cached again when needed)."""
+    bad = [cid for cid, data in repo.index.iter_commits() if hash_bytes(data) != cid]
+    repo.index.forget_commits(bad)
+    return [
+        f"index: the cached copy of commit {to_hex(cid)[:12]} was damaged (dropped it; the "
+        "store's copy is used)"
+        for cid in bad
+    ]
+
+
+def _blob_key(loc: Locator) -> str:
+    return f"pack/{loc.pack.hex()}" if loc.pack else f"chunk/{loc.id.hex()}"
+
+
+def _check_objects(
+    truth: ObjectStore, locators: Iterable[Locator], sizes: dict[str, int], deep: bool
+) -> dict[Locator, str]:
+    """A problem line per locator whose object is missing, cut short or (``deep``) does not
+    hash to its id. Each blob is read once for all the objects it holds."""
+    bad: dict[Locator, str] = {}
+    by_key: dict[str, list[Locator]] = {}
+    for loc in locators:
+        key = _blob_key(loc)
         size = sizes.get(key)
         if size is None:
-            problems.append(f"object {loc.hex[:16]} is missing ({key})")
+            bad[loc] = f"object {loc.hex[:16]} is missing ({key})"
+        elif (loc.offset + loc.length if loc.pack else loc.length) > size:
+            bad[loc] = f"object {loc.hex[:16]} is truncated in {key}"
+        elif deep:
+            by_key.setdefault(key, []).append(loc)
+    for key, locs in sorted(by_key.items()):
+        try:
+            blob = truth.get(key)
+        except PfsError as exc:
+            for loc in locs:
+                bad[loc] = f"object {loc.hex[:16]} in {key} cannot be read: {exc}"
             continue
-        if (loc.offset + loc.length if loc.pack else loc.length) > size:
-            problems.append(f"object {loc.hex[:16]} is truncated in {key}")
-            continue
-        if deep:
-            try:
-                data = truth.get(key, loc.offset, loc.length) if loc.pack else truth.get(key)
-            except NotFound:
-                problems.append(f"object {loc.hex[:16]} is missing ({key})")
-                continue
-            except PfsError as exc:
-                problems.append(f"object {loc.hex[:16]}: {exc}")
-                continue
-            if hash_bytes(data) != loc.id:
-                problems.append(f"object {loc.hex[:16]} in {key} is corrupt (hash mismatch)")
-    for cid in r.commits:
-        if f"commit/{cid.hex()}" not in sizes:
-            problems.append(f"commit {to_hex(cid)[:12]} is missing from the store")
-    return problems
+        view = memoryview(blob)
+        for loc in locs:
+            part = view[loc.offset : loc.offset + loc.length] if loc.pack else view
+            if len(part) != loc.length or hash_bytes(part) != loc.id:
+                bad[loc] = f"object {loc.hex[:16]} in {key} is corrupt (hash mismatch)"
+    return bad
+
+
+def _check_index_objects(
+    repo: Repository, truth: ObjectStore, reachable_locs: set[Locator], sizes: dict[str, int]
+) -> list[str]:
+    """Index ``objects`` entries not already checked as reachable must name their object: a
+    writer deduplicating against a bad entry would commit a reference to wrong bytes. Bad
+    entries are reported and dropped (the object is stored again when next written)."""
+    entries = [loc for loc in repo.index.iter_objects() if loc not in reachable_locs]
+    if truth.shared:  # another machine's gc may have removed some: writers re-check those
+        entries = [loc for loc in entries if _blob_key(loc) in sizes]
+    bad = _check_objects(truth, entries, sizes, deep=True)
+    repo.index.drop_objects([loc.id for loc in bad])
+    return [f"index: the entry for {line} (dropped it)" for line in bad.values()]
 
 
 def du(repo: Repository, commit_id: bytes | None) -> tuple[int, int]:
@@ -260,3 +398,91 @@ def stats(repo: Repository) -> dict[str, int]:
         "logical_bytes": logical,
         "stored_bytes": stored,
     }
+
+
+@dataclass
+class RebuildReport:
+    """What ``rebuild_index`` recovered, recomputed and could not."""
+
+    salvaged: list[Salvaged]
+    commits: int = 0
+    objects: int = 0
+    problems: list[str] = field(default_factory=list)  # store damage met while re-indexing
+    kept: Path | None = None  # the old index file, kept for inspection
+
+    @property
+    def lost(self) -> list[Salvaged]:
+        return [s for s in self.salvaged if not s.complete]
+
+
+def rebuild_index(home: Path) -> RebuildReport:
+    """Replace the home's index by one rebuilt from the store plus what is still readable of
+    the old one (see ``pfsfs.index``: which databases are caches and which are this machine's
+    own records). Callers make sure nothing else has the index open (no daemon, no scheduler).
+
+    The new index is built next to the old one; its file then replaces the old file in one
+    rename, so a crash leaves either index whole. The old file is kept as
+    ``index.damaged-<time>.mdb`` in the home."""
+    from .home import open_store, read_config
+    from .repository import Repository
+
+    config = read_config(home)
+    if config is None:
+        raise NotFound(f"no pfsfs home at {home}")
+    current = home / "index"
+    fresh = home / "index.rebuild"
+    shutil.rmtree(fresh, ignore_errors=True)  # what a crashed rebuild left
+    repo = Repository(home, config, open_store(home, config), Index(fresh))
+    try:
+        with repo.gc_lock():  # no write session of this home is running meanwhile
+            old_data = current / "data.mdb"
+            salvaged = salvage(current, fresh) if old_data.exists() else []
+            report = RebuildReport(salvaged)
+            _reindex(repo, report)
+    finally:
+        repo.close()
+    if old_data.exists():
+        report.kept = home / time.strftime("index.damaged-%Y%m%d-%H%M%S.mdb")
+        os.link(old_data, report.kept)
+    current.mkdir(exist_ok=True)
+    os.replace(fresh / "data.mdb", old_data)
+    _fsync_dir(current)
+    shutil.rmtree(fresh, ignore_errors=True)
+    return report
+
+
+def _reindex(repo: Repository, report: RebuildReport) -> None:
+    """Fill the caches of ``repo.index`` (empty but for salvaged records) from the store:
+    every commit reachable from a branch or a salvaged gc root, and every object they reach
+    that the store holds whole."""
+    heads: list[bytes] = []
+    for name, value in repo.store.list_refs("branches/"):
+        try:
+            commit_id = parse_head(name, value)
+        except Corruption as exc:
+            report.problems.append(str(exc))
+            continue
+        if commit_id is not None:
+            heads.append(commit_id)
+    extra_commits, extra_locators = repo.index.gc_roots()
+    heads.extend(bytes.fromhex(c) for c in extra_commits)
+    r = reachable(repo, heads, extra_locators, strict=False)  # commits are indexed as read
+    report.problems.extend(r.problems)
+    sizes = {info.key: info.size for info in repo.store.uncached().list()}
+    present = [loc for loc in r.locators if _fits(loc, sizes)]
+    repo.index.add_objects(present)
+    report.objects = len(present)
+    report.commits = sum(1 for _ in repo.index.iter_commits())
+
+
+def _fits(loc: Locator, sizes: dict[str, int]) -> bool:
+    size = sizes.get(_blob_key(loc))
+    return size is not None and (loc.offset + loc.length if loc.pack else loc.length) <= size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -99,7 +99,7 @@ class ObjectWriter:
         self.bytes_written = 0  # stored bytes this session added (after dedup)
         self._pack_large = store.pack_large_chunks
 
-    def _known(self, object_id: bytes) -> Locator | None:
+    def _known(self, object_id: bytes, length: int) -> Locator | None:
         loc = self._pending.get(object_id)
         if loc is not None:
             return loc
@@ -107,6 +107,18 @@ class ObjectWriter:
         if found is None:
             return None
         loc, verified_at = found
+        if loc.length != length:
+            # Same id, same bytes, same length: this entry is damaged (LMDB values carry no
+            # checksum). Never reference it; store the object again instead.
+            log.warning(
+                "the index's entry for object %s is damaged (length %d, not %d); storing the "
+                "object again (run `pfsfs fsck --deep`)",
+                loc.hex[:16],
+                loc.length,
+                length,
+            )
+            self.index.drop_objects([object_id])
+            return None
         if self.store.shared and time.time() - verified_at > REVALIDATE_AFTER:
             # Another machine's gc may have deleted it since (it may have been unreachable for
             # longer than the grace period); touching also restarts that grace period, so the
@@ -133,7 +145,7 @@ class ObjectWriter:
         if len(data) < PACK_THRESHOLD or (tag == model.DATA_PACK and self._pack_large):
             pack = self._packs[tag]
             object_id, start = pack.append(data)
-            known = self._known(object_id)
+            known = self._known(object_id, len(data))
             if known is not None:
                 pack.drop_from(start)
                 return known
@@ -143,7 +155,7 @@ class ObjectWriter:
             return loc
         data = bytes(data)  # one private copy (the store needs one anyway), hashed as stored
         object_id = hash_bytes(data)
-        known = self._known(object_id)
+        known = self._known(object_id, len(data))
         if known is not None:
             return known
         self.store.put(model.chunk_key(object_id), data)
@@ -294,16 +306,36 @@ class ObjectReader:
         return manifest  # type: ignore[return-value]
 
     def read_commit(self, commit_id: bytes) -> model.Commit:
-        """A commit by id: from the index cache, else from the store (then cached)."""
+        """A commit by id: from the index cache if its copy re-hashes to the id, else from the
+        store (then cached). The index is a cache: a damaged copy there is never served (it is
+        replaced by the store's, with a warning), so it cannot change what a command shows."""
         data = self.index.get_commit(commit_id)
-        if data is None:
-            try:
-                data = self.store.get(model.commit_key(commit_id))
-            except NotFound:
-                raise NotFound(f"commit {to_hex(commit_id)} does not exist") from None
-            if hash_bytes(data) != commit_id:
-                raise Corruption(f"commit {to_hex(commit_id)} is corrupt in the store")
-            commit = model.Commit.decode(data)
-            self.index.add_commit(commit.repo, commit_id, data)
-            return commit
-        return model.Commit.decode(data)
+        if data is not None:
+            if hash_bytes(data) == commit_id:
+                return model.Commit.decode(data)
+            log.warning(
+                "the index's copy of commit %s is damaged (it does not match its id); reading "
+                "the store's (run `pfsfs fsck --deep`)",
+                to_hex(commit_id)[:12],
+            )
+        return self._commit_from_store(commit_id)
+
+    def _commit_from_store(self, commit_id: bytes) -> model.Commit:
+        data = self.read_commit_blob(self.store, commit_id)
+        commit = model.Commit.decode(data)
+        self.index.add_commit(commit.repo, commit_id, data)
+        return commit
+
+    @staticmethod
+    def read_commit_blob(store: ObjectStore, commit_id: bytes) -> bytes:
+        """The encoded commit as ``store`` holds it, verified against its id."""
+        try:
+            data = store.get(model.commit_key(commit_id))
+        except NotFound:
+            raise NotFound(f"commit {to_hex(commit_id)} does not exist") from None
+        if hash_bytes(data) != commit_id:
+            raise Corruption(
+                f"commit {to_hex(commit_id)} is corrupt in the store (content does not match "
+                "its hash); run `pfsfs fsck --deep`"
+            )
+        return data

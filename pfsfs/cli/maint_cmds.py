@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import maintenance
-from ..errors import Corruption
+from ..errors import Conflict, Corruption
 from .common import AppContext, emit_json, human_bytes, json_option, pass_app
 
 SHARED_GRACE = 3600.0
@@ -35,21 +35,67 @@ def gc(app: AppContext, dry_run: bool, grace: float | None, as_json: bool) -> No
         f"{verb} {report.deleted_blobs} objects, {human_bytes(report.deleted_bytes)} "
         f"{'reclaimable' if dry_run else 'reclaimed'}"
     )
+    if report.temp_files:
+        click.echo(
+            f"removed {report.temp_files} temp files of interrupted writes "
+            f"({human_bytes(report.temp_bytes)})"
+        )
     if report.kept_young:
         click.echo(f"kept {report.kept_young} unreachable objects younger than {grace:g}s")
 
 
 @click.command()
-@click.option("--deep", is_flag=True, help="Re-read and re-hash every object.")
+@click.option("--deep", is_flag=True, help="Re-read and re-hash every object in the store.")
+@click.option(
+    "--rebuild-index",
+    is_flag=True,
+    help="First rebuild the home's index from the store, keeping every record of this "
+    "machine's own (pipelines, jobs, gc roots) still readable; then check.",
+)
 @pass_app
-def fsck(app: AppContext, deep: bool) -> None:
-    """Check that every reachable object exists (and with --deep, is intact)."""
+def fsck(app: AppContext, deep: bool, rebuild_index: bool) -> None:
+    """Check that every ref and every reachable object is sound (with --deep: re-hashed from
+    the store), and that the index serves nothing the store does not hold."""
+    if rebuild_index:
+        _rebuild_index(app)
     problems = maintenance.fsck(app.repo, deep=deep)
     for p in problems:
         click.echo(p)
     if problems:
         raise Corruption(f"fsck found {len(problems)} problem(s)")
     click.echo("ok: no problems found")
+
+
+def _rebuild_index(app: AppContext) -> None:
+    """``fsck --rebuild-index``: refuse while another process serves this home, rebuild, say
+    what could not be recovered."""
+    from ..daemon_client import DaemonClient
+    from ..pipeline.scheduler import scheduler_pid
+
+    home = app.home_path
+    app.close()  # this process must not hold the old index either
+    if DaemonClient(home).ping() is not None:
+        raise Conflict("the daemon of this home is running: stop it first (`pfsfs daemon stop`)")
+    pid = scheduler_pid(home)
+    if pid is not None:
+        raise Conflict(f"a pipeline scheduler (pid {pid}) uses this index: stop it first")
+    report = maintenance.rebuild_index(home)
+    click.echo(
+        f"rebuilt the index at {home / 'index'}: {report.commits} commits and "
+        f"{report.objects} objects indexed from the store"
+    )
+    for s in report.salvaged:
+        click.echo(f"  kept {s.describe()}" if s.complete else f"  LOST {s.describe()}")
+    if report.lost:
+        click.echo(
+            "  lost records are this machine's own and exist nowhere else: re-create lost "
+            "pipelines (`pipeline create`); a lost gc root of a running job or open mount "
+            "comes back when it restarts (run no gc meanwhile)"
+        )
+    for problem in report.problems:
+        click.echo(f"  not indexed: {problem}")
+    if report.kept is not None:
+        click.echo(f"  the old index file is kept as {report.kept} (delete it when done)")
 
 
 @click.command()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import lmdb
 
-from ..errors import NotFound, RefChanged, StoreError, StoreFull
+from ..errors import Corruption, NotFound, RefChanged, StoreError, StoreFull
 from .base import BlobInfo, ObjectStore, check_key
 from .uploads import UploadQueue
 
@@ -41,6 +41,24 @@ def io_error(exc: OSError, what: str) -> StoreError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreFull(f"no space left on device while {what}")
     return StoreError(f"{what}: {exc.strerror or exc}")
+
+
+def _temp_writer(name: str) -> int | None:
+    """The pid in a temp file name of ``_write`` (``.<blob>.<pid>.<thread>.tmp``), else None."""
+    parts = name.split(".")
+    if len(parts) != 5 or parts[0] or parts[4] != "tmp" or not parts[2].isdigit():
+        return None
+    return int(parts[2])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 class LocalObjectStore(ObjectStore):
@@ -150,6 +168,36 @@ class LocalObjectStore(ObjectStore):
                         continue
                     yield BlobInfo(key, st.st_size, st.st_mtime)
 
+    def remove_temp(self, older_than: float) -> tuple[int, int]:
+        """Delete temp files a killed writer left (``.<name>.<pid>.<tid>.tmp``, see ``_write``)
+        last modified before ``older_than`` (epoch seconds); return (files, bytes). A temp file
+        whose writer still runs on this machine is kept (another home may share this store
+        and be writing it now) unless it is a day older than that."""
+        removed = freed = 0
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if os.path.relpath(dirpath, self.root).split(os.sep)[0] == "refs":
+                dirnames[:] = []
+                continue
+            for name in filenames:
+                pid = _temp_writer(name)
+                if pid is None:
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                    if st.st_mtime >= older_than:
+                        continue
+                    if _alive(pid) and st.st_mtime >= older_than - 86400:
+                        continue
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise io_error(exc, f"removing {path}") from None
+                removed += 1
+                freed += st.st_size
+        return removed, freed
+
     def head(self, key: str) -> BlobInfo | None:
         try:
             st = self._path(key).stat()
@@ -195,11 +243,27 @@ class LocalObjectStore(ObjectStore):
                 raise StoreError(f"cannot open the ref table in {path}: {exc}") from None
         return self._refs_env
 
+    def _refs_failed(self, exc: lmdb.Error) -> StoreError | Corruption:
+        """A ref-table failure as one error naming it. Unlike the home's index this table is
+        the truth (branch heads, repo records) and cannot be rebuilt from the blobs."""
+        where = self.root / "refs"
+        if isinstance(exc, lmdb.MapFullError):
+            return StoreFull(f"the ref table in {where} is full")
+        if isinstance(exc, lmdb.ReadersFullError | lmdb.LockError | lmdb.DiskError):
+            return StoreError(f"the ref table in {where} failed: {exc}")
+        return Corruption(
+            f"the ref table in {where} is damaged ({exc}); it holds the branch heads, which "
+            "exist nowhere else: restore it from a backup, or `pfsfs pull` from a remote"
+        )
+
     def get_ref(self, name: str) -> bytes | None:
         check_key(name)
-        with self._refs().begin() as txn:
-            value = txn.get(name.encode())
-        return bytes(value) if value is not None else None
+        try:
+            with self._refs().begin() as txn:
+                value = txn.get(name.encode())
+                return bytes(value) if value is not None else None
+        except lmdb.Error as exc:
+            raise self._refs_failed(exc) from None
 
     def set_ref(self, name: str, expected: bytes | None, new: bytes | None) -> None:
         check_key(name)
@@ -213,21 +277,22 @@ class LocalObjectStore(ObjectStore):
                     txn.delete(name.encode())
                 else:
                     txn.put(name.encode(), new)
-        except lmdb.MapFullError:
-            raise StoreFull(f"the ref table in {self.location} is full") from None
         except lmdb.Error as exc:
-            raise StoreError(f"updating ref {name}: {exc}") from None
+            raise self._refs_failed(exc) from None
 
     def list_refs(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
-        with self._refs().begin() as txn:
-            cursor = txn.cursor()
-            if not cursor.set_range(prefix.encode()):
-                return
-            for key, value in cursor:
-                name = bytes(key).decode()
-                if not name.startswith(prefix):
-                    break
-                yield name, bytes(value)
+        try:
+            with self._refs().begin() as txn:
+                cursor = txn.cursor()
+                if not cursor.set_range(prefix.encode()):
+                    return
+                for key, value in cursor:
+                    name = bytes(key).decode(errors="replace")
+                    if not name.startswith(prefix):
+                        break
+                    yield name, bytes(value)
+        except lmdb.Error as exc:
+            raise self._refs_failed(exc) from None
 
     def close(self) -> None:
         if self._uploads is not None:
