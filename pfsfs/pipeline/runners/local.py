@@ -288,17 +288,17 @@ class LocalRunner:
         if t.network not in self._system:
             self._system[t.network] = system_args(t.network)
         argv += self._system[t.network]
-        data_args, fds = _data_fds(etc_files(user))
-        argv += data_args
         argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         argv += ["--dir", "/var", "--symlink", "../tmp", "/var/tmp", "--dir", "/pfs"]
         for name, host in sorted(ctx.inputs.items()):
             argv += ["--ro-bind", check_host_path(host), f"/pfs/{name}"]
         argv += ["--bind", check_host_path(ctx.output_dir), "/pfs/out"]
-        argv += ["--remount-ro", "/", "--chdir", t.working_dir or "/pfs/out", "--", *t.cmd]
         sandbox_env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "TMPDIR": "/tmp"}
         sandbox_env.update(USER=user.name, LOGNAME=user.name)
         sandbox_env.update(ctx.environment(lambda n: f"/pfs/{n}", "/pfs/out"))
+        data_args, fds = _data_fds(etc_files(user))  # last: nothing may fail with fds open
+        argv += data_args
+        argv += ["--remount-ro", "/", "--chdir", t.working_dir or "/pfs/out", "--", *t.cmd]
         return Command(argv, host_env(**sandbox_env), None, tuple(fds))
 
     def _run_sandboxed(self, ctx: DatumContext, stdin: bytes | None) -> DatumResult:
