@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -218,9 +218,11 @@ def run_process(
     stdin: bytes | None = None,
     on_timeout: Callable[[subprocess.Popen[bytes]], None] = kill_group,
     grace: float = 30.0,
+    pass_fds: Collection[int] = (),
 ) -> DatumResult:
     """Run `argv` in a new session with output to `ctx.log_dir`; on timeout call `on_timeout`
-    and then, if the process still lives after `grace` seconds, kill its group."""
+    and then, if the process still lives after `grace` seconds, kill its group. `pass_fds`
+    stay open in the child (the caller closes them)."""
     ctx.log_dir.mkdir(parents=True, exist_ok=True)
     out_path, err_path = ctx.log_dir / "stdout.log", ctx.log_dir / "stderr.log"
     start = time.monotonic()
@@ -241,6 +243,7 @@ def run_process(
                 env=dict(env),
                 cwd=cwd,
                 start_new_session=True,
+                pass_fds=tuple(pass_fds),
             )
         except OSError as e:
             return result(None, error=f"cannot start {argv[0]}: {e.strerror or e}")
