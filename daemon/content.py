@@ -13,7 +13,9 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from .nodes import FsError, Node, _end, add_extent, cut_extents
+from pfsfs.errors import StoreFull
+
+from .nodes import FsError, Node, _end, add_extent, cut_extents, remove_range
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ class ContentOps(_Base):
         if size < node.size:
             node.base_len = min(node.base_len, size)
             cut_extents(node.extents, size)
+        if node.failed:
+            cut_extents(node.failed, size)
         if node.base_len == 0:
             node.extents = []
         node.size = size
@@ -103,11 +107,32 @@ class ContentOps(_Base):
         self._writable(node)
         assert self.staging is not None
         self._stage(node)
-        written = os.pwrite(self.staging.fd(node.ino), data, offset)
-        if self._bind(node):
-            self._log(["W", ino, offset, written, now])
+        try:
+            written = os.pwrite(self.staging.fd(node.ino), data, offset)
+            if self._bind(node):
+                self._log(["W", ino, offset, written, now])
+        except (OSError, StoreFull):
+            self._write_failed(node, offset, offset + len(data))
+            raise
         self._apply_write(node, offset, written, now)
+        if written < len(data):  # a short write (disk full mid-way): the rest is not staged
+            self._write_failed(node, offset + written, offset + len(data))
         return written
+
+    def _write_failed(self, node: Node, a: int, b: int) -> None:
+        """Remember bytes the kernel handed us that are not staged. The kernel already told
+        the writer its data is cached, and reports the error only at close or fsync: without
+        this a snapshot committed the file without those bytes (and exited 0)."""
+        if node.failed is None:
+            node.failed = []
+        add_extent(node.failed, a, b)
+        self._dirty(node)
+        log.warning("%d bytes written to inode %d could not be staged", b - a, node.ino)
+        try:
+            if self._bind(node):
+                self._log(["F", node.ino, a, b])
+        except (OSError, StoreFull):
+            pass  # the journal's disk is full too; the error still reached the writer
 
     def _apply_write(self, node: Node, offset: int, length: int, now: int | None) -> None:
         self._stage(node)
@@ -117,7 +142,17 @@ class ContentOps(_Base):
             node.size = offset + length
         if now is not None:
             node.mtime_ns = node.ctime_ns = now
+        if node.failed:
+            remove_range(node.failed, offset, offset + length)
         self._dirty(node)
+
+    def unstaged_paths(self) -> list[str]:
+        """Paths of files that still miss bytes the kernel wrote (see ``_write_failed``)."""
+        out = []
+        for node in self.nodes.values():
+            if node.failed and node.nlink > 0 and not self.detached(node):
+                out.append(self.path_of(node))
+        return sorted(out)
 
     def read(self, node: Node, offset: int, size: int) -> bytes | memoryview:
         if node.virt is not None:

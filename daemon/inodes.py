@@ -225,6 +225,17 @@ class Tree(NamespaceOps, ContentOps):
         self.children(d)
         return 2 + d.nsubdirs
 
+    def path_of(self, node: Node) -> str:
+        """``repo:/a/b`` of a node's (first) name, for messages."""
+        parts: list[bytes] = []
+        n: Node | None = node
+        while n is not None and not self.is_vol_root(n) and n.ino != ROOT and n.parent:
+            parts.append(n.name)
+            n = self.nodes.get(n.parent)
+        path = "/" + "/".join(p.decode(errors="backslashreplace") for p in reversed(parts))
+        vol = self.volumes[node.vol].repo if node.vol >= 0 else ""
+        return f"{vol}:{path}" if self.multi else path
+
     def is_vol_root(self, node: Node) -> bool:
         return node.vol >= 0 and node.ino == self.volumes[node.vol].root
 
@@ -372,6 +383,8 @@ class Tree(NamespaceOps, ContentOps):
             self._apply_write(node, r[2], r[3], r[4])
         elif op == "X":
             self.set_xattr(r[1], r[2], r[3], r[4])
+        elif op == "F":
+            self._write_failed(self.node(r[1]), r[2], r[3])
         elif op != "H":
             log.warning("unknown journal record %r", op)
 

@@ -60,6 +60,22 @@ def add_extent(ext: list[tuple[int, int]], a: int, b: int) -> None:
     ext[i:j] = [(a, b)]
 
 
+def remove_range(ext: list[tuple[int, int]], a: int, b: int) -> None:
+    """Take ``[a, b)`` out of a sorted list of disjoint ranges."""
+    if a >= b or not ext:
+        return
+    out: list[tuple[int, int]] = []
+    for s, e in ext:
+        if e <= a or s >= b:
+            out.append((s, e))
+            continue
+        if s < a:
+            out.append((s, a))
+        if e > b:
+            out.append((b, e))
+    ext[:] = out
+
+
 def cut_extents(ext: list[tuple[int, int]], size: int) -> None:
     while ext and ext[-1][0] >= size:
         ext.pop()
@@ -96,6 +112,7 @@ class Node:
         "staged",
         "base_len",
         "extents",
+        "failed",
         "dirty",
         "vol",
         "virt",
@@ -125,6 +142,10 @@ class Node:
         self.staged = False
         self.base_len = 0
         self.extents: list[tuple[int, int]] = []
+        # byte ranges the kernel wrote that could not be staged (disk full, I/O error): a
+        # snapshot refuses to commit the file until they are written again, truncated away,
+        # or the file is deleted
+        self.failed: list[tuple[int, int]] | None = None
         self.dirty = False
         self.virt: tuple[str, int] | None = None
         self.extra: dict[str, Any] | None = None

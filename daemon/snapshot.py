@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pfsfs.errors import AlreadyExists, BranchMoved, Conflict, InvalidInput
+from pfsfs.errors import AlreadyExists, BranchMoved, Conflict, InvalidInput, StoreFull
 from pfsfs.ids import to_hex
 from pfsfs.model import DIR, FILE, SYMLINK, Commit, Entry, ManifestChunk
 from pfsfs.objects import ObjectWriter
@@ -332,6 +332,7 @@ def snapshot(
     path changed on both sides and no strategy was given."""
     if strategy not in (None, "ours", "theirs"):
         raise InvalidInput(f"unknown merge strategy {strategy!r}")
+    check_fully_staged(tree)
     repo = tree.repo
     author = author or default_author()
     results: list[VolumeResult] = []
@@ -385,6 +386,18 @@ def snapshot(
             p.res.invalidate = reconcile(tree, tree.nodes[p.vol.root], p.ours, p.final)
     rotate(tree)
     return results
+
+
+def check_fully_staged(tree: Tree) -> None:
+    """Refuse to commit while bytes the kernel wrote are missing from staging (a full disk):
+    the commit would hold a shorter or zero-filled file than the one the writer was shown."""
+    paths = tree.unstaged_paths()
+    if paths:
+        shown = ", ".join(paths[:10]) + (f" (+{len(paths) - 10} more)" if len(paths) > 10 else "")
+        raise StoreFull(
+            f"data written to {shown} could not be staged (disk full or I/O error); nothing "
+            "was committed: free space, then write the file(s) again or delete them"
+        )
 
 
 @dataclass

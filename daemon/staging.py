@@ -149,13 +149,17 @@ class Staging:
 
     def append(self, record: list[Any]) -> None:
         data = encode_record(record)
+        fd = self._jfd()
         try:
-            written = os.write(self._jfd(), data)
+            written = os.write(fd, data)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StoreFull("no space left for the mount's staging journal") from None
             raise
         if written != len(data):  # a short append: disk full mid-record
+            # Cut the torn record off: replay stops at the first torn record, so records
+            # appended after it (once space is free again) would be lost in a crash.
+            os.ftruncate(fd, os.fstat(fd).st_size - written)
             raise StoreFull("no space left for the mount's staging journal")
 
     def rewrite_journal(self, records: list[list[Any]]) -> None:

@@ -39,6 +39,7 @@ from pfsfs.errors import (
     NotFound,
     PfsError,
     ReadOnly,
+    StoreError,
 )
 from pfsfs.ids import to_hex
 from pfsfs.refspec import check_name, parse_ref
@@ -423,9 +424,10 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - every failure becomes a reply
             await self.reply(req_id, error_reply(exc))
 
-    def _syncfs(self) -> None:
+    def _syncfs(self) -> OSError | None:
         """Flush the kernel's dirty pages of this mount to us (runs in a thread; ctypes drops
-        the GIL during the call, pyfuse3.syncfs does not, which would deadlock us)."""
+        the GIL during the call, pyfuse3.syncfs does not, which would deadlock us). Returns
+        the error if a flush failed: then pages the kernel holds never reached staging."""
         try:
             fd = os.open(self.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -436,6 +438,8 @@ class Worker:
                 os.close(fd)
         except OSError as exc:
             log.warning("syncfs of %s failed: %s", self.mountpoint, exc)
+            return exc
+        return None
 
     async def do_snapshot(
         self,
@@ -449,7 +453,17 @@ class Worker:
             raise ReadOnly(f"{self.mountpoint} is a read-only mount; there is nothing to commit")
         async with self.lock:
             if self.mounted and not self.unmounting:
-                await trio.to_thread.run_sync(self._syncfs)
+                # A failed write reaches us (and marks its file, which the snapshot refuses);
+                # syncfs also reports a failure the writer already saw at close, once. So
+                # only a second failure in a row is one of its own.
+                failed = await trio.to_thread.run_sync(self._syncfs)
+                if failed is not None:
+                    failed = await trio.to_thread.run_sync(self._syncfs)
+                if failed is not None and not self.tree.unstaged_paths():
+                    raise StoreError(
+                        f"flushing {self.mountpoint} failed ({failed.strerror}); nothing was "
+                        "committed and the changes are kept"
+                    )
             results = snapshot(
                 self.tree,
                 message,
