@@ -28,6 +28,7 @@ import errno
 import logging
 import mmap
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -371,13 +372,7 @@ def snapshot(
             if onto_branch:
                 repo.create_branch(vol.repo, onto_branch, vol.base)
                 branch = onto_branch
-            try:
-                res.commit = _commit(tree, vol.repo, branch, p.final, p.head, message, author, w)
-            except BranchMoved:
-                raise Conflict(
-                    f"{vol.describe()} moved again during the snapshot; nothing is lost, "
-                    "run it again"
-                ) from None
+            res.commit = _commit_retrying(tree, p, branch, message, author, w, strategy)
             res.branch = branch
             vol.base, vol.branch = res.commit, branch
     for p in plans:
@@ -398,6 +393,44 @@ def check_fully_staged(tree: Tree) -> None:
             f"data written to {shown} could not be staged (disk full or I/O error); nothing "
             "was committed: free space, then write the file(s) again or delete them"
         )
+
+
+MOVE_RETRIES = 8  # tries after the first when the branch moves between merge and commit
+
+
+def _commit_retrying(
+    tree: Tree,
+    p: _Plan,
+    branch: str | None,
+    message: str,
+    author: str,
+    w: ObjectWriter,
+    strategy: str | None,
+) -> bytes:
+    """Commit ``p.final`` onto ``p.head``; when another writer moved the branch in between,
+    merge with its new head again and retry, with a bounded, jittered backoff (two busy
+    writers on one branch otherwise failed about half of their snapshots)."""
+    repo = tree.repo
+    for attempt in range(MOVE_RETRIES + 1):
+        try:
+            return _commit(tree, p.vol.repo, branch, p.final, p.head, message, author, w)
+        except BranchMoved:
+            if attempt == MOVE_RETRIES:
+                raise Conflict(
+                    f"{p.vol.describe()} kept moving during the snapshot ({attempt + 1} tries); "
+                    "nothing is lost, run it again"
+                ) from None
+        time.sleep(random.uniform(0.5, 1.5) * min(0.4, 0.01 * 2**attempt))
+        head = repo.branch_head(p.vol.repo, branch or "")
+        merger = Merger(tree, w, strategy)
+        result = merger.merge(repo.root_of(p.vol.base), p.ours, repo.root_of(head), b"")
+        if merger.conflicts and strategy is None:
+            raise _conflict(tree, p.vol.describe(), merger.conflicts)
+        assert result is not None
+        w.finish()
+        p.final, p.head, p.merged = result, head, True
+        p.res.parent, p.res.merged = head, True
+    raise AssertionError("unreachable")
 
 
 @dataclass

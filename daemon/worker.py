@@ -233,7 +233,9 @@ class Worker:
         ops = PfsOperations(self.tree, xattrs=bool(self.meta.get("xattrs")))
         described = "+".join(v.describe() for v in self.tree.volumes)
         options = set(pyfuse3.default_options)
-        options |= {f"fsname=pfsfs:{described}", "subtype=pfsfs", "noatime"}
+        # nosuid, nodev: set-id bits and device files are data here (kept, committed), never
+        # privileges: a committed set-uid-root file (a pipeline output) must not run as root.
+        options |= {f"fsname=pfsfs:{described}", "subtype=pfsfs", "noatime", "nosuid", "nodev"}
         if os.geteuid() == 0:
             options.add("allow_other")
         if all(v.read_only for v in self.tree.volumes):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from .fusehelpers import PFSFS, Env, force_unmount, no_leftovers, running_env
+from .fusehelpers import PFSFS, Env, env, force_unmount, no_leftovers, running_env
 
-__all__ = ["no_leftovers"]
+__all__ = ["env", "no_leftovers"]
 
 
 @pytest.fixture
@@ -84,3 +84,34 @@ def test_rewriting_after_a_full_disk_commits_the_new_bytes(small_home: Env) -> N
         assert env.cat("data@master:/f") == data
     finally:
         force_unmount(mp)
+
+
+def test_concurrent_snapshots_of_one_branch_all_land(env: Env) -> None:
+    """Two mounts of one branch snapshot at the same time, over and over: each snapshot merges
+    with whatever the other committed meanwhile and lands (bounded retries), none is refused."""
+    import threading
+
+    a = env.mount("data@master", "a", "--create")
+    b = env.mount("data@master", "b")
+    failures: list[str] = []
+
+    def writer(mp: Path, tag: str) -> None:
+        for i in range(12):
+            (mp / f"{tag}{i}").write_bytes(f"{tag} {i}".encode())
+            proc = env.run("snapshot", str(mp), "-m", f"{tag} {i}", check=False)
+            if proc.returncode != 0:
+                failures.append(proc.stderr.strip())
+
+    try:
+        threads = [threading.Thread(target=writer, args=(mp, t)) for mp, t in ((a, "a"), (b, "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not failures, failures
+        names = set(env.out("ls", "data@master").split())
+        assert names == {f"{t}{i}" for t in "ab" for i in range(12)}, names
+        assert env.cat("data@master:/b11") == b"b 11"
+    finally:
+        force_unmount(a)
+        force_unmount(b)
