@@ -3,11 +3,16 @@
 Every command gets the open ``Repository`` from ``ctx.obj`` (opened lazily from ``--home``),
 prints JSON with ``--json`` where scripts need it, and lets ``PfsError`` propagate to
 ``main`` which prints one line and exits with the error's code.
+
+Ctrl-C and SIGTERM: a command unwinds as for any exception (a write session is abandoned, so no
+ref moves; a pipeline job is marked cancelled), then ``PfsGroup`` turns the interrupt into
+``Interrupted`` and ``main`` prints one line and exits 128 + the signal number.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +51,74 @@ class AppContext:
 
 
 pass_app = click.make_pass_decorator(AppContext)
+
+
+class Interrupted(BaseException):
+    """The command was stopped by a signal after it had unwound; ``main`` exits 128 + signum.
+
+    A BaseException (like KeyboardInterrupt) so no ``except Exception`` on the way up takes it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def message(self) -> str:
+        if self.signum == signal.SIGINT:
+            return "interrupted"
+        return f"stopped by {signal.Signals(self.signum).name}"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+_received: list[int] = []  # the signal behind the next KeyboardInterrupt, if not SIGINT
+
+
+def _on_terminate(signum: int, frame: object) -> None:
+    """SIGTERM/SIGHUP unwind the command exactly like Ctrl-C does: delivered as SIGINT when a
+    Python SIGINT handler is in place (trio's, inside ``trio.run``, defers it to a safe point),
+    else raised here."""
+    _received.append(signum)
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.raise_signal(signal.SIGINT)
+    else:
+        raise KeyboardInterrupt
+
+
+def install_signal_handlers() -> None:
+    """Make SIGTERM and SIGHUP stop a command the way Ctrl-C does (see ``_on_terminate``)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, _on_terminate)
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """KeyboardInterrupt itself, or one grouped by trio nurseries (``pfsfs pipeline run``)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(KeyboardInterrupt)[0] is not None
+    return isinstance(exc, KeyboardInterrupt)
+
+
+def interrupted() -> Interrupted:
+    """The ``Interrupted`` for the KeyboardInterrupt being handled."""
+    return Interrupted(_received[0] if _received else signal.SIGINT)
+
+
+class PfsGroup(click.Group):
+    """The ``pfsfs`` group: an interrupt that unwound a command becomes ``Interrupted`` here,
+    before click would print a blank line and turn it into a generic "Aborted!"."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BaseException as exc:
+            if is_interrupt(exc):
+                raise interrupted() from None
+            raise
+
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -14,10 +15,17 @@ from .. import __version__
 from ..errors import PfsError, StoreError
 from ..home import HomeConfig
 from ..repository import Repository
-from .common import AppContext, pass_app
+from .common import (
+    AppContext,
+    Interrupted,
+    PfsGroup,
+    install_signal_handlers,
+    interrupted,
+    pass_app,
+)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--home",
     envvar="PFSFS_HOME",
@@ -96,41 +104,56 @@ INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in pfsfs, not bad input
 
 
 def main() -> None:
+    install_signal_handlers()
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
+    except BaseException as exc:  # noqa: BLE001 - every way out is one line and an exit code
+        sys.exit(_report(exc))
+
+
+def _report(exc: BaseException) -> int:
+    """Print the one line ``exc`` deserves on stderr; return the exit code."""
+    if isinstance(exc, SystemExit):
+        raise exc
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _report(exc.exceptions[0])  # one failure wrapped by a trio nursery
+    if isinstance(exc, KeyboardInterrupt):  # before a command started (parsing, --help)
+        exc = interrupted()
+    if isinstance(exc, Interrupted):
+        # On a terminal the ^C echo has no newline; start the message on a line of its own.
+        lead = "\n" if exc.signum == signal.SIGINT and sys.stderr.isatty() else ""
+        click.echo(f"{lead}pfsfs: {exc.message}", err=True)
+        return exc.exit_code
+    if isinstance(exc, click.exceptions.Abort):
         click.echo("aborted", err=True)
-        sys.exit(1)
-    except click.ClickException as exc:
+        return 1
+    if isinstance(exc, click.ClickException):
         exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except PfsError as exc:
+        return exc.exit_code
+    if isinstance(exc, click.exceptions.Exit):
+        return exc.exit_code
+    if isinstance(exc, PfsError):
         click.echo(f"pfsfs: error: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
-    except BrokenPipeError:
+        return exc.exit_code
+    if isinstance(exc, BrokenPipeError):
         # `pfsfs cat big | head`: the reader went away; that is not an error.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(0)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    except OSError as exc:
+        return 0
+    if isinstance(exc, OSError):
         if exc.errno == errno.ENOSPC:
             err: PfsError = StoreError(f"no space left on device: {exc.filename or ''}")
         else:
             err = StoreError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         click.echo(f"pfsfs: error: {err.message}", err=True)
-        sys.exit(err.exit_code)
-    except Exception as exc:  # noqa: BLE001 - a bug must still not print a traceback at users
-        logging.getLogger("pfsfs").debug("internal error", exc_info=True)
-        click.echo(
-            f"pfsfs: internal error: {type(exc).__name__}: {exc} (run with -vv for details)",
-            err=True,
-        )
-        sys.exit(INTERNAL_ERROR)
+        return err.exit_code
+    # A bug must still not print a traceback at users.
+    logging.getLogger("pfsfs").debug("internal error", exc_info=exc)
+    click.echo(
+        f"pfsfs: internal error: {type(exc).__name__}: {exc} (run with -vv for details)",
+        err=True,
+    )
+    return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -339,13 +339,13 @@ def job_list(app: AppContext, name: str | None, as_json: bool) -> None:
         click.echo("no jobs")
         return
     click.echo(
-        f"{'ID':<24}  {'PIPELINE':<16} {'STATE':<8} {'DATUMS P/S/F/T':<15} {'DURATION':>8}  OUTPUT"
+        f"{'ID':<24}  {'PIPELINE':<16} {'STATE':<9} {'DATUMS P/S/F/T':<15} {'DURATION':>8}  OUTPUT"
     )
     for r in rows:
         c = r["counts"] or {}
         datums = "/".join(str(c.get(k, 0)) for k in ("processed", "skipped", "failed", "total"))
         click.echo(
-            f"{r['id']:<24}  {r['pipeline']:<16} {r['state']:<8} {datums:<15} "
+            f"{r['id']:<24}  {r['pipeline']:<16} {r['state']:<9} {datums:<15} "
             f"{_duration(r['duration']):>8}  {(r['output'] or '-')[:12]}"
         )
 
