@@ -170,3 +170,123 @@ def test_a_pipeline_run_stopped_mid_transform_is_cancelled_and_commits_nothing(
     while _processes_with(marker):  # the transform was killed with its job
         assert time.monotonic() < deadline, "the transform outlived its cancelled job"
         time.sleep(0.1)
+
+
+# -- bad input: one line, exit 2, never an internal error ---------------------------------------
+
+
+def run_raw(home: Path, *args: str | bytes, stdin: bytes | None = None) -> tuple[int, list[str]]:
+    """Run pfsfs with argv given as bytes where needed (not UTF-8); return code, stderr lines."""
+    proc = subprocess.run(
+        [*PFSFS, *args], input=stdin, capture_output=True, env=env_for(home), timeout=120
+    )
+    text = proc.stderr.decode(errors="replace")
+    assert "Traceback" not in text, text
+    return proc.returncode, text.strip().splitlines()
+
+
+def refused(home: Path, *args: str | bytes, stdin: bytes | None = None) -> str:
+    """A bad-input refusal: exit 2 and exactly one line on stderr (returned)."""
+    code, lines = run_raw(home, *args, stdin=stdin)
+    assert (code, len(lines)) == (2, 1), (code, lines)
+    assert lines[0].startswith("pfsfs: error: "), lines
+    assert len(lines[0]) < 400, lines[0]  # the bad value is not echoed back in full
+    return lines[0]
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    run(home, "repo", "create", "r")
+    run(home, "put", "r@master:/a", "-f", "-", input=b"alpha\n")
+    return home
+
+
+def test_absurd_history_offsets_are_bad_input_everywhere(seeded: Path) -> None:
+    digits = "9" * 5000
+    assert "~N is at most" in refused(seeded, "log", f"r@master~{digits}")
+    for args in (
+        ["ls", f"r@master~{digits}"],
+        ["cat", f"r@master~{digits}:/a"],
+        ["inspect", "commit", "r@master~10000000000"],
+        ["diff", "r@master", f"r@master~{digits}"],
+        ["rollback", "r@master", "--to", f"master~{digits}"],
+        ["branch", "create", "r@b", "--from", f"r@master~{digits}"],
+    ):
+        assert "~N is at most" in refused(seeded, *args)
+    # Within the bound, a walk past the root is "not found", as before.
+    assert "history has only" in fails(seeded, "log", "r@master~999999999", code=3)
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "1.5", "99999999999999999999999", "9" * 5000])
+def test_log_limit_must_be_a_whole_number(seeded: Path, value: str) -> None:
+    assert "--limit" in refused(seeded, "log", "r@master", "-n", value)
+
+
+def test_log_limit_zero_and_small_values_work(seeded: Path) -> None:
+    assert json.loads(run(seeded, "log", "r@master", "-n", "0", "--json").stdout) == []
+    assert len(json.loads(run(seeded, "log", "r@master", "-n", "1", "--json").stdout)) == 1
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "x"])
+def test_durations_must_be_seconds_at_least_zero(seeded: Path, value: str) -> None:
+    assert "--grace" in refused(seeded, "gc", "--grace", value)
+    assert "--timeout" in refused(seeded, "wait", "r@master", "--timeout", value)
+
+
+def test_text_that_is_not_utf8_is_refused_before_any_work(seeded: Path, tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"data\n")
+    before = head(seeded, "r@master")
+    line = refused(seeded, "put", "r@master:/b", "-f", str(f), "-m", b"bad\xff\xfe")
+    assert "not valid UTF-8" in line and "--message" in line
+    assert head(seeded, "r@master") == before
+    assert "not valid UTF-8" in refused(seeded, "repo", "create", "s", "-d", b"\xff")
+    assert "not valid UTF-8" in refused(seeded, "pipeline", "inspect", b"p\xff")
+    assert "not valid UTF-8" in refused(seeded, "job", "list", "-p", b"p\xff")
+    # Names and paths may be any bytes; valid UTF-8 messages still work.
+    run(seeded, "put", "r@master:/b", "-f", str(f), "-m", "café ✓")
+    assert json.loads(run(seeded, "log", "r@master", "--json").stdout)[0]["message"] == "café ✓"
+
+
+def test_usage_errors_are_one_line(seeded: Path) -> None:
+    assert "Missing argument" in refused(seeded, "log")
+    assert "No such option" in refused(seeded, "log", "r@master", "--bogus")
+    assert "No such command" in refused(seeded, "bogus")
+
+
+def test_pipeline_specs_that_are_not_utf8_huge_or_absurd(seeded: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"pipeline:\n  name: p\xff\n")
+    assert "must be UTF-8" in refused(seeded, "pipeline", "create", "-f", str(bad))
+    assert "must be UTF-8" in refused(
+        seeded, "pipeline", "create", "-f", "-", stdin=bad.read_bytes()
+    )
+    # /dev/zero never ends: the spec is read up to the cap, then refused.
+    started = time.monotonic()
+    assert "at most 1 MiB" in refused(seeded, "pipeline", "create", "-f", "/dev/zero")
+    assert time.monotonic() - started < 30
+    assert "at most 1 MiB" in refused(
+        seeded, "pipeline", "update", "-f", "-", stdin=b"#" * ((1 << 20) + 1)
+    )
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert "nested too deeply" in refused(seeded, "pipeline", "create", "-f", str(deep))
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("pipeline: {name: p}\nparallelism: " + "9" * 5000 + "\n")
+    assert "spec:" in refused(seeded, "pipeline", "create", "-f", str(huge))
+    good = {
+        "pipeline": {"name": "p"},
+        "input": {"pfs": {"repo": "r", "glob": "/*"}},
+        "transform": {"cmd": ["true"]},
+        "runner": "local",
+    }
+    spec = tmp_path / "spec.json"
+    for extra, field in (
+        ({"parallelism": 10**30}, "parallelism: must be at most"),
+        ({"datum_tries": 10**30}, "datum_tries: must be at most"),
+        ({"resource_limits": {"memory": 10**30}}, "resource_limits.memory: must be at most"),
+    ):
+        spec.write_text(json.dumps({**good, **extra}))
+        assert field in refused(seeded, "pipeline", "create", "-f", str(spec))
+    assert "does not exist" in fails(seeded, "pipeline", "inspect", "p", code=3)

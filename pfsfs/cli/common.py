@@ -12,6 +12,7 @@ ref moves; a pipeline job is marked cancelled), then ``PfsGroup`` turns the inte
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 import click
 
+from ..refspec import short_repr
 from ..repository import Repository
 
 
@@ -121,6 +123,65 @@ class PfsGroup(click.Group):
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+class Utf8Text(click.ParamType):
+    """Free text that is stored as UTF-8 (commit messages, descriptions). Arguments arrive
+    decoded with surrogateescape, so bytes that are not UTF-8 show up here, not at commit time
+    after a long ingest."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogateescape")
+            self.fail(f"{short_repr(raw)} is not valid UTF-8 text", param, ctx)
+        return text
+
+
+class Seconds(click.ParamType):
+    """A duration in seconds: a number >= 0 (``inf`` allowed; ``nan`` and negatives are not)."""
+
+    name = "seconds"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{short_repr(str(value))} is not a number of seconds", param, ctx)
+        if math.isnan(seconds) or seconds < 0:
+            self.fail(f"{short_repr(str(value))} is not a number of seconds >= 0", param, ctx)
+        return seconds
+
+
+class Count(click.ParamType):
+    """A whole number >= 0 of things to show (``-n``), at most what ``islice`` takes."""
+
+    name = "count"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            count = value
+        else:
+            text = str(value).strip()
+            if not text.isdigit() or not text.isascii():
+                self.fail(f"{short_repr(str(value))} is not a whole number >= 0", param, ctx)
+            # int() of thousands of digits is refused by Python; anything that long is too big.
+            count = int(text) if len(text.lstrip("0")) <= 19 else sys.maxsize + 1
+        if count < 0 or count > sys.maxsize:
+            shown = short_repr(str(value))
+            self.fail(f"{shown} is not a whole number up to {sys.maxsize}", param, ctx)
+        return count
+
+
+UTF8_TEXT = Utf8Text()
+SECONDS = Seconds()
+COUNT = Count()
 
 
 def emit_json(value: Any) -> None:

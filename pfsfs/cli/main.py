@@ -127,8 +127,16 @@ def _report(exc: BaseException) -> int:
     if isinstance(exc, click.exceptions.Abort):
         click.echo("aborted", err=True)
         return 1
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        exc.show()  # `pfsfs` or `pfsfs pipeline` alone: the help text
+        return exc.exit_code
+    if isinstance(exc, click.UsageError):
+        # One line like every other error (click's own form is usage + hint + message).
+        where = exc.ctx.command_path if exc.ctx is not None else "pfsfs"
+        click.echo(f"pfsfs: error: {exc.format_message()} (see `{where} --help`)", err=True)
+        return exc.exit_code
     if isinstance(exc, click.ClickException):
-        exc.show()
+        click.echo(f"pfsfs: error: {exc.format_message()}", err=True)
         return exc.exit_code
     if isinstance(exc, click.exceptions.Exit):
         return exc.exit_code

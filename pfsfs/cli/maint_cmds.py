@@ -6,7 +6,7 @@ import click
 
 from .. import maintenance
 from ..errors import Corruption
-from .common import AppContext, emit_json, human_bytes, json_option, pass_app
+from .common import SECONDS, AppContext, emit_json, human_bytes, json_option, pass_app
 
 SHARED_GRACE = 3600.0
 
@@ -15,7 +15,7 @@ SHARED_GRACE = 3600.0
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
 @click.option(
     "--grace",
-    type=float,
+    type=SECONDS,
     default=None,
     help="Keep unreachable objects younger than this many seconds "
     f"[default: 0 for a local store, {SHARED_GRACE:g} for a shared (S3) store].",
