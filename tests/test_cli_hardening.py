@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -290,3 +292,181 @@ def test_pipeline_specs_that_are_not_utf8_huge_or_absurd(seeded: Path, tmp_path:
         spec.write_text(json.dumps({**good, **extra}))
         assert field in refused(seeded, "pipeline", "create", "-f", str(spec))
     assert "does not exist" in fails(seeded, "pipeline", "inspect", "p", code=3)
+
+
+# -- who can read a home and a store ------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEM_PYTHON = "/usr/bin/python3"
+USERS_GID = 100  # the Debian "users" group: the team of the shared-store test
+#: Accounts of a stock Debian system: two team members (in "users") and an outsider.
+ALICE, BOB, OUTSIDER = 1, 2, 65534  # daemon, bin, nobody
+
+
+def as_user(uid: int, *groups: int) -> Any:
+    """A preexec_fn that turns the child into ``uid`` (primary group = uid's) with ``groups``."""
+
+    def drop() -> None:
+        os.setgroups(list(groups))
+        os.setgid(uid)
+        os.setuid(uid)
+
+    return drop
+
+
+def user_run(
+    uid: int, groups: tuple[int, ...], home: Path, *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """``pfsfs`` run by another local user. The venv's interpreter lives under /root (0700),
+    so the system Python of the same version runs pfsfs from this tree and the venv's
+    packages."""
+    site = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"))
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home.parent),
+        "PYTHONPATH": f"{ROOT}:{site}",
+        "PFSFS_HOME": str(home),
+        "PFSFS_NO_DAEMON": "1",
+    }
+    proc = subprocess.run(
+        [SYSTEM_PYTHON, "-m", "pfsfs.cli.main", *args],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        cwd="/",
+        preexec_fn=as_user(uid, *groups),
+        timeout=120,
+    )
+    assert b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
+    return proc
+
+
+def readable_by(uid: int, groups: tuple[int, ...], path: Path) -> bool:
+    """Whether user ``uid`` can read ``path`` (a real ``cat`` run as that user)."""
+    proc = subprocess.run(
+        ["cat", str(path)], capture_output=True, preexec_fn=as_user(uid, *groups), timeout=30
+    )
+    return proc.returncode == 0
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory other users can reach (pytest's tmp_path is inside a 0700 directory)."""
+    if os.geteuid() != 0 or not os.path.exists(SYSTEM_PYTHON):
+        pytest.skip("needs root (to act as other local users) and /usr/bin/python3")
+    check = subprocess.run(
+        [
+            SYSTEM_PYTHON,
+            "-c",
+            f"import sys; sys.exit(sys.version_info[:2] != {sys.version_info[:2]})",
+        ]
+    )
+    if check.returncode != 0:
+        pytest.skip("/usr/bin/python3 is not the venv's Python version")
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="pfsfs-perm-", dir="/tmp"))
+    try:
+        os.chmod(path, 0o755)
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def _blobs(store: Path) -> list[Path]:
+    return [p for p in store.rglob("*") if p.is_file() and "refs" not in p.parts]
+
+
+def test_a_new_home_and_its_store_are_private_to_their_user(open_dir: Path) -> None:
+    home = open_dir / "home"
+    run(home, "repo", "create", "r")  # the home is made on first use
+    run(home, "put", "r@master:/secret", "-f", "-", input=b"secret\n")
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    blobs = _blobs(home / "store")
+    assert blobs and not any(readable_by(OUTSIDER, (), p) for p in blobs)
+    assert not readable_by(OUTSIDER, (), home / "index" / "data.mdb")
+    assert user_run(OUTSIDER, (), home, "cat", "r@master:/secret").returncode != 0
+    # A store elsewhere (`init --store`) is created private too.
+    other, store = open_dir / "home2", open_dir / "store2"
+    assert "private" in run(other, "init", "--store", str(store)).stdout.decode()
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+    assert stat.S_IMODE(other.stat().st_mode) == 0o700
+
+
+def test_init_makes_an_open_existing_home_private_and_says_so(open_dir: Path) -> None:
+    home = open_dir / "home"
+    run(home, "repo", "create", "r")
+    run(home, "put", "r@master:/f", "-f", "-", input=b"data\n")
+    os.chmod(home, 0o755)  # a home made by an older pfsfs
+    run(home, "ls", "r@master")
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755  # other commands leave it alone
+    assert readable_by(OUTSIDER, (), _blobs(home / "store")[0])
+    said = run(home, "init").stdout.decode()
+    assert "private: mode 0755 -> 0700" in said
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert not readable_by(OUTSIDER, (), _blobs(home / "store")[0])
+    assert run(home, "cat", "r@master:/f").stdout == b"data\n"
+    assert "private" not in run(home, "init").stdout.decode()  # nothing more to say
+
+
+def test_a_group_shared_store_serves_its_group_and_nobody_else(open_dir: Path) -> None:
+    # As an admin sets up a team directory: the group's, group-writable, setgid.
+    store = open_dir / "team-store"
+    store.mkdir()
+    os.chown(store, 0, USERS_GID)
+    os.chmod(store, 0o2770)
+    team = (USERS_GID,)
+    alice_home, bob_home, out_home = (open_dir / n for n in ("alice", "bob", "outsider"))
+    for h, uid in ((alice_home, ALICE), (bob_home, BOB), (out_home, OUTSIDER)):
+        h.mkdir()
+        os.chown(h, uid, uid)
+    said = user_run(ALICE, team, alice_home, "init", "--store", str(store), "--shared-group")
+    assert said.returncode == 0, said.stderr
+    assert "shared with group users" in said.stdout.decode()
+    assert stat.S_IMODE(store.stat().st_mode) == 0o2770
+    assert user_run(ALICE, team, alice_home, "repo", "create", "r").returncode == 0
+    put = user_run(ALICE, team, alice_home, "put", "r@master:/a", "-f", "-", stdin=b"alice\n")
+    assert put.returncode == 0, put.stderr
+    # Bob joins with his own (private) home, reads Alice's commit and adds his own.
+    joined = user_run(BOB, team, bob_home, "init", "--store", str(store), "--shared-group")
+    assert joined.returncode == 0, joined.stderr
+    assert stat.S_IMODE(bob_home.stat().st_mode) == 0o700
+    user_run(BOB, team, bob_home, "refresh")
+    got = user_run(BOB, team, bob_home, "cat", "r@master:/a")
+    assert got.stdout == b"alice\n", got.stderr
+    put = user_run(BOB, team, bob_home, "put", "r@master:/b", "-f", "-", stdin=os.urandom(1 << 20))
+    assert put.returncode == 0, put.stderr
+    user_run(ALICE, team, alice_home, "refresh")
+    listed = user_run(ALICE, team, alice_home, "ls", "r@master")
+    assert b"b" in listed.stdout.split(), listed.stderr
+    # What each member added is the group's: setgid directories, group-readable files.
+    for path in store.rglob("*"):
+        st = path.lstat()
+        assert st.st_gid == USERS_GID, path
+        if path.is_dir():
+            assert stat.S_IMODE(st.st_mode) & 0o2070 == 0o2070, path
+        else:
+            assert stat.S_IMODE(st.st_mode) & 0o040, path
+        assert not stat.S_IMODE(st.st_mode) & 0o007, path
+    # Outsiders read nothing, and get one line for trying.
+    assert not readable_by(OUTSIDER, (), _blobs(store)[0])
+    refused = user_run(OUTSIDER, (), out_home, "init", "--store", str(store), "--shared-group")
+    assert refused.returncode != 0
+    assert len(refused.stderr.decode().strip().splitlines()) == 1, refused.stderr
+    # gc on a shared store keeps young unreachable objects (another member may be writing).
+    for args in (("put", "r@tmp:/t", "-f", "-"), ("branch", "delete", "r@tmp")):
+        done = user_run(ALICE, team, alice_home, *args, stdin=b"unreachable soon\n")
+        assert done.returncode == 0, done.stderr
+    gc = user_run(ALICE, team, alice_home, "gc", "--dry-run", "--json")
+    report = json.loads(gc.stdout)
+    assert report["kept_young"] > 0 and report["deleted_blobs"] == 0, report
+
+
+def test_shared_group_needs_a_local_store_outside_the_home(tmp_path: Path) -> None:
+    assert "--store DIR" in refused(tmp_path / "h", "init", "--shared-group")
+    assert "local store" in refused(
+        tmp_path / "h", "init", "--store", "s3://bucket/p", "--shared-group"
+    )
+    assert "must be UTF-8" in refused(tmp_path / "h", "init", "--store", b"/tmp/\xff")
+    assert "must be UTF-8" in refused(tmp_path / "h", "--home", b"/tmp/\xff", "repo", "list")

@@ -37,14 +37,14 @@ class AppContext:
     @property
     def repo(self) -> Repository:
         if self._repo is None:
-            self._repo = Repository.open(Path(self.home) if self.home else None)
+            self._repo = Repository.open(self.home_path)
         return self._repo
 
     @property
     def home_path(self) -> Path:
-        from ..home import default_home
+        from ..home import check_path, default_home
 
-        return Path(self.home).expanduser() if self.home else default_home()
+        return check_path(Path(self.home).expanduser() if self.home else default_home(), "home")
 
     def close(self) -> None:
         if self._repo is not None:

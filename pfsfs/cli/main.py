@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import errno
+import grp
 import logging
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 
 import click
 
 from .. import __version__
-from ..errors import PfsError, StoreError
-from ..home import HomeConfig
+from ..errors import InvalidInput, PfsError, StoreError
+from ..home import (
+    HomeConfig,
+    check_path,
+    is_shared,
+    make_private_dir,
+    read_config,
+    share_with_group,
+    tighten,
+    write_config,
+)
 from ..repository import Repository
 from .common import (
     AppContext,
@@ -52,14 +63,50 @@ def cli(ctx: click.Context, home: str | None, verbose: int) -> None:
 @click.option("--store", "store_url", help="Object store: a local path or s3://bucket/prefix.")
 @click.option("--endpoint-url", help="S3 endpoint (MinIO, Ceph, moto...).")
 @click.option("--region", help="S3 region.")
+@click.option(
+    "--shared-group",
+    is_flag=True,
+    help="Share the local store (--store DIR) with DIR's group: directories 2770, files 0660.",
+)
 @pass_app
 def init(
-    app: AppContext, store_url: str | None, endpoint_url: str | None, region: str | None
+    app: AppContext,
+    store_url: str | None,
+    endpoint_url: str | None,
+    region: str | None,
+    shared_group: bool,
 ) -> None:
-    """Create the home (done implicitly on first use with the local store)."""
-    if store_url is None:
-        config = HomeConfig.local()
-    elif store_url.startswith("s3://"):
+    """Create the home (done implicitly on first use with the local store), private to you.
+
+    Run again on an existing home, it makes the home private (0700) if others can enter it.
+    """
+    home = app.home_path
+    existing = read_config(home)
+    store, outside = _store_section(store_url, endpoint_url, region, shared_group)
+    if not shared_group and existing is not None and is_shared(existing):
+        # `init` again without the flag keeps a shared store shared.
+        if {k: v for k, v in existing.store.items() if k != "shared_group"} == store:
+            store["shared_group"] = True
+    config = HomeConfig(store)
+    if existing is not None and existing != config and _only_sharing_differs(existing, config):
+        write_config(home, config)  # a private store becoming group-shared
+    created = outside is not None and make_private_dir(outside)
+    repo = Repository.init(home, config)
+    check = getattr(repo.store, "check", None)
+    if check is not None:
+        check()
+    repo.close()
+    click.echo(f"initialised {home} (store: {repo.store.location})")
+    _report_modes(home, outside, created, shared_group)
+
+
+def _store_section(
+    store_url: str | None, endpoint_url: str | None, region: str | None, shared_group: bool
+) -> tuple[dict[str, object], Path | None]:
+    """The ``store`` section of the config, and the local store's directory if outside the home."""
+    if store_url is not None and store_url.startswith("s3://"):
+        if shared_group:
+            raise InvalidInput("--shared-group is for a local store; a bucket's access is its own")
         from ..store.s3 import parse_store_url
 
         bucket, prefix = parse_store_url(store_url)
@@ -68,15 +115,51 @@ def init(
             store["endpoint_url"] = endpoint_url
         if region:
             store["region"] = region
-        config = HomeConfig(store)
-    else:
-        config = HomeConfig({"type": "local", "path": str(Path(store_url).resolve())})
-    repo = Repository.init(app.home_path, config)
-    check = getattr(repo.store, "check", None)
-    if check is not None:
-        check()
-    repo.close()
-    click.echo(f"initialised {app.home_path} (store: {repo.store.location})")
+        return store, None
+    if store_url is None:
+        if shared_group:
+            raise InvalidInput(
+                "--shared-group shares a store outside the home: give --store DIR "
+                "(each member of the group keeps a private home)"
+            )
+        return dict(HomeConfig.local().store), None
+    path = check_path(Path(store_url).resolve(), "store")
+    store = {"type": "local", "path": str(path)}
+    if shared_group:
+        store["shared_group"] = True
+    return store, path
+
+
+def _only_sharing_differs(old: HomeConfig, new: HomeConfig) -> bool:
+    def without(c: HomeConfig) -> dict[str, object]:
+        return {k: v for k, v in c.store.items() if k != "shared_group"}
+
+    return without(old) == without(new) and is_shared(new)
+
+
+def _report_modes(home: Path, outside: Path | None, created: bool, shared_group: bool) -> None:
+    """Apply and tell what ``init`` did to the modes of the home and the store."""
+    old = tighten(home)
+    if old is not None:
+        click.echo(f"made {home} private: mode {old:04o} -> 0700 (only you can enter it)")
+    if outside is None:
+        return
+    if shared_group:
+        share_with_group(outside)
+        group = grp.getgrgid(outside.stat().st_gid).gr_name
+        click.echo(
+            f"store {outside} is shared with group {group}: directories 2770, files 0660; "
+            f"each member runs `pfsfs init --store {outside} --shared-group` in their own home"
+        )
+    elif created:
+        click.echo(f"created {outside} private (mode 0700)")
+    elif stat.S_IMODE(outside.stat().st_mode) & 0o007:
+        mode = stat.S_IMODE(outside.stat().st_mode)
+        click.echo(
+            f"note: other users can enter the store {outside} (mode {mode:04o}); "
+            f"`chmod 700 {outside}` unless that is meant (or share it: --shared-group)",
+            err=True,
+        )
 
 
 def _register() -> None:
