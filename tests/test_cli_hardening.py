@@ -112,6 +112,34 @@ def test_a_put_stopped_mid_stream_exits_128_plus_signal_and_commits_nothing(
     run(home, "fsck")
 
 
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_cat_blocked_on_its_reader_stops_with_one_line(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    home = tmp_path / "home"
+    run(home, "repo", "create", "data")
+    run(home, "put", "data@master:/big", "-f", "-", input=os.urandom(8 << 20))
+    cat = subprocess.Popen(
+        [*PFSFS, "cat", "data@master:/big"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env_for(home),
+    )
+    assert cat.stdout is not None
+    try:
+        cat.stdout.read(1)  # it is writing; nobody reads on, so it blocks in write()
+        time.sleep(0.5)
+        cat.send_signal(signum)
+        cat.stdout.close()
+        _, err = cat.communicate(timeout=60)
+    finally:
+        if cat.poll() is None:
+            cat.kill()
+            cat.wait()
+    assert cat.returncode == code
+    assert len(err.decode().strip().splitlines()) == 1 and b"Traceback" not in err, err
+
+
 def _processes_with(marker: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
