@@ -3,11 +3,17 @@
 Every command gets the open ``Repository`` from ``ctx.obj`` (opened lazily from ``--home``),
 prints JSON with ``--json`` where scripts need it, and lets ``PfsError`` propagate to
 ``main`` which prints one line and exits with the error's code.
+
+Ctrl-C and SIGTERM: a command unwinds as for any exception (a write session is abandoned, so no
+ref moves; a pipeline job is marked cancelled), then ``PfsGroup`` turns the interrupt into
+``Interrupted`` and ``main`` prints one line and exits 128 + the signal number.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +23,7 @@ from typing import Any
 
 import click
 
+from ..refspec import short_repr
 from ..repository import Repository
 
 
@@ -30,14 +37,14 @@ class AppContext:
     @property
     def repo(self) -> Repository:
         if self._repo is None:
-            self._repo = Repository.open(Path(self.home) if self.home else None)
+            self._repo = Repository.open(self.home_path)
         return self._repo
 
     @property
     def home_path(self) -> Path:
-        from ..home import default_home
+        from ..home import check_path, default_home
 
-        return Path(self.home).expanduser() if self.home else default_home()
+        return check_path(Path(self.home).expanduser() if self.home else default_home(), "home")
 
     def close(self) -> None:
         if self._repo is not None:
@@ -47,7 +54,134 @@ class AppContext:
 
 pass_app = click.make_pass_decorator(AppContext)
 
+
+class Interrupted(BaseException):
+    """The command was stopped by a signal after it had unwound; ``main`` exits 128 + signum.
+
+    A BaseException (like KeyboardInterrupt) so no ``except Exception`` on the way up takes it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def message(self) -> str:
+        if self.signum == signal.SIGINT:
+            return "interrupted"
+        return f"stopped by {signal.Signals(self.signum).name}"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+_received: list[int] = []  # the signal behind the next KeyboardInterrupt, if not SIGINT
+
+
+def _on_terminate(signum: int, frame: object) -> None:
+    """SIGTERM/SIGHUP unwind the command exactly like Ctrl-C does: delivered as SIGINT when a
+    Python SIGINT handler is in place (trio's, inside ``trio.run``, defers it to a safe point),
+    else raised here."""
+    _received.append(signum)
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.raise_signal(signal.SIGINT)
+    else:
+        raise KeyboardInterrupt
+
+
+def install_signal_handlers() -> None:
+    """Make SIGTERM and SIGHUP stop a command the way Ctrl-C does (see ``_on_terminate``)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, _on_terminate)
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """KeyboardInterrupt itself, or one grouped by trio nurseries (``pfsfs pipeline run``)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(KeyboardInterrupt)[0] is not None
+    return isinstance(exc, KeyboardInterrupt)
+
+
+def interrupted() -> Interrupted:
+    """The ``Interrupted`` for the KeyboardInterrupt being handled."""
+    return Interrupted(_received[0] if _received else signal.SIGINT)
+
+
+class PfsGroup(click.Group):
+    """The ``pfsfs`` group: an interrupt that unwound a command becomes ``Interrupted`` here,
+    before click would print a blank line and turn it into a generic "Aborted!"."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BaseException as exc:
+            if is_interrupt(exc):
+                raise interrupted() from None
+            raise
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+class Utf8Text(click.ParamType):
+    """Free text that is stored as UTF-8 (commit messages, descriptions). Arguments arrive
+    decoded with surrogateescape, so bytes that are not UTF-8 show up here, not at commit time
+    after a long ingest."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogateescape")
+            self.fail(f"{short_repr(raw)} is not valid UTF-8 text", param, ctx)
+        return text
+
+
+class Seconds(click.ParamType):
+    """A duration in seconds: a number >= 0 (``inf`` allowed; ``nan`` and negatives are not)."""
+
+    name = "seconds"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{short_repr(str(value))} is not a number of seconds", param, ctx)
+        if math.isnan(seconds) or seconds < 0:
+            self.fail(f"{short_repr(str(value))} is not a number of seconds >= 0", param, ctx)
+        return seconds
+
+
+class Count(click.ParamType):
+    """A whole number >= 0 of things to show (``-n``), at most what ``islice`` takes."""
+
+    name = "count"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            count = value
+        else:
+            text = str(value).strip()
+            if not text.isdigit() or not text.isascii():
+                self.fail(f"{short_repr(str(value))} is not a whole number >= 0", param, ctx)
+            # int() of thousands of digits is refused by Python; anything that long is too big.
+            count = int(text) if len(text.lstrip("0")) <= 19 else sys.maxsize + 1
+        if count < 0 or count > sys.maxsize:
+            shown = short_repr(str(value))
+            self.fail(f"{shown} is not a whole number up to {sys.maxsize}", param, ctx)
+        return count
+
+
+UTF8_TEXT = Utf8Text()
+SECONDS = Seconds()
+COUNT = Count()
 
 
 def emit_json(value: Any) -> None:

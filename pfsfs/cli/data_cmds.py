@@ -24,6 +24,7 @@ from ..transfer import (
     total_size,
 )
 from .common import (
+    UTF8_TEXT,
     AppContext,
     emit_json,
     human_bytes,
@@ -49,7 +50,7 @@ def writable_branch(repository: Repository, repo: str, branch: str) -> None:
 @click.argument("target", metavar="REPO@BRANCH[:/PATH]")
 @click.option("-f", "--file", "source", required=True, help="File, directory, or - for stdin.")
 @click.option("-r", "--recursive", is_flag=True, help="Put a directory and everything in it.")
-@click.option("-m", "--message", default=None, help="Commit message.")
+@click.option("-m", "--message", type=UTF8_TEXT, default=None, help="Commit message.")
 @pass_app
 def put(app: AppContext, target: str, source: str, recursive: bool, message: str | None) -> None:
     """Add or replace files on a branch: one commit per call."""

@@ -12,7 +12,15 @@ from ..errors import InvalidInput, NotFound
 from ..ids import to_hex
 from ..model import Commit
 from ..refspec import parse_branch
-from .common import AppContext, emit_json, human_bytes, human_time, json_option, pass_app
+from .common import (
+    COUNT,
+    AppContext,
+    emit_json,
+    human_bytes,
+    human_time,
+    json_option,
+    pass_app,
+)
 
 
 def commit_dict(app: AppContext, commit_id: bytes, c: Commit) -> dict[str, Any]:
@@ -34,7 +42,7 @@ def commit_dict(app: AppContext, commit_id: bytes, c: Commit) -> dict[str, Any]:
 
 @click.command()
 @click.argument("ref", metavar="REPO@REF")
-@click.option("-n", "--limit", type=int, default=None, help="Show at most N commits.")
+@click.option("-n", "--limit", type=COUNT, default=None, help="Show at most N commits.")
 @json_option
 @pass_app
 def log(app: AppContext, ref: str, limit: int | None, as_json: bool) -> None:

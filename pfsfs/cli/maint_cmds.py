@@ -6,7 +6,8 @@ import click
 
 from .. import maintenance
 from ..errors import Conflict, Corruption
-from .common import AppContext, emit_json, human_bytes, json_option, pass_app
+from ..home import is_shared
+from .common import SECONDS, AppContext, emit_json, human_bytes, json_option, pass_app
 
 SHARED_GRACE = 3600.0
 
@@ -15,7 +16,7 @@ SHARED_GRACE = 3600.0
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
 @click.option(
     "--grace",
-    type=float,
+    type=SECONDS,
     default=None,
     help="Keep unreachable objects younger than this many seconds "
     f"[default: 0 for a local store, {SHARED_GRACE:g} for a shared (S3) store].",
@@ -24,8 +25,10 @@ SHARED_GRACE = 3600.0
 @pass_app
 def gc(app: AppContext, dry_run: bool, grace: float | None, as_json: bool) -> None:
     """Delete objects no branch (or open mount, or running job) can reach."""
-    if grace is None:  # other machines may be writing to a shared store right now
-        grace = 0.0 if app.repo.config.store.get("type") == "local" else SHARED_GRACE
+    if grace is None:  # other machines (or users: shared_group) may be writing to it right now
+        config = app.repo.config
+        private = config.store.get("type") == "local" and not is_shared(config)
+        grace = 0.0 if private else SHARED_GRACE
     report = maintenance.gc(app.repo, dry_run=dry_run, grace=grace)
     if as_json:
         emit_json(vars(report))

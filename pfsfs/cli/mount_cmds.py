@@ -18,7 +18,7 @@ import click
 from ..daemon_client import DaemonClient, mount_path
 from ..errors import Conflict, InvalidInput, PfsError
 from ..repository import default_author
-from .common import AppContext, emit_json, json_option, pass_app
+from .common import UTF8_TEXT, AppContext, emit_json, json_option, pass_app
 
 
 def _client(app: AppContext, *, start: bool = True) -> DaemonClient:
@@ -218,7 +218,7 @@ def mount(
 @click.argument("directory", metavar="DIR")
 @click.option("--discard", is_flag=True, help="Throw the uncommitted changes away.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before discarding.")
-@click.option("-m", "--message", default=None, help="Commit message.")
+@click.option("-m", "--message", type=UTF8_TEXT, default=None, help="Commit message.")
 @merge_options
 @pass_app
 def unmount(
@@ -251,7 +251,7 @@ def unmount(
 
 @click.command()
 @click.argument("directory", metavar="DIR")
-@click.option("-m", "--message", required=True, help="Commit message.")
+@click.option("-m", "--message", type=UTF8_TEXT, required=True, help="Commit message.")
 @merge_options
 @pass_app
 def snapshot(
@@ -310,7 +310,7 @@ def mounts(app: AppContext, as_json: bool) -> None:
 @click.option("--at", "at", metavar="DIR", help="With --remount: where (default: where it was).")
 @click.option("--discard", is_flag=True, help="Throw the staged changes away.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before discarding.")
-@click.option("-m", "--message", default=None, help="Commit message.")
+@click.option("-m", "--message", type=UTF8_TEXT, default=None, help="Commit message.")
 @merge_options
 @json_option
 @pass_app

@@ -21,7 +21,7 @@ import click
 from ..errors import Conflict, InvalidInput, PfsError
 from ..ids import to_hex
 from ..refspec import parse_ref
-from .common import AppContext, emit_json, human_time, json_option, pass_app
+from .common import SECONDS, UTF8_TEXT, AppContext, emit_json, human_time, json_option, pass_app
 
 
 def _state(app: AppContext) -> Any:
@@ -31,10 +31,10 @@ def _state(app: AppContext) -> Any:
 
 
 def _load(path: str) -> Any:
-    from ..pipeline.spec import load_spec, parse_spec
+    from ..pipeline.spec import load_spec, parse_spec, read_spec_text
 
     if path == "-":
-        return parse_spec(sys.stdin.read())
+        return parse_spec(read_spec_text(sys.stdin.buffer, "stdin"))
     return load_spec(path)
 
 
@@ -177,7 +177,7 @@ def pipeline_list(app: AppContext, as_json: bool) -> None:
 
 
 @pipeline.command("inspect")
-@click.argument("name")
+@click.argument("name", type=UTF8_TEXT)
 @json_option
 @pass_app
 def pipeline_inspect(app: AppContext, name: str, as_json: bool) -> None:
@@ -218,7 +218,7 @@ def _repo_names(app: AppContext) -> set[str]:
 
 
 @pipeline.command("delete")
-@click.argument("name")
+@click.argument("name", type=UTF8_TEXT)
 @click.option("--force", is_flag=True, help="Do not ask.")
 @click.option("--keep-repo", is_flag=True, help="Keep the output repo and its commits.")
 @pass_app
@@ -262,7 +262,7 @@ def _set_state(app: AppContext, name: str, new: str) -> None:
 
 
 @pipeline.command("stop")
-@click.argument("name")
+@click.argument("name", type=UTF8_TEXT)
 @pass_app
 def pipeline_stop(app: AppContext, name: str) -> None:
     """Stop a pipeline: no new jobs; a running job is killed."""
@@ -270,7 +270,7 @@ def pipeline_stop(app: AppContext, name: str) -> None:
 
 
 @pipeline.command("start")
-@click.argument("name")
+@click.argument("name", type=UTF8_TEXT)
 @pass_app
 def pipeline_start(app: AppContext, name: str) -> None:
     """Start a stopped pipeline: pending input gets processed."""
@@ -279,7 +279,7 @@ def pipeline_start(app: AppContext, name: str) -> None:
 
 
 @pipeline.command("run")
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, type=UTF8_TEXT)
 @pass_app
 def pipeline_run(app: AppContext, names: tuple[str, ...]) -> None:
     """Process pending input now, in the foreground (all running pipelines in DAG order, or
@@ -322,7 +322,9 @@ def job() -> None:
 
 
 @job.command("list")
-@click.option("-p", "--pipeline", "name", default=None, help="Only this pipeline's jobs.")
+@click.option(
+    "-p", "--pipeline", "name", type=UTF8_TEXT, default=None, help="Only this pipeline's jobs."
+)
 @json_option
 @pass_app
 def job_list(app: AppContext, name: str | None, as_json: bool) -> None:
@@ -339,13 +341,13 @@ def job_list(app: AppContext, name: str | None, as_json: bool) -> None:
         click.echo("no jobs")
         return
     click.echo(
-        f"{'ID':<24}  {'PIPELINE':<16} {'STATE':<8} {'DATUMS P/S/F/T':<15} {'DURATION':>8}  OUTPUT"
+        f"{'ID':<24}  {'PIPELINE':<16} {'STATE':<9} {'DATUMS P/S/F/T':<15} {'DURATION':>8}  OUTPUT"
     )
     for r in rows:
         c = r["counts"] or {}
         datums = "/".join(str(c.get(k, 0)) for k in ("processed", "skipped", "failed", "total"))
         click.echo(
-            f"{r['id']:<24}  {r['pipeline']:<16} {r['state']:<8} {datums:<15} "
+            f"{r['id']:<24}  {r['pipeline']:<16} {r['state']:<9} {datums:<15} "
             f"{_duration(r['duration']):>8}  {(r['output'] or '-')[:12]}"
         )
 
@@ -523,7 +525,7 @@ def subvenance(app: AppContext, ref: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("ref", metavar="REPO@COMMIT")
-@click.option("--timeout", type=float, default=None, help="Give up after S seconds.")
+@click.option("--timeout", type=SECONDS, default=None, help="Give up after S seconds.")
 @json_option
 @pass_app
 def wait(app: AppContext, ref: str, timeout: float | None, as_json: bool) -> None:

@@ -7,7 +7,15 @@ import click
 from .. import maintenance
 from ..ids import to_hex
 from ..refspec import check_name, parse_branch
-from .common import AppContext, emit_json, human_bytes, human_time, json_option, pass_app
+from .common import (
+    UTF8_TEXT,
+    AppContext,
+    emit_json,
+    human_bytes,
+    human_time,
+    json_option,
+    pass_app,
+)
 
 
 @click.group()
@@ -17,7 +25,7 @@ def repo() -> None:
 
 @repo.command("create")
 @click.argument("name")
-@click.option("-d", "--description", default="", help="What the repo holds.")
+@click.option("-d", "--description", type=UTF8_TEXT, default="", help="What the repo holds.")
 @pass_app
 def repo_create(app: AppContext, name: str, description: str) -> None:
     """Create repo NAME with an empty master branch."""

@@ -45,6 +45,7 @@ from .inputs import InputCommit, InputFile
 from .runners import DatumContext, DatumResult, PodmanRunner, Runner, make_runner, run_datum_async
 from .spec import PipelineSpec, parse_spec_dict
 from .state import (
+    CANCELLED,
     FAILED,
     FAILURE,
     KILLED,
@@ -166,8 +167,10 @@ class Engine:
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await run.abort()
-                if is_stop(exc):
-                    self.finish_job(job, KILLED, stop_reason())
+                if job.finished:
+                    pass  # decided (e.g. success) just before the interrupt landed
+                elif is_stop(exc):
+                    await self._settle_stopped(job, rec, stop_reason(), is_interrupt(exc))
                 else:
                     log.exception("job %s: internal error", job.id)
                     self.finish_job(job, FAILURE, f"internal error: {exc!r}")
@@ -177,6 +180,21 @@ class Engine:
         finally:
             self.repository.index.set_gc_roots(gc_owner(job.id), [])
         return job
+
+    async def _settle_stopped(
+        self, job: JobRecord, rec: PipelineRecord, reason: str, interrupt: bool
+    ) -> None:
+        """A job stopped mid-run: a success if its output commit landed before the stop (the
+        commit is atomic; the record after it may not be), else cancelled (Ctrl-C or SIGTERM
+        of the process running it) or killed (its scheduler stopped it)."""
+        made = await self.repo_call(self._find_output, job, rec)
+        if made is not None:
+            job.output = made
+            self.finish_job(job, SUCCESS, "its output commit was made before it was stopped")
+        elif interrupt:
+            self.finish_job(job, CANCELLED, f"{reason}; its output was not committed")
+        else:
+            self.finish_job(job, KILLED, reason)
 
     def finish_job(self, job: JobRecord, state: str, reason: str) -> JobRecord:
         job.state, job.reason, job.finished_ns = state, reason, time.time_ns()
@@ -596,6 +614,13 @@ def is_stop(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(is_stop(e) for e in exc.exceptions)
     return isinstance(exc, trio.Cancelled | KeyboardInterrupt)
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C or SIGTERM of this process (a KeyboardInterrupt, possibly grouped)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(KeyboardInterrupt)[0] is not None
+    return isinstance(exc, KeyboardInterrupt)
 
 
 def _ignore(_n: int) -> None:

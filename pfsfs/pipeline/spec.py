@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import blake3
 import yaml
@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 
 RUNNERS = ("podman", "local")
 """Accepted `runner:` values; a `kubernetes` runner gets added here when it exists."""
+
+#: Bounds that keep a spec's values storable (msgpack: 64-bit integers) and sane.
+MAX_SPEC_BYTES = 1 << 20
+MAX_PARALLELISM = 1024
+MAX_DATUM_TRIES = 100
+MAX_MEMORY = 1 << 60
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -185,7 +191,7 @@ class _Fields:
             raise _bad(self.at(key), f"must be a string, not {_typename(value)}")
         return value
 
-    def integer(self, key: str, default: int, minimum: int) -> int:
+    def integer(self, key: str, default: int, minimum: int, maximum: int) -> int:
         value = self.raw.get(key)
         if value is None:
             return default
@@ -193,6 +199,8 @@ class _Fields:
             raise _bad(self.at(key), f"must be an integer, not {_typename(value)}")
         if value < minimum:
             raise _bad(self.at(key), f"must be at least {minimum}, got {value}")
+        if value > maximum:
+            raise _bad(self.at(key), f"must be at most {maximum}, got {_shown(value)}")
         return value
 
     def flag(self, key: str, default: bool = False) -> bool:
@@ -202,6 +210,12 @@ class _Fields:
         if not isinstance(value, bool):
             raise _bad(self.at(key), f"must be true or false, not {_typename(value)}")
         return value
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` for an error line, cut when long (integers of thousands of digits)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _typename(value: Any) -> str:
@@ -278,6 +292,8 @@ def parse_memory(value: Any, path: str) -> int:
         raise _bad(path, f"bad memory size {value!r} (use bytes or e.g. 512Mi, 2Gi, 1G)")
     if amount <= 0:
         raise _bad(path, f"must be positive, got {value!r}")
+    if amount > MAX_MEMORY:
+        raise _bad(path, f"must be at most {MAX_MEMORY} bytes (1 EiB), got {_shown(value)}")
     return amount
 
 
@@ -457,12 +473,12 @@ def parse_spec_dict(raw: Any) -> PipelineSpec:
         raise _bad("runner", f"unknown runner {runner!r} (one of {', '.join(RUNNERS)})")
     if runner == "podman" and transform.image is None:
         raise _bad("transform.image", "required by the podman runner")
-    parallelism = f.integer("parallelism", 1, 1)
+    parallelism = f.integer("parallelism", 1, 1, MAX_PARALLELISM)
     if f.has("parallelism_spec"):
         if f.has("parallelism"):
             raise _bad("parallelism_spec", "give parallelism or parallelism_spec, not both")
         ps = _Fields(raw["parallelism_spec"], "parallelism_spec", ("constant",))
-        parallelism = ps.integer("constant", 1, 1)
+        parallelism = ps.integer("constant", 1, 1, MAX_PARALLELISM)
     limits = ResourceLimits()
     if f.has("resource_limits"):
         r = _Fields(raw["resource_limits"], "resource_limits", ("cpu", "memory"))
@@ -479,7 +495,7 @@ def parse_spec_dict(raw: Any) -> PipelineSpec:
             f.text("output_branch", "master") or "", "output_branch", "branch"
         ),
         parallelism=parallelism,
-        datum_tries=f.integer("datum_tries", 3, 1),
+        datum_tries=f.integer("datum_tries", 3, 1, MAX_DATUM_TRIES),
         datum_timeout=parse_duration(timeout, "datum_timeout") if timeout is not None else None,
         resource_limits=limits,
         runner=runner,
@@ -495,15 +511,34 @@ def parse_spec(text: str) -> PipelineSpec:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise InvalidInput(f"spec: not valid YAML or JSON{where}: {first}") from None
+    except RecursionError:  # the YAML composer recurses once per nesting level
+        raise InvalidInput("spec: nested too deeply to be a pipeline spec") from None
+    except ValueError as e:  # an integer of thousands of digits (Python refuses to convert it)
+        raise InvalidInput(f"spec: not a usable value: {str(e).split(':')[0]}") from None
     if raw is None:
         raise InvalidInput("spec: empty")
     return parse_spec_dict(raw)
 
 
+def read_spec_text(stream: BinaryIO, name: str) -> str:
+    """The text of a spec from ``stream``, refusing more than ``MAX_SPEC_BYTES`` (``-f
+    /dev/zero`` must not read forever) and bytes that are not UTF-8."""
+    data = stream.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise InvalidInput(f"{name}: a spec is at most {MAX_SPEC_BYTES >> 20} MiB; this is larger")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidInput(
+            f"{name}: a spec must be UTF-8 text (bad byte at offset {e.start})"
+        ) from None
+
+
 def load_spec(path: str | Path) -> PipelineSpec:
     """Read and parse a spec file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            text = read_spec_text(f, str(path))
     except OSError as e:
         raise InvalidInput(f"{path}: cannot read spec: {e.strerror or e}") from None
     return parse_spec(text)

@@ -11,9 +11,10 @@ Named databases (opened through ``Index.db``; values are msgpack via ``codec.pac
                    (bumped by ``update --reprocess``: part of what triggers a job), times.
 ``jobs``           ascii job id → ``JobRecord`` map: pipeline, spec hash, version, epoch,
                    ``inputs`` (``[{repo, branch, commit}]`` sorted), ``state``
-                   (``created``/``running``/``success``/``failure``/``killed``), ``reason``,
-                   ``counts`` (``total``/``processed``/``skipped``/``failed``), ``output``
-                   (commit hex or None), times, ``restarts``, ``pid`` of the process running it.
+                   (``created``/``running``/``success``/``failure``/``killed``/``cancelled``),
+                   ``reason``, ``counts`` (``total``/``processed``/``skipped``/``failed``),
+                   ``output`` (commit hex or None), times, ``restarts``, ``pid`` of the
+                   process running it.
                    Job ids start with the creation time in hex, so they sort by age.
 ``pipeline_jobs``  pipeline + NUL + job id → b"". The jobs of one pipeline, oldest first.
 ``datums``         job id + NUL + datum id → ``DatumRecord`` map: ``state``
@@ -56,7 +57,10 @@ DATABASES = ("pipelines", "jobs", "pipeline_jobs", "datums", "datum_cache")
 
 RUNNING, STOPPED = "running", "stopped"
 CREATED, SUCCESS, FAILURE, KILLED = "created", "success", "failure", "killed"
-FINISHED = frozenset({SUCCESS, FAILURE, KILLED})
+#: A job whose process was interrupted (Ctrl-C, SIGTERM of ``pfsfs pipeline run``): nothing of
+#: it was committed, and the next run processes its inputs again, as after ``killed``.
+CANCELLED = "cancelled"
+FINISHED = frozenset({SUCCESS, FAILURE, KILLED, CANCELLED})
 PROCESSED, SKIPPED, FAILED = "processed", "skipped", "failed"
 MIN_PREFIX = 4
 
