@@ -189,7 +189,7 @@ class PipelineState:
         with self.index.read() as txn:
             return [
                 _from_map(PipelineRecord, codec.unpack_value(v))
-                for _k, v in txn.cursor(db=self._db("pipelines"))
+                for _k, v in self.index.scan(txn, "pipelines")
             ]
 
     def delete_pipeline(self, name: str) -> list[str]:
@@ -269,7 +269,7 @@ class PipelineState:
         with self.index.read() as txn:
             return [
                 _from_map(JobRecord, codec.unpack_value(v))
-                for _k, v in txn.cursor(db=self._db("jobs"))
+                for _k, v in self.index.scan(txn, "jobs")
             ]
 
     def unfinished_jobs(self) -> list[JobRecord]:
