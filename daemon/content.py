@@ -29,7 +29,8 @@ else:
 
 class ContentOps(_Base):
     def setattr(self, ino: int, now: int, changes: dict[str, int]) -> Node:
-        """``changes`` keys: mode uid gid size atime mtime (values already final)."""
+        """``changes`` keys: mode uid gid size atime mtime ctime (values already final; atime
+        and ctime are not committed)."""
         node = self.node(ino)
         self._writable(node)
         if "size" in changes:
@@ -55,8 +56,8 @@ class ContentOps(_Base):
             node.mtime_ns = changes["mtime"]
         if "atime" in changes:
             node.atime_ns = changes["atime"]
-        node.ctime_ns = now
-        if changes.keys() - {"atime"}:
+        node.ctime_ns = changes.get("ctime", now)
+        if changes.keys() - {"atime", "ctime"}:
             self._dirty(node)
         return node
 

@@ -131,11 +131,26 @@ class PfsOperations(pyfuse3.Operations):
         a.st_gid = node.gid
         a.st_rdev = node.rdev
         a.st_blksize = BLKSIZE
-        a.st_blocks = (a.st_size + 511) // 512
+        a.st_blocks = self._blocks(node, a.st_size)
         a.st_atime_ns = node.atime_ns
         a.st_mtime_ns = node.mtime_ns
         a.st_ctime_ns = node.ctime_ns
         return a
+
+    def _blocks(self, node: Node, size: int) -> int:
+        """512-byte blocks really held, so that ``du`` of a sparse file is what it stores."""
+        if node.kind != "f":
+            return (size + 511) // 512
+        base = node.base
+        base_alloc = (base.extra or {}).get("alloc") if base is not None else None
+        if not node.staged:
+            return ((size if base_alloc is None else base_alloc) + 511) // 512
+        staging = self.tree.staging
+        held = os.fstat(staging.fd(node.ino)).st_blocks * 512 if staging is not None else size
+        if node.base_len and base is not None:
+            kept = min(node.base_len, size)
+            held += kept if base_alloc is None else base_alloc * kept // max(1, base.size)
+        return (min(held, size) + 511) // 512
 
     def _entry(self, node: Node, parent: Node | None = None) -> pyfuse3.EntryAttributes:
         node.lookups += 1
@@ -187,6 +202,8 @@ class PfsOperations(pyfuse3.Operations):
             changes["mtime"] = attr.st_mtime_ns
         if fields.update_atime:
             changes["atime"] = attr.st_atime_ns
+        if fields.update_ctime:  # the kernel's own ctime (writeback cache), kept as it says
+            changes["ctime"] = attr.st_ctime_ns
         node = self.tree.setattr(inode, fs_now(), changes)
         return self.attr(node)
 

@@ -97,6 +97,7 @@ class Builder:
         self.memo: dict[int, Entry] = {}
         self.chunker = tree.repo.chunker()
         self._zero_chunks: dict[int, ManifestChunk] = {}
+        self._holes = 0  # hole bytes of the file being built
 
     def entry(self, node: Node) -> Entry:
         if not node.dirty and node.base is not None:
@@ -116,7 +117,11 @@ class Builder:
                 entries = {name: self.entry(nodes[c]) for name, c in node.children.items()}
                 e = dir_entry(meta, entries, self.w)
         elif node.kind == "f":
+            self._holes = 0
             ref, size = self._content(node)
+            alloc = self._allocated(node, ref, size)
+            if alloc is not None:
+                extra = {**(extra or {}), "alloc": alloc}
             e = Entry(FILE, node.mode, node.uid, node.gid, node.mtime_ns, size, ref, b"", 1, extra)
         elif node.kind == "l":
             e = Entry(
@@ -135,6 +140,22 @@ class Builder:
         return e
 
     # -- file content --------------------------------------------------------------------------
+    def _allocated(self, node: Node, ref: Any, size: int) -> int | None:
+        """Bytes of the file that are not holes (st_blocks after remount), or None when that is
+        all of it. Holes are the zero chunks the builder made for them, plus those kept from
+        the committed content."""
+        base = node.base
+        if base is not None and ref == base.ref and not self._holes:
+            return (base.extra or {}).get("alloc")
+        holes = self._holes
+        if node.staged and node.base_len and base is not None and base.ref is not None:
+            base_alloc = (base.extra or {}).get("alloc")
+            if base_alloc is not None:  # the kept part of a sparse file: scale its holes
+                kept = min(node.base_len, size)
+                holes += (base.size - base_alloc) * kept // max(1, base.size)
+        alloc = max(0, size - holes)
+        return alloc if alloc < size else None
+
     def _content(self, node: Node) -> tuple[Any, int]:
         base = node.base
         if not node.staged:
@@ -221,6 +242,7 @@ class Builder:
         for kind, s, e in _segments(fd, a, b, 2 * self.chunker.params.max_size):
             if kind == "hole":
                 out.extend(self._zeros(e - s))
+                self._holes += e - s
             else:
                 out.extend(self._chunk_data(fd, s, e))
         return out
