@@ -12,8 +12,9 @@ What round-trips, both ways, in the encoding mounts use (``daemon/inodes.py`` ``
   with CAP_MKNOD); otherwise it writes everything else and prints one warning line per device
   it could not create. A socket comes back as a socket node nobody listens on (``mknod``
   S_IFSOCK, which anyone may do), the way ``rsync -a`` restores one;
-- xattrs (``extra["xattr"]``, bytes name → bytes value): ``user.*`` always; as root, every
-  namespace the kernel lets root read (``trusted.*``, ``security.*``, ``system.*`` ACLs).
+- xattrs (``extra["xattr"]``, bytes name → bytes value, as mounts store them): ``user.*``
+  always; as root also ``trusted.*`` and ``security.*`` (file capabilities), as ``rsync -X``
+  does. ``system.*`` (ACLs) is not kept.
   ``get`` sets every stored xattr and prints one warning line per file where some could not
   be set (another user's ``trusted.*``, a filesystem without xattrs).
 
@@ -120,15 +121,15 @@ def ingest_stream(
 
 
 def read_xattrs(path: bytes) -> dict[bytes, bytes] | None:
-    """The xattrs a put stores: ``user.*``, and as root every namespace root can read."""
+    """The xattrs a put stores: ``user.*``, and as root every namespace but ``system.*``."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:  # ENOTSUP: a filesystem without xattrs; nothing to keep
         return None
-    everything = os.geteuid() == 0
+    as_root = os.geteuid() == 0
     found: dict[bytes, bytes] = {}
     for name in names:
-        if not (everything or name.startswith("user.")):
+        if not (name.startswith("user.") or (as_root and not name.startswith("system."))):
             continue
         try:
             found[os.fsencode(name)] = os.getxattr(path, name, follow_symlinks=False)
@@ -458,7 +459,7 @@ def _make_node(entry: Entry, tmp: bytes, out: bytes) -> None:
             what = "character" if kind == "c" else "block"
             raise DeviceNotCreated(
                 f"{show_local(out)}: {what} device {os.major(rdev)},{os.minor(rdev)} not "
-                "created (only root may create device files)"
+                "created (creating device files needs root with CAP_MKNOD)"
             ) from None
     else:
         raise InvalidInput(f"{show_local(out)}: unknown entry type {entry.type!r}")
