@@ -1,8 +1,8 @@
 """Comparing two commits (or two directories): added, removed, modified paths with sizes.
 
 Subtrees whose tree ids are equal are skipped without reading them, so a diff costs in
-proportion to what changed. ``modified`` means the content changed (or the type); a change of
-mode, owner or mtime alone is reported as ``metadata``.
+proportion to what changed. ``modified`` means the content changed (or the type, or a device's
+number); a change of mode, owner, mtime or xattrs alone is reported as ``metadata``.
 
 Paths are bytes (names need not be UTF-8): ``DiffItem.shown`` is the escaped form people
 read, ``to_dict`` the lossless JSON form (see ``pfsfs.display``).
@@ -43,12 +43,25 @@ class DiffItem:
         }
 
 
+def _extra(e: Entry, key: str) -> object:
+    return (e.extra or {}).get(key)
+
+
 def _content_equal(a: Entry, b: Entry) -> bool:
-    return a.type == b.type and a.content_id() == b.content_id() and a.target == b.target
+    """Same type and content; for a device, the same kind and device number."""
+    return (
+        a.type == b.type
+        and a.content_id() == b.content_id()
+        and a.target == b.target
+        and all(_extra(a, k) == _extra(b, k) for k in ("ftype", "rdev"))
+    )
 
 
 def _meta_equal(a: Entry, b: Entry) -> bool:
-    return (a.mode, a.uid, a.gid, a.mtime_ns) == (b.mode, b.uid, b.gid, b.mtime_ns)
+    """Mode, owner, mtime and xattrs (a hard-link group's id is not metadata a user sees)."""
+    return (a.mode, a.uid, a.gid, a.mtime_ns) == (b.mode, b.uid, b.gid, b.mtime_ns) and _extra(
+        a, "xattr"
+    ) == _extra(b, "xattr")
 
 
 def diff_entries(

@@ -470,3 +470,27 @@ def test_mount_made_links_devices_and_xattrs_come_back_by_get(env: Env) -> None:
         assert os.lstat(mp / "copy" / "b").st_ino == os.lstat(mp / "copy" / "d" / "a").st_ino
     copy["files"].pop(b"")
     assert_same(got, copy)
+
+
+def test_diff_reports_xattr_and_device_number_changes(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"same")
+    os.setxattr(f, "user.k", b"one")
+    home = _home(tmp_path)
+    run(home, "put", "r@master:/f", "-f", str(f))
+    os.setxattr(f, "user.k", b"two")
+    run(home, "put", "r@master:/f", "-f", str(f))
+    assert run(home, "diff", "r@master~1", "r@master").stdout.decode().startswith("m /f  (metadata")
+    if not ROOT:
+        return
+    dev = tmp_path / "dev"
+    os.mknod(dev, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    os.utime(dev, ns=(10**18, 10**18))
+    run(home, "put", "r@master:/dev", "-f", str(dev))
+    os.unlink(dev)
+    os.mknod(dev, stat.S_IFCHR | 0o600, os.makedev(1, 7))
+    os.utime(dev, ns=(10**18, 10**18))
+    run(home, "put", "r@master:/dev", "-f", str(dev))
+    assert (
+        run(home, "diff", "r@master~1", "r@master").stdout.decode().startswith("M /dev  (modified")
+    )
