@@ -537,7 +537,9 @@ class _Export:
     def leaf(self, entry: Entry, out: bytes) -> None:
         link = (entry.extra or {}).get("link")
         if isinstance(link, bytes) and self._link(link, entry, out):
-            self.stats.files += entry.type == FILE
+            if entry.type == FILE:
+                self.stats.files += 1
+                self.progress(entry.size)  # the bar counts every name's bytes
             return
         if entry.type == FILE:
             chunks = _counting(self.repository.iter_file(entry), self.progress)
