@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .display import show_path
 from .errors import InvalidInput
 from .model import DIR, NAME_MAX, Entry
 from .objects import ObjectReader, ObjectWriter
@@ -163,7 +164,7 @@ def _apply(
         if base is None:
             meta, tree_loc = default_dir_entry(), None
         elif not base.is_dir:
-            shown = "/" + b"/".join(path).decode(errors="replace")
+            shown = show_path(path)
             raise InvalidInput(f"{shown} is not a directory")
         else:
             meta, tree_loc = base, base.ref

@@ -1,16 +1,20 @@
 """Comparing two commits (or two directories): added, removed, modified paths with sizes.
 
 Subtrees whose tree ids are equal are skipped without reading them, so a diff costs in
-proportion to what changed. ``modified`` means the content changed (or the type); a change of
-mode, owner or mtime alone is reported as ``metadata``.
+proportion to what changed. ``modified`` means the content changed (or the type, or a device's
+number); a change of mode, owner, mtime or xattrs alone is reported as ``metadata``.
+
+Paths are bytes (names need not be UTF-8): ``DiffItem.shown`` is the escaped form people
+read, ``to_dict`` the lossless JSON form (see ``pfsfs.display``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .display import json_name, show
 from .model import Entry
 
 if TYPE_CHECKING:
@@ -19,37 +23,60 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DiffItem:
-    path: str
+    path: bytes
     status: str  # added | removed | modified | metadata
     type: str
     old_size: int | None
     new_size: int | None
 
+    @property
+    def shown(self) -> str:
+        return show(self.path)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            **json_name(self.path, "path"),
+            "status": self.status,
+            "type": self.type,
+            "old_size": self.old_size,
+            "new_size": self.new_size,
+        }
+
+
+def _extra(e: Entry, key: str) -> object:
+    return (e.extra or {}).get(key)
 
 
 def _content_equal(a: Entry, b: Entry) -> bool:
-    return a.type == b.type and a.content_id() == b.content_id() and a.target == b.target
+    """Same type and content; for a device, the same kind and device number."""
+    return (
+        a.type == b.type
+        and a.content_id() == b.content_id()
+        and a.target == b.target
+        and all(_extra(a, k) == _extra(b, k) for k in ("ftype", "rdev"))
+    )
 
 
 def _meta_equal(a: Entry, b: Entry) -> bool:
-    return (a.mode, a.uid, a.gid, a.mtime_ns) == (b.mode, b.uid, b.gid, b.mtime_ns)
+    """Mode, owner, mtime and xattrs (a hard-link group's id is not metadata a user sees)."""
+    return (a.mode, a.uid, a.gid, a.mtime_ns) == (b.mode, b.uid, b.gid, b.mtime_ns) and _extra(
+        a, "xattr"
+    ) == _extra(b, "xattr")
 
 
 def diff_entries(
-    repo: Repository, old: Entry | None, new: Entry | None, path: str = ""
+    repo: Repository, old: Entry | None, new: Entry | None, path: bytes = b""
 ) -> Iterator[DiffItem]:
     """Differences between two directory entries (either may be None: empty)."""
     old_tree = repo.list_dir(old) if old is not None and old.is_dir else {}
     new_tree = repo.list_dir(new) if new is not None and new.is_dir else {}
     for name in sorted(old_tree.keys() | new_tree.keys()):
         a, b = old_tree.get(name), new_tree.get(name)
-        child = f"{path}/{name.decode(errors='surrogateescape')}"
+        child = path + b"/" + name
         if a is not None and b is not None and a.is_dir and b.is_dir:
             if a.ref is not None and b.ref is not None and a.ref.id == b.ref.id:
                 if not _meta_equal(a, b):
-                    yield DiffItem(child + "/", "metadata", "d", a.size, b.size)
+                    yield DiffItem(child + b"/", "metadata", "d", a.size, b.size)
                 continue
             yield from diff_entries(repo, a, b, child)
             continue
@@ -68,13 +95,13 @@ def diff_entries(
             yield DiffItem(child, "metadata", b.type, a.size, b.size)
 
 
-def _whole(repo: Repository, entry: Entry, path: str, status: str) -> Iterator[DiffItem]:
+def _whole(repo: Repository, entry: Entry, path: bytes, status: str) -> Iterator[DiffItem]:
     """Every file of an added or removed subtree."""
     sizes = (None, entry.size) if status == "added" else (entry.size, None)
     if not entry.is_dir:
         yield DiffItem(path, status, entry.type, *sizes)
         return
-    for sub, child in repo.walk(entry, path.encode(errors="surrogateescape")):
+    for sub, child in repo.walk(entry, path):
         if not child.is_dir:
             s = (None, child.size) if status == "added" else (child.size, None)
-            yield DiffItem(sub.decode(errors="surrogateescape"), status, child.type, *s)
+            yield DiffItem(sub, status, child.type, *s)

@@ -24,6 +24,7 @@ from typing import Any
 from . import codec
 from .changes import ChangeSet, apply_changes, split_path
 from .chunking import Chunker, ChunkParams
+from .display import show_path
 from .errors import (
     AlreadyExists,
     BranchMoved,
@@ -364,11 +365,11 @@ class Repository:
         entry = root
         for i, name in enumerate(path):
             if not entry.is_dir:
-                shown = "/" + b"/".join(path[:i]).decode(errors="replace")
+                shown = show_path(path[:i])
                 raise InvalidInput(f"{what}{shown} is not a directory")
             child = self.list_dir(entry).get(name)
             if child is None:
-                shown = "/" + b"/".join(path).decode(errors="replace")
+                shown = show_path(path)
                 raise NotFound(f"{what}{shown} does not exist")
             entry = child
         return entry

@@ -1,30 +1,58 @@
 """Moving files between the local filesystem and commits: ``put`` (ingest) and ``get`` (export).
 
-Ingest chunks each file with the native chunker, stores the chunks and a manifest through an
-``ObjectWriter`` and returns tree entries carrying the file's POSIX metadata. Export re-checks
-every name it writes (a damaged or hostile tree cannot escape the output directory), never
-writes through a symlink, writes each file to a temp name and renames it into place, so a
-failed read (a corrupt chunk) leaves no wrong bytes behind under the real name.
+What round-trips, both ways, in the encoding mounts use (``daemon/inodes.py`` ``entry_meta``):
+
+- regular files (content, mode incl. setuid/setgid/sticky, mtime in ns), directories,
+  symlinks (also dangling), FIFOs;
+- hard links: names of one inode inside a put become one *link group* (``extra["link"]``, a
+  random 16-byte group id unique in the repo, and ``extra["nlink"]``, the number of names
+  stored); ``get`` links the later names of a group to the first one it wrote;
+- character/block devices and sockets: FIFO entries with ``extra["ftype"]`` ``c``/``b``/``s``
+  and ``extra["rdev"]``. ``get`` recreates devices with ``mknod`` where the caller may (root
+  with CAP_MKNOD); otherwise it writes everything else and prints one warning line per device
+  it could not create. A socket comes back as a socket node nobody listens on (``mknod``
+  S_IFSOCK, which anyone may do), the way ``rsync -a`` restores one;
+- xattrs (``extra["xattr"]``, bytes name → bytes value, as mounts store them): ``user.*``
+  always; as root also ``trusted.*`` and ``security.*`` (file capabilities), as ``rsync -X``
+  does. ``system.*`` (ACLs) is not kept.
+  ``get`` sets every stored xattr and prints one warning line per file where some could not
+  be set (another user's ``trusted.*``, a filesystem without xattrs).
+
+Not kept: owner and group on ``get`` (files belong to the caller), atime, ctime.
+
+Export re-checks every name it writes (a damaged or hostile tree cannot escape the output
+directory) and never writes through a symlink. Each name is written under a temp name in its
+directory and renamed into place, so a failed read (a corrupt chunk) leaves no wrong bytes
+under the real name, and an existing name is replaced the way ``tar x`` replaces it. The one
+exception is the explicit target of a single-file ``get -o PATH``: when PATH exists and is a
+device, FIFO or socket (or a symlink to one, like ``/dev/stdout``), the content is written
+into it as ``cp`` does, and the node is never replaced.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .changes import ChangeSet, check_name
 from .chunking import Chunker
-from .errors import InvalidInput, NotFound, PfsError, StoreError, StoreFull
+from .display import show, show_local
+from .errors import AlreadyExists, InvalidInput, NotFound, PfsError, StoreError, StoreFull
 from .model import DIR, FIFO, FILE, SYMLINK, Entry, ManifestChunk
 from .objects import ObjectWriter
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
+
+#: ``extra["ftype"]`` of special files stored as FIFO entries (the mount's encoding).
+SPECIAL_FTYPES = {"c": stat.S_IFCHR, "b": stat.S_IFBLK, "s": stat.S_IFSOCK}
 
 
 def _no_progress(_n: int) -> None:
@@ -42,7 +70,9 @@ def store_chunks(
     return manifest, size
 
 
-def file_entry(st: os.stat_result, manifest_loc: object, size: int) -> Entry:
+def file_entry(
+    st: os.stat_result, manifest_loc: object, size: int, extra: dict[str, Any] | None = None
+) -> Entry:
     return Entry(
         FILE,
         stat.S_IMODE(st.st_mode),
@@ -52,17 +82,23 @@ def file_entry(st: os.stat_result, manifest_loc: object, size: int) -> Entry:
         size,
         manifest_loc,  # type: ignore[arg-type]
         nfiles=1,
+        extra=extra,
     )
 
 
 def ingest_file(
-    path: bytes, st: os.stat_result, writer: ObjectWriter, chunker: Chunker, progress: Progress
+    path: bytes,
+    st: os.stat_result,
+    writer: ObjectWriter,
+    chunker: Chunker,
+    progress: Progress,
+    extra: dict[str, Any] | None = None,
 ) -> Entry:
     try:
         manifest, size = store_chunks(chunker.cut_file(path), writer, progress)
     except OSError as exc:
-        raise InvalidInput(f"cannot read {os.fsdecode(path)}: {exc.strerror}") from None
-    return file_entry(st, writer.put_manifest(manifest), size)
+        raise InvalidInput(f"cannot read {show_local(path)}: {exc.strerror}") from None
+    return file_entry(st, writer.put_manifest(manifest), size, extra)
 
 
 def ingest_stream(
@@ -84,21 +120,118 @@ def ingest_stream(
     )
 
 
-def _special_entry(path: bytes, st: os.stat_result) -> Entry | None:
+def read_xattrs(path: bytes) -> dict[bytes, bytes] | None:
+    """The xattrs a put stores: ``user.*``, and as root every namespace but ``system.*``."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:  # ENOTSUP: a filesystem without xattrs; nothing to keep
+        return None
+    as_root = os.geteuid() == 0
+    found: dict[bytes, bytes] = {}
+    for name in names:
+        if not (name.startswith("user.") or (as_root and not name.startswith("system."))):
+            continue
+        try:
+            found[os.fsencode(name)] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.EPERM, errno.EACCES, errno.ENOTSUP):
+                raise InvalidInput(
+                    f"cannot read xattr {name} of {show_local(path)}: {exc.strerror}"
+                ) from None
+    return found or None
+
+
+def _meta_extra(path: bytes) -> dict[str, Any]:
+    xattrs = read_xattrs(path)
+    return {"xattr": xattrs} if xattrs else {}
+
+
+def special_entry(path: bytes, st: os.stat_result, extra: dict[str, Any]) -> Entry:
+    """A symlink, FIFO, device or socket as an entry (devices/sockets: the mount's encoding)."""
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISLNK(st.st_mode):
         target = os.readlink(path)
         return Entry(
-            SYMLINK, mode, st.st_uid, st.st_gid, st.st_mtime_ns, len(target), target=target
+            SYMLINK,
+            mode,
+            st.st_uid,
+            st.st_gid,
+            st.st_mtime_ns,
+            len(target),
+            target=target,
+            extra=extra or None,
         )
     if stat.S_ISFIFO(st.st_mode):
-        return Entry(FIFO, mode, st.st_uid, st.st_gid, st.st_mtime_ns)
-    log.warning("skipping %s: sockets and device files are not stored", os.fsdecode(path))
-    return None
+        return Entry(FIFO, mode, st.st_uid, st.st_gid, st.st_mtime_ns, extra=extra or None)
+    ftype = next(k for k, v in SPECIAL_FTYPES.items() if stat.S_IFMT(st.st_mode) == v)
+    extra = {**extra, "ftype": ftype}
+    if st.st_rdev:
+        extra["rdev"] = st.st_rdev
+    return Entry(FIFO, mode, st.st_uid, st.st_gid, st.st_mtime_ns, extra=extra)
 
 
-def dir_entry(st: os.stat_result) -> Entry:
-    return Entry(DIR, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
+def dir_entry(st: os.stat_result, extra: dict[str, Any] | None = None) -> Entry:
+    return Entry(
+        DIR, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, extra=extra or None
+    )
+
+
+@dataclass
+class _LinkGroup:
+    """Names of one local inode met during a put, and the entry they share."""
+
+    entry: Entry
+    dests: list[tuple[bytes, ...]] = field(default_factory=list)
+
+
+class _Ingest:
+    """One put: stages names into ``changes``; names of one inode become a link group."""
+
+    def __init__(
+        self, changes: ChangeSet, writer: ObjectWriter, chunker: Chunker, progress: Progress
+    ) -> None:
+        self.changes, self.writer, self.chunker, self.progress = changes, writer, chunker, progress
+        self.groups: dict[tuple[int, int], _LinkGroup] = {}
+        self.count = 0
+
+    def stage(self, path: bytes, dest: tuple[bytes, ...]) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {show_local(path)}: {exc.strerror}") from None
+        if stat.S_ISDIR(st.st_mode):
+            self.changes.mkdir(dest, dir_entry(st, _meta_extra(path)))
+            return
+        if stat.S_ISREG(st.st_mode):
+            self.count += 1
+        if st.st_nlink > 1:
+            group = self.groups.get((st.st_dev, st.st_ino))
+            if group is None:
+                group = self.groups[(st.st_dev, st.st_ino)] = _LinkGroup(self._entry(path, st))
+            group.dests.append(dest)
+            return
+        self.changes.put(dest, self._entry(path, st))
+
+    def _entry(self, path: bytes, st: os.stat_result) -> Entry:
+        extra = _meta_extra(path)
+        if stat.S_ISREG(st.st_mode):
+            return ingest_file(path, st, self.writer, self.chunker, self.progress, extra or None)
+        return special_entry(path, st, extra)
+
+    def finish(self) -> None:
+        """Stage the link groups: two or more names share a fresh group id; a name whose
+        other links lie outside the put is an ordinary entry."""
+        for group in self.groups.values():
+            entry = group.entry
+            if len(group.dests) > 1:
+                link = {"link": os.urandom(16), "nlink": len(group.dests)}
+                entry = entry.with_(extra={**(entry.extra or {}), **link})
+            for dest in group.dests:
+                self.changes.put(dest, entry)
+
+
+def _walk_error(exc: OSError) -> None:
+    raise InvalidInput(f"cannot read {show_local(exc.filename)}: {exc.strerror}")
 
 
 def ingest_tree(
@@ -111,62 +244,44 @@ def ingest_tree(
     recursive: bool,
     progress: Progress = _no_progress,
 ) -> int:
-    """Stage ``src`` (file, symlink or, with ``recursive``, directory) at ``dest``.
+    """Stage ``src`` (any file type or, with ``recursive``, a directory) at ``dest``.
 
-    Returns the number of files staged. Non-UTF-8 names are kept byte for byte.
+    Returns the number of regular files staged. Non-UTF-8 names are kept byte for byte.
     """
     raw = os.fsencode(src)
     try:
         st = os.lstat(raw)
     except FileNotFoundError:
-        raise NotFound(f"{src} does not exist") from None
+        raise NotFound(f"{show_local(raw)} does not exist") from None
     except OSError as exc:
-        raise InvalidInput(f"cannot read {src}: {exc.strerror}") from None
+        raise InvalidInput(f"cannot read {show_local(raw)}: {exc.strerror}") from None
+    ingest = _Ingest(changes, writer, chunker, progress)
     if stat.S_ISDIR(st.st_mode):
         if not recursive:
-            raise InvalidInput(f"{src} is a directory (use -r to put it recursively)")
-        changes.put(dest, dir_entry(st).with_(ref=None))
-        count = 0
-        for dirpath, dirnames, filenames in os.walk(raw):
+            raise InvalidInput(f"{show_local(raw)} is a directory (use -r to put it recursively)")
+        changes.put(dest, dir_entry(st, _meta_extra(raw)))
+        for dirpath, dirnames, filenames in os.walk(raw, onerror=_walk_error):
             rel = os.path.relpath(dirpath, raw)
             base = dest + (tuple(rel.split(b"/")) if rel != b"." else ())
             for name in dirnames + filenames:
                 check_name(name)
-                full = os.path.join(dirpath, name)
-                count += _stage_one(full, base + (name,), changes, writer, chunker, progress)
-        return count
-    return _stage_one(raw, dest, changes, writer, chunker, progress)
-
-
-def _stage_one(
-    path: bytes,
-    dest: tuple[bytes, ...],
-    changes: ChangeSet,
-    writer: ObjectWriter,
-    chunker: Chunker,
-    progress: Progress,
-) -> int:
-    st = os.lstat(path)
-    if stat.S_ISDIR(st.st_mode):
-        changes.mkdir(dest, dir_entry(st))
-        return 0
-    if stat.S_ISREG(st.st_mode):
-        changes.put(dest, ingest_file(path, st, writer, chunker, progress))
-        return 1
-    entry = _special_entry(path, st)
-    if entry is not None:
-        changes.put(dest, entry)
-    return 0
+                ingest.stage(os.path.join(dirpath, name), base + (name,))
+    else:
+        ingest.stage(raw, dest)
+    ingest.finish()
+    return ingest.count
 
 
 def total_size(src: Path, recursive: bool) -> int:
-    """Bytes a put will read (for the progress bar)."""
+    """Bytes a put will read (for the progress bar): each inode once."""
     if src.is_dir() and recursive:
-        return sum(
-            os.lstat(os.path.join(d, f)).st_size
-            for d, _, files in os.walk(os.fsencode(src))
-            for f in files
-        )
+        seen: dict[tuple[int, int], int] = {}
+        for d, _, files in os.walk(os.fsencode(src)):
+            for f in files:
+                st = os.lstat(os.path.join(d, f))
+                if stat.S_ISREG(st.st_mode):
+                    seen[(st.st_dev, st.st_ino)] = st.st_size
+        return sum(seen.values())
     return src.stat().st_size if src.is_file() else 0
 
 
@@ -174,84 +289,301 @@ def total_size(src: Path, recursive: bool) -> int:
 
 
 def _write_error(exc: OSError, path: bytes) -> PfsError:
-    import errno
-
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreFull(f"no space left on device writing {os.fsdecode(path)}")
-    return StoreError(f"cannot write {os.fsdecode(path)}: {exc.strerror}")
+        return StoreFull(f"no space left on device writing {show_local(path)}")
+    return StoreError(f"cannot write {show_local(path)}: {exc.strerror}")
 
 
-def export_file(chunks: Iterator[bytes], entry: Entry, out: bytes) -> None:
-    """Write a file atomically (temp + rename), restoring mode and mtime."""
-    if os.path.islink(out):
-        raise InvalidInput(f"refusing to write through the symlink {os.fsdecode(out)}")
-    tmp = out + b".pfsfs-tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+def _temp_name(out: bytes) -> bytes:
+    """A fresh name next to ``out`` (short, so a 255-byte name still has a temp name)."""
+    return os.path.join(os.path.dirname(out), b".pfsfs-" + os.urandom(6).hex().encode())
+
+
+#: Granularity of holes in exported files: an all-zero block of this size is not written.
+HOLE_BLOCK = 64 << 10
+
+
+def _write_view(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write_sparse(fd: int, data: bytes) -> None:
+    """Write ``data`` at the file offset, leaving all-zero blocks as holes (lseek over them)."""
+    view, n, i = memoryview(data), len(data), 0
+    while i < n:
+        j = i
+        while j < n:  # the run of blocks that hold data
+            end = min(j + HOLE_BLOCK, n)
+            if data[j] == 0 and data[end - 1] == 0 and data.count(0, j, end) == end - j:
+                break
+            j = end
+        _write_view(fd, view[i:j])
+        i = j
+        while i < n:  # the run of zero blocks after it
+            end = min(i + HOLE_BLOCK, n)
+            if not (data[i] == 0 and data[end - 1] == 0 and data.count(0, i, end) == end - i):
+                break
+            i = end
+        if i > j:
+            os.lseek(fd, i - j, os.SEEK_CUR)
+
+
+def _write_all(fd: int, chunks: Iterator[bytes], *, holes: bool) -> None:
+    """Write every chunk; with ``holes`` (a fresh file), zero blocks become holes."""
+    size = 0
+    for data in chunks:
+        size += len(data)
+        if holes:
+            _write_sparse(fd, bytes(data))
+        else:
+            _write_view(fd, memoryview(data))
+    if holes:
+        os.ftruncate(fd, size)  # a trailing hole
+
+
+def restore_xattrs(entry: Entry, path: bytes, shown: str) -> bool:
+    """Set the entry's xattrs on ``path``; one warning line when some cannot be set."""
+    xattrs = (entry.extra or {}).get("xattr")
+    if not isinstance(xattrs, dict) or not xattrs:
+        return True
+    failed: list[str] = []
+    reason = ""
+    for name, value in xattrs.items():
+        raw = name if isinstance(name, bytes) else os.fsencode(str(name))
         try:
-            for data in chunks:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+            if not isinstance(value, bytes):
+                raise ValueError("not bytes")
+            os.setxattr(path, raw, value, follow_symlinks=False)
+        except (OSError, ValueError) as exc:
+            failed.append(show(raw))
+            reason = exc.strerror if isinstance(exc, OSError) else "damaged entry"
+    if failed:
+        log.warning("%s: xattrs not restored (%s): %s", shown, reason, ", ".join(failed))
+    return not failed
+
+
+def _finish_meta(entry: Entry, path: bytes, shown: str) -> None:
+    """xattrs first (they need write permission), then mode, then mtime."""
+    restore_xattrs(entry, path, shown)
+    if entry.type != SYMLINK:
+        os.chmod(path, entry.mode)
+    os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+
+
+def _into_existing(out: bytes) -> bool:
+    """Whether ``out`` is an existing device, FIFO or socket (also through a symlink)."""
+    try:
+        st = os.stat(out)
+    except OSError:
+        return False
+    return not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
+
+
+def export_file(
+    chunks: Iterator[bytes], entry: Entry, out: bytes, *, into_special: bool = False
+) -> None:
+    """Write a file atomically (temp + rename), restoring xattrs, mode and mtime.
+
+    With ``into_special`` (the explicit target of ``get -o``) an existing device, FIFO or
+    socket at ``out`` is written into instead, as ``cp`` does, and keeps its own metadata.
+    """
+    if into_special and _into_existing(out):
+        _write_into(chunks, out)
+        return
+    if os.path.islink(out):
+        raise InvalidInput(f"refusing to write through the symlink {show_local(out)}")
+    tmp = _temp_name(out)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            _write_all(fd, chunks, holes=True)
         finally:
             os.close(fd)
-        os.chmod(tmp, entry.mode)
-        os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
+        _finish_meta(entry, tmp, show_local(out))
         os.rename(tmp, out)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _discard(tmp)
         if isinstance(exc, OSError):
             raise _write_error(exc, out) from None
         raise
 
 
-def export_special(entry: Entry, out: bytes) -> None:
+def _write_into(chunks: Iterator[bytes], out: bytes) -> None:
     try:
-        if entry.type == SYMLINK:
-            if os.path.lexists(out):
-                os.unlink(out)
-            os.symlink(entry.target, out)
-        elif entry.type == FIFO:
-            if not os.path.lexists(out):
-                os.mkfifo(out, entry.mode)
+        fd = os.open(out, os.O_WRONLY | os.O_TRUNC)
     except OSError as exc:
         raise _write_error(exc, out) from None
+    try:
+        _write_all(fd, chunks, holes=False)
+    except OSError as exc:
+        raise _write_error(exc, out) from None
+    finally:
+        os.close(fd)
+
+
+def _discard(tmp: bytes) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def special_kind(entry: Entry) -> str:
+    """``l``, ``p``, or for a FIFO entry carrying ``extra["ftype"]``, ``c``/``b``/``s``."""
+    if entry.type == FIFO:
+        ftype = (entry.extra or {}).get("ftype")
+        if ftype in SPECIAL_FTYPES:
+            return str(ftype)
+    return entry.type
+
+
+class DeviceNotCreated(StoreError):
+    """``mknod`` of a device was refused (not root): the caller decides to warn or fail."""
+
+
+def _make_node(entry: Entry, tmp: bytes, out: bytes) -> None:
+    kind = special_kind(entry)
+    if kind == SYMLINK:
+        os.symlink(entry.target, tmp)
+    elif kind == FIFO:
+        os.mkfifo(tmp, 0o600)
+    elif kind == "s":
+        os.mknod(tmp, stat.S_IFSOCK | 0o600)
+    elif kind in ("c", "b"):
+        rdev = (entry.extra or {}).get("rdev", 0)
+        rdev = rdev if isinstance(rdev, int) and rdev >= 0 else 0
+        try:
+            os.mknod(tmp, SPECIAL_FTYPES[kind] | 0o600, rdev)
+        except PermissionError:
+            what = "character" if kind == "c" else "block"
+            raise DeviceNotCreated(
+                f"{show_local(out)}: {what} device {os.major(rdev)},{os.minor(rdev)} not "
+                "created (creating device files needs root with CAP_MKNOD)"
+            ) from None
+    else:
+        raise InvalidInput(f"{show_local(out)}: unknown entry type {entry.type!r}")
+
+
+def export_special(entry: Entry, out: bytes, *, replace_any: bool = True) -> None:
+    """Create a symlink, FIFO, device or socket at ``out`` (temp name + rename).
+
+    An existing non-directory at ``out`` is replaced; with ``replace_any`` False (the explicit
+    target of ``get -o``) only a regular file or a symlink is, never a device or FIFO.
+    """
+    if not replace_any and _lexists_special(out):
+        raise AlreadyExists(f"{show_local(out)} exists and is not a regular file; not replaced")
+    tmp = _temp_name(out)
+    try:
+        _make_node(entry, tmp, out)
+        _finish_meta(entry, tmp, show_local(out))
+        os.rename(tmp, out)
+    except BaseException as exc:
+        _discard(tmp)
+        if isinstance(exc, OSError):
+            raise _write_error(exc, out) from None
+        raise
+
+
+def _lexists_special(out: bytes) -> bool:
+    try:
+        st = os.lstat(out)
+    except OSError:
+        return False
+    return not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode))
+
+
+def _identity(entry: Entry) -> tuple[Any, ...]:
+    extra = entry.extra or {}
+    return (entry.type, entry.content_id(), entry.target, extra.get("ftype"), extra.get("rdev"))
+
+
+@dataclass
+class ExportStats:
+    files: int = 0  # regular files written (each name of a link group counts)
+    skipped: int = 0  # device files the caller may not create
+
+
+class _Export:
+    """One ``get`` of a directory: remembers where each link group's first name went."""
+
+    def __init__(self, repository: Repository, progress: Progress) -> None:
+        self.repository, self.progress = repository, progress
+        self.links: dict[bytes, tuple[bytes, tuple[Any, ...]]] = {}
+        self.stats = ExportStats()
+
+    def tree(self, entry: Entry, out: bytes) -> None:
+        if not os.path.isdir(out):
+            try:
+                os.makedirs(out, exist_ok=True)
+            except OSError as exc:
+                raise _write_error(exc, out) from None
+        for name, child in sorted(self.repository.list_dir(entry).items()):
+            check_name(name)  # a damaged tree must not escape `out`
+            target = os.path.join(out, name)
+            if child.is_dir:
+                if os.path.islink(target):
+                    raise InvalidInput(
+                        f"refusing to write through the symlink {show_local(target)}"
+                    )
+                self.tree(child, target)
+            else:
+                self.leaf(child, target)
+        try:
+            _finish_meta(entry, out, show_local(out))
+        except OSError as exc:
+            raise _write_error(exc, out) from None
+
+    def leaf(self, entry: Entry, out: bytes) -> None:
+        link = (entry.extra or {}).get("link")
+        if isinstance(link, bytes) and self._link(link, entry, out):
+            if entry.type == FILE:
+                self.stats.files += 1
+                self.progress(entry.size)  # the bar counts every name's bytes
+            return
+        if entry.type == FILE:
+            chunks = _counting(self.repository.iter_file(entry), self.progress)
+            export_file(chunks, entry, out)
+            self.stats.files += 1
+        else:
+            try:
+                export_special(entry, out)
+            except DeviceNotCreated as exc:
+                log.warning("%s", exc.message)
+                self.stats.skipped += 1
+                return
+        if isinstance(link, bytes):
+            self.links[link] = (out, _identity(entry))
+
+    def _link(self, link: bytes, entry: Entry, out: bytes) -> bool:
+        """Hard-link ``out`` to the group's first name; False when there is none yet (or a
+        damaged tree gave the group two different contents: then each name gets its own)."""
+        first = self.links.get(link)
+        if first is None or first[1] != _identity(entry):
+            return False
+        tmp = _temp_name(out)
+        try:
+            os.link(first[0], tmp, follow_symlinks=False)
+            os.rename(tmp, out)
+            _discard(tmp)  # rename is a no-op when `out` already is this inode
+        except OSError as exc:
+            _discard(tmp)
+            raise _write_error(exc, out) from None
+        return True
 
 
 def export_tree(
     repository: Repository, entry: Entry, out: bytes, progress: Progress = _no_progress
-) -> int:
-    """Write a directory entry's whole subtree under ``out``; returns files written.
+) -> ExportStats:
+    """Write a directory entry's whole subtree under ``out``.
 
-    Directory mtimes are restored after their contents are written (writing changes them).
+    Directory metadata is restored after their contents are written (writing changes them).
     """
-    count = 0
-    if not os.path.isdir(out):
-        try:
-            os.makedirs(out, exist_ok=True)
-        except OSError as exc:
-            raise _write_error(exc, out) from None
-    for name, child in sorted(repository.list_dir(entry).items()):
-        check_name(name)  # a damaged tree must not escape `out`
-        target = os.path.join(out, name)
-        if child.is_dir:
-            if os.path.islink(target):
-                raise InvalidInput(f"refusing to write through the symlink {os.fsdecode(target)}")
-            count += export_tree(repository, child, target, progress)
-        elif child.type == FILE:
-            export_file(_counting(repository.iter_file(child), progress), child, target)
-            count += 1
-        else:
-            export_special(child, target)
-    try:
-        os.chmod(out, entry.mode)
-        os.utime(out, ns=(entry.mtime_ns, entry.mtime_ns))
-    except OSError as exc:
-        raise _write_error(exc, out) from None
-    return count
+    if os.path.islink(out):  # the caller's own -o naming a symlink to a directory
+        out = os.path.realpath(out)
+    export = _Export(repository, progress)
+    export.tree(entry, out)
+    return export.stats
 
 
 def _counting(chunks: Iterator[bytes], progress: Progress) -> Iterator[bytes]:

@@ -10,17 +10,20 @@ from pathlib import Path
 import click
 
 from ..changes import ChangeSet, split_path
+from ..display import json_name, show, show_local, show_path
 from ..errors import InvalidInput, NotFound, ReadOnly
 from ..ids import to_hex
 from ..model import DIR, FIFO, FILE, SYMLINK, Entry
 from ..refspec import check_name, parse_ref
 from ..repository import Repository
 from ..transfer import (
+    SPECIAL_FTYPES,
     export_file,
     export_special,
     export_tree,
     ingest_stream,
     ingest_tree,
+    special_kind,
     total_size,
 )
 from .common import (
@@ -75,7 +78,7 @@ def put(app: AppContext, target: str, source: str, recursive: bool, message: str
     else:
         src = Path(source)
         if not src.exists() and not src.is_symlink():
-            raise NotFound(f"{source} does not exist")
+            raise NotFound(f"{show_local(source)} does not exist")
         base = os.fsencode(src.resolve().name if source in (".", "./") else src.name)
         if spec.path is None:
             dest = (base,)
@@ -103,7 +106,7 @@ def put(app: AppContext, target: str, source: str, recursive: bool, message: str
                     recursive=recursive,
                     progress=update,
                 )
-        shown = "/" + b"/".join(dest).decode(errors="replace")
+        shown = show_path(dest)
         commit_id = repository.commit(
             repo, branch, changes, message or f"put {shown}", writer=writer, rebase=True
         )
@@ -124,17 +127,24 @@ def _resolve_entry(repository: Repository, ref: str) -> tuple[Entry, str, tuple[
 @click.option("-o", "--output", type=click.Path(), help="Write here instead of stdout.")
 @pass_app
 def get(app: AppContext, ref: str, output: str | None) -> None:
-    """Copy a file (to stdout or -o) or a directory (recursively, to -o) out of a commit."""
+    """Copy a file (to stdout or -o) or a directory (recursively, to -o) out of a commit.
+
+    A directory comes back with its hard links, symlinks, FIFOs, sockets, xattrs, modes and
+    mtimes; device files where the caller may create them (one warning line for each other
+    one). An existing device or FIFO given as -o (``/dev/stdout``, a tape) is written into;
+    an existing regular file is replaced atomically.
+    """
     repository = app.repo
     entry, where, path = _resolve_entry(repository, ref)
     name = path[-1] if path else os.fsencode(parse_ref(ref).repo)
     if entry.is_dir:
         out = os.fsencode(output) if output else name
         if os.path.exists(out) and not os.path.isdir(out):
-            raise InvalidInput(f"{os.fsdecode(out)} exists and is not a directory")
+            raise InvalidInput(f"{show_local(out)} exists and is not a directory")
         with progress_bar(entry.size, "get") as update:
-            n = export_tree(repository, entry, out, update)
-        click.echo(f"{n} files written to {os.fsdecode(out)}", err=True)
+            stats = export_tree(repository, entry, out, update)
+        note = f" ({stats.skipped} device files not created)" if stats.skipped else ""
+        click.echo(f"{stats.files} files written to {show_local(out)}{note}", err=True)
         return
     if output is None:
         if entry.type != FILE:
@@ -146,9 +156,9 @@ def get(app: AppContext, ref: str, output: str | None) -> None:
         out = os.path.join(out, name)
     if entry.type == FILE:
         with progress_bar(entry.size, "get") as update:
-            export_file(_counting(repository, entry, update), entry, out)
+            export_file(_counting(repository, entry, update), entry, out, into_special=True)
     else:
-        export_special(entry, out)
+        export_special(entry, out, replace_any=False)
 
 
 def _counting(repository: Repository, entry: Entry, update):  # type: ignore[no-untyped-def]
@@ -165,7 +175,7 @@ def _to_stdout(repository: Repository, entry: Entry) -> None:
 
 
 def _shown(path: tuple[bytes, ...]) -> str:
-    return "/" + b"/".join(path).decode(errors="replace")
+    return show_path(path)
 
 
 @click.command()
@@ -183,7 +193,8 @@ def cat(app: AppContext, ref: str) -> None:
 
 def _mode_string(entry: Entry) -> str:
     kind = {DIR: stat.S_IFDIR, FILE: stat.S_IFREG, SYMLINK: stat.S_IFLNK, FIFO: stat.S_IFIFO}
-    return stat.filemode(kind[entry.type] | entry.mode)
+    special = SPECIAL_FTYPES.get(special_kind(entry))
+    return stat.filemode((special or kind.get(entry.type, 0)) | entry.mode)
 
 
 @click.command()
@@ -206,36 +217,40 @@ def ls(app: AppContext, ref: str, long: bool, recursive: bool, as_json: bool) ->
     else:
         items = [(prefix, entry)]
     if as_json:
-        emit_json(
-            [
-                {
-                    "path": p.decode(errors="surrogateescape"),
-                    "type": e.type,
-                    "mode": oct(e.mode),
-                    "size": e.size,
-                    "mtime_ns": e.mtime_ns,
-                    **({"target": e.target.decode(errors="surrogateescape")} if e.target else {}),
-                }
-                for p, e in items
-            ]
-        )
+        emit_json([_json_item(p, e) for p, e in items])
         return
     for p, e in items:
-        shown = (
-            p.decode(errors="replace")
-            if recursive
-            else os.path.basename(p).decode(errors="replace")
-        )
+        shown = show(p if recursive else os.path.basename(p))
         if e.is_dir:
             shown += "/"
         if e.type == SYMLINK:
-            shown += " -> " + e.target.decode(errors="replace")
+            shown += " -> " + show(e.target)
         if long:
             click.echo(
                 f"{_mode_string(e)} {human_bytes(e.size):>10}  {human_time(e.mtime_ns)}  {shown}"
             )
         else:
             click.echo(shown)
+
+
+def _json_item(path: bytes, e: Entry) -> dict[str, object]:
+    """One ``ls --json`` row; names that are not UTF-8 come with exact bytes in ``*_b64``."""
+    item: dict[str, object] = {
+        **json_name(path, "path"),
+        "type": e.type,
+        "mode": oct(e.mode),
+        "size": e.size,
+        "mtime_ns": e.mtime_ns,
+    }
+    if e.target:
+        item.update(json_name(e.target, "target"))
+    kind = special_kind(e)
+    if kind != e.type:
+        item["ftype"] = kind
+        rdev = (e.extra or {}).get("rdev")
+        if isinstance(rdev, int):
+            item["rdev"] = [os.major(rdev), os.minor(rdev)]
+    return item
 
 
 COMMANDS = [put, get, cat, ls]

@@ -130,7 +130,7 @@ def diff(app: AppContext, old: str, new: str, path: str | None, as_json: bool) -
             entries.append(None)
     if entries == [None, None]:
         app.repo.lookup(app.repo.root_of(b.commit), parts, f"{b.describe()}:")
-    prefix = ("/" + b"/".join(parts).decode(errors="surrogateescape")) if parts else ""
+    prefix = b"/" + b"/".join(parts) if parts else b""
     items = list(diff_entries(app.repo, entries[0], entries[1], prefix))
     if as_json:
         emit_json([i.to_dict() for i in items])
@@ -138,7 +138,7 @@ def diff(app: AppContext, old: str, new: str, path: str | None, as_json: bool) -
     marks = {"added": "+", "removed": "-", "modified": "M", "metadata": "m"}
     for i in items:
         sizes = f"{human_bytes(i.old_size)} -> {human_bytes(i.new_size)}"
-        click.echo(f"{marks[i.status]} {i.path}  ({i.status}, {sizes})")
+        click.echo(f"{marks[i.status]} {i.shown}  ({i.status}, {sizes})")
     if not items:
         click.echo("no differences", err=True)
 
