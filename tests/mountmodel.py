@@ -159,7 +159,6 @@ def compare(
     mtime: bool,
     xattrs: bool,
     links: bool = True,
-    mtime_kinds: str = "fdlpcbs",
 ) -> None:
     """Raise ``Mismatch`` listing (at most 10) differences."""
     problems: list[str] = []
@@ -168,8 +167,7 @@ def compare(
         if e is None or a is None:
             problems.append(f"{path!r}: {'missing' if a is None else 'unexpected'} in {what}")
             continue
-        m = mtime and e.kind in mtime_kinds
-        if e.key(mtime=m, xattrs=xattrs) != a.key(mtime=m, xattrs=xattrs):
+        if e.key(mtime=mtime, xattrs=xattrs) != a.key(mtime=mtime, xattrs=xattrs):
             problems.append(f"{path!r}: expected {e}, {what} has {a}")
     if links and expected.link_groups() != actual.link_groups():
         problems.append(
@@ -439,14 +437,12 @@ def fsync_all(root: Path) -> None:
 class Model:
     """Applies operations to a mount of ``repo@master`` and to a reference directory.
 
-    ``env`` is a ``tests.fusehelpers.Env`` with its daemon running. ``get_fidelity``: whether
-    ``pfsfs get`` is expected to keep hard links, xattrs and symlink mtimes too."""
+    ``env`` is a ``tests.fusehelpers.Env`` with its daemon running."""
 
     env: Any
     reference: Path
     repo: str = "model"
     xattrs: bool = False
-    get_fidelity: bool = False
     mp: Path | None = None
     commits: list[tuple[str, Tree]] = field(default_factory=list)
     log: list[Op] = field(default_factory=list)
@@ -499,10 +495,8 @@ class Model:
         with tempfile.TemporaryDirectory(dir=self.env.root) as tmp:
             out = Path(tmp) / "got"
             self.env.run("get", f"{self.repo}@{commit}:/", "-o", str(out))
-            full = self.get_fidelity
             compare(view, Tree(out), f"`pfsfs get` of commit {commit[:12]}", mtime=True,
-                    xattrs=self.xattrs and full, links=full,
-                    mtime_kinds="fdlpcbs" if full else "fdpcbs")
+                    xattrs=self.xattrs)
 
     def check_remount(self) -> None:
         view = self.check_live()
