@@ -13,13 +13,14 @@ import os
 import stat
 from typing import Any
 
+from pfsfs.changes import RESERVED_ROOT_NAME
 from pfsfs.model import Entry
 
 log = logging.getLogger(__name__)
 
 ROOT = 1
 RO_VOL = -1  # nodes of .pfs/ and of the synthetic multi-repo root: never writable
-PFS_NAME = b".pfs"
+PFS_NAME = RESERVED_ROOT_NAME  # the hidden time-travel directory at a volume root
 
 KIND_MODE = {
     "f": stat.S_IFREG,

@@ -46,6 +46,17 @@ def check_name(name: bytes) -> bytes:
     return name
 
 
+RESERVED_ROOT_NAME = b".pfs"  # mounts show their time-travel directory there
+
+
+def _check_not_reserved(parts: tuple[bytes, ...]) -> None:
+    if parts and parts[0] == RESERVED_ROOT_NAME:
+        raise InvalidInput(
+            "'.pfs' at the root of a repo is reserved (mounts show their time-travel "
+            "directory there); store it under another name"
+        )
+
+
 def split_path(path: str | bytes) -> tuple[bytes, ...]:
     """``/a/b/c`` → ``(b"a", b"b", b"c")``; rejects ``..`` and bad names (no traversal)."""
     raw = os.fsencode(path)
@@ -90,6 +101,7 @@ class ChangeSet:
     def put(self, path: str | bytes | tuple[bytes, ...], entry: Entry) -> None:
         """Set ``path`` to ``entry`` (a file, symlink, FIFO, or a whole directory subtree)."""
         parts = path if isinstance(path, tuple) else split_path(path)
+        _check_not_reserved(parts)
         if not parts:
             if not entry.is_dir:
                 raise InvalidInput("the root of a repo must be a directory")
@@ -100,6 +112,7 @@ class ChangeSet:
     def mkdir(self, path: str | bytes | tuple[bytes, ...], entry: Entry) -> None:
         """Ensure a directory with ``entry``'s metadata; its existing contents stay."""
         parts = path if isinstance(path, tuple) else split_path(path)
+        _check_not_reserved(parts)
         node = self._node(parts)
         if node.action == DELETE:
             node.action, node.entry = SET, entry.with_(ref=None)

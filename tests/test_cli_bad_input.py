@@ -164,3 +164,15 @@ def test_disk_full_during_put_leaves_branch_unchanged(tmp_path: Path) -> None:
         assert b"ok" in run(home, "fsck").stdout
     finally:
         subprocess.run(["umount", "-l", str(tiny)], check=False)
+
+
+def test_pfs_at_repo_root_is_reserved(home: Path, tmp_path: Path) -> None:
+    """Mounts show their time-travel directory as `.pfs` at a repo's root, which would hide a
+    stored `.pfs` there: such a name is refused when committed (elsewhere it is an ordinary
+    name)."""
+    src = tmp_path / "x"
+    src.write_bytes(b"x")
+    err = fails(home, "put", "r@master:/.pfs", "-f", str(src), code=2)
+    assert "reserved" in err
+    run(home, "put", "r@master:/sub/.pfs", "-f", str(src))
+    assert run(home, "cat", "r@master:/sub/.pfs").stdout == b"x"
