@@ -95,6 +95,41 @@ def unmount(path: str, *, lazy: bool = False) -> tuple[bool, str]:
     return False, message.splitlines()[-1] if message else "unmount failed"
 
 
+def holders(mountpoint: str, limit: int = 5) -> list[str]:
+    """``"comm (pid N)"`` of processes that keep ``mountpoint`` busy: their working or root
+    directory, an open file or a mapped file is below it (what ``fuser -m`` looks at). Reading
+    these links asks no filesystem, so the mount's own server may call it."""
+    prefix = mountpoint.rstrip("/") + "/"
+    found: list[str] = []
+    me = os.getpid()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        base = f"/proc/{pid}"
+        links = [f"{base}/cwd", f"{base}/root", f"{base}/exe"]
+        try:
+            links += [f"{base}/fd/{fd}" for fd in os.listdir(f"{base}/fd")]
+            links += [f"{base}/map_files/{m}" for m in os.listdir(f"{base}/map_files")]
+        except OSError:
+            pass
+        for link in links:
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue
+            if target == mountpoint or target.startswith(prefix):
+                try:
+                    with open(f"{base}/comm") as f:
+                        comm = f.read().strip()
+                except OSError:
+                    comm = "?"
+                found.append(f"{comm} (pid {pid})")
+                break
+        if len(found) >= limit:
+            break
+    return found
+
+
 def raise_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> None:
     """Best effort: needs root; silently does nothing otherwise."""
     entry = find_mount(mountpoint)

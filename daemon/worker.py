@@ -33,6 +33,7 @@ import pyfuse3
 import trio
 
 from pfsfs.errors import (
+    Busy,
     Conflict,
     DaemonError,
     InvalidInput,
@@ -53,6 +54,7 @@ from .mountinfo import (
     READ_AHEAD_KB,
     REMOTE_READ_AHEAD_KB,
     find_mount,
+    holders,
     raise_read_ahead,
     unmount,
 )
@@ -515,6 +517,14 @@ class Worker:
                 self.waiters.remove(req_id)
                 self.unmounting = False
                 self.discard = False
+                who = await trio.to_thread.run_sync(holders, self.mountpoint)
+                if who or "busy" in err.lower():
+                    raise Busy(
+                        f"{self.mountpoint} is busy"
+                        + (f" (used by {', '.join(who)})" if who else f": {err}")
+                        + ("" if discard else "; its changes are committed")
+                        + "; close those files or leave the directory, and unmount again"
+                    )
                 raise DaemonError(f"cannot unmount {self.mountpoint}: {err}")
 
     async def shutdown(self) -> None:

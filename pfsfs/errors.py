@@ -85,6 +85,12 @@ class DaemonError(PfsError):
     exit_code = 9
 
 
+class Busy(PfsError):
+    """A mount cannot be unmounted: files are open in it or a process works inside it."""
+
+    exit_code = 10
+
+
 class IndexDamaged(Corruption):
     """The home's LMDB index (a rebuildable cache plus this machine's own records) cannot be
     read: a damaged page, a file that is not LMDB. ``pfsfs fsck --rebuild-index`` repairs it."""

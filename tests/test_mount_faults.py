@@ -115,3 +115,19 @@ def test_concurrent_snapshots_of_one_branch_all_land(env: Env) -> None:
     finally:
         force_unmount(a)
         force_unmount(b)
+
+
+def test_busy_unmount_names_the_holder(env: Env) -> None:
+    with env.mounted("data@master", "mnt", "--create") as mp:
+        (mp / "f").write_bytes(b"kept")
+        holder = subprocess.Popen(["sleep", "30"], cwd=mp)
+        try:
+            proc = env.run("unmount", str(mp), check=False)
+            assert proc.returncode == 10, (proc.returncode, proc.stderr)
+            assert "busy" in proc.stderr and f"sleep (pid {holder.pid})" in proc.stderr
+            assert len(proc.stderr.strip().splitlines()) == 1
+        finally:
+            holder.kill()
+            holder.wait()
+        assert env.cat("data@master:/f") == b"kept"  # the unmount committed before trying
+        env.unmount(mp)
