@@ -673,7 +673,8 @@ def snapshot_checked(env: Any, mp: Path, ref: str, message: str = "checked") -> 
     """``pfsfs snapshot`` the mount of ``ref`` (``repo@branch``) and check the commit against
     what the mount showed just before (``check_commit``); returns the commit id."""
     view = Tree(mp)
-    commit = env.out("snapshot", str(mp), "-m", message) or env.head(ref)  # (nothing new)
+    printed = env.out("snapshot", str(mp), "-m", message).split()  # "ID" or "ID (merged)"
+    commit = printed[0] if printed else env.head(ref)  # (nothing new)
     assert commit, "nothing was ever committed"
     check_commit(env, view, f"{ref.partition('@')[0]}@{commit}")
     return commit
@@ -684,7 +685,8 @@ def unmount_checked(env: Any, mp: Path, ref: str) -> str:
     what the mount showed just before, read back with ``pfsfs get`` (``check_commit``) and
     mounted again (``check_remount``); returns its id."""
     view = Tree(mp)
-    commit = env.unmount(mp) or env.head(ref)  # (nothing new since a snapshot)
+    printed = env.unmount(mp).split()  # "ID" or "ID (merged)"
+    commit = printed[0] if printed else env.head(ref)  # (nothing new since a snapshot)
     assert commit, "nothing was ever committed"
     at = f"{ref.partition('@')[0]}@{commit}"
     check_commit(env, view, at)
