@@ -616,18 +616,98 @@ def replay_source(ops: list[Op], *, short: bool = False) -> str:
     return "[\n" + "".join(f"    {show(op)},\n" for op in ops) + "]"
 
 
+# -- checks for other mount tests ---------------------------------------------------------------
+# What `pfsfs get` is not (yet) asked to keep: hard links (it writes copies), xattrs, symlink
+# mtimes, and FIFOs' mtime and mode (it makes them with mkfifo under the umask and no utime);
+# the get-fidelity work (issue 13, point 4) adds them. A remount is compared for all of those
+# (``check_remount``).
+GET_KINDS = "fdl"
+GET_MTIME_KINDS = "fd"
+
+
+def only(tree: Tree, kinds: str) -> Tree:
+    """A copy of ``tree`` holding only its items of ``kinds``."""
+    part = Tree.__new__(Tree)
+    part.items = {p: it for p, it in tree.items.items() if it.kind in kinds}
+    return part
+
+
+def got_tree(env: Any, ref: str) -> Tree:
+    """What ``pfsfs get REF:/ -o DIR`` writes into a fresh ``DIR``, observed (``ref`` is
+    ``repo@commit-or-branch``)."""
+    with tempfile.TemporaryDirectory(dir=env.root) as tmp:
+        out = Path(tmp) / "got"
+        env.run("get", f"{ref}:/", "-o", str(out))
+        return Tree(out)
+
+
+def check_commit(env: Any, view: Tree, ref: str, what: str = "") -> None:
+    """The commit ``ref`` read back with ``pfsfs get`` equals ``view`` (what the mount showed
+    right before it was committed): content, type, mode, size, symlink targets and mtimes in
+    ns of files and directories (see ``GET_KINDS``, ``GET_MTIME_KINDS``)."""
+    compare(only(view, GET_KINDS), only(got_tree(env, ref), GET_KINDS),
+            what or f"`pfsfs get` of {ref}", mtime=True, xattrs=False, links=False,
+            mtime_kinds=GET_MTIME_KINDS)
+
+
+def check_remount(env: Any, view: Tree, ref: str, *, xattrs: bool = False,
+                  name: str = "remount-check") -> None:
+    """Mount ``ref`` read-only and compare it with ``view`` in full: hard-link groups and mtimes
+    in ns of every kind too (and ``user.*`` xattrs if ``xattrs``)."""
+    from .fusehelpers import force_unmount
+
+    mp = env.mount(ref, name, "--read-only", *(["--xattrs"] if xattrs else []))
+    try:
+        compare(view, Tree(mp), f"{ref} mounted again", mtime=True, xattrs=xattrs)
+    finally:
+        force_unmount(mp)
+
+
+def snapshot_checked(env: Any, mp: Path, ref: str, message: str = "checked") -> str:
+    """``pfsfs snapshot`` the mount of ``ref`` (``repo@branch``) and check the commit against
+    what the mount showed just before (``check_commit``); returns the commit id."""
+    view = Tree(mp)
+    printed = env.out("snapshot", str(mp), "-m", message).split()  # "ID" or "ID (merged)"
+    commit = printed[0] if printed else env.head(ref)  # (nothing new)
+    assert commit, "nothing was ever committed"
+    check_commit(env, view, f"{ref.partition('@')[0]}@{commit}")
+    return commit
+
+
+def unmount_checked(env: Any, mp: Path, ref: str) -> str:
+    """``pfsfs unmount`` the mount of ``ref`` (``repo@branch``) and check the commit against
+    what the mount showed just before, read back with ``pfsfs get`` (``check_commit``) and
+    mounted again (``check_remount``); returns its id."""
+    view = Tree(mp)
+    printed = env.unmount(mp).split()  # "ID" or "ID (merged)"
+    commit = printed[0] if printed else env.head(ref)  # (nothing new since a snapshot)
+    assert commit, "nothing was ever committed"
+    at = f"{ref.partition('@')[0]}@{commit}"
+    check_commit(env, view, at)
+    check_remount(env, view, at)
+    return commit
+
+
 __all__ = [
     "CHECKPOINTS",
+    "GET_KINDS",
+    "GET_MTIME_KINDS",
     "Mismatch",
     "Model",
     "Tree",
     "apply",
+    "check_commit",
+    "check_remount",
     "compare",
     "fsync_all",
     "generate",
+    "got_tree",
     "model_run",
+    "only",
     "random_ops",
     "replay_source",
     "run_ops",
     "shrink",
+    "snapshot_checked",
+    "unmount_checked",
 ]

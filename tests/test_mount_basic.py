@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .fusehelpers import Env, env, force_unmount, is_mounted, no_leftovers, sh, write
+from .mountmodel import Tree, check_commit, check_remount
 
 __all__ = ["env", "no_leftovers"]
 
@@ -68,6 +69,7 @@ def test_shell_tools_and_commit_on_pfsfs_unmount(env: Env) -> None:
         assert (mp / "a.txt").read_text() == "hello"
         assert sh(f"cat {mp}/link") == "hello"
         assert os.stat(mp / "sparse").st_size == 10 * 2**20 + 1
+        view = Tree(mp)
         commit = env.unmount(mp)
     finally:
         force_unmount(mp)
@@ -81,6 +83,10 @@ def test_shell_tools_and_commit_on_pfsfs_unmount(env: Env) -> None:
     assert "sub/" not in ls and "x/" in ls and "link -> a.txt" in ls
     sparse = env.cat("data@master:/sparse")
     assert len(sparse) == 10 * 2**20 + 1 and sparse.count(0) == len(sparse)
+    # the whole commit is what the mount showed: modes (600), the touch -d mtime, the fifo,
+    # the symlink, the hard link (a remount), directory mtimes
+    check_commit(env, view, f"data@{commit}")
+    check_remount(env, view, "data@master")
 
 
 def _commit_via(env: Env, how: list[str]) -> None:
@@ -89,6 +95,7 @@ def _commit_via(env: Env, how: list[str]) -> None:
     mp = env.mount("data@master")
     try:
         write(mp / "new.txt", "via " + how[0])
+        view = Tree(mp)
         subprocess.run([*how, str(mp)], check=True, capture_output=True)
         deadline = time.monotonic() + 30
         while env.commits("data@master") == before and time.monotonic() < deadline:
@@ -97,6 +104,7 @@ def _commit_via(env: Env, how: list[str]) -> None:
         force_unmount(mp)
     assert env.commits("data@master") == before + 1
     assert env.cat("data@master:/new.txt") == ("via " + how[0]).encode()
+    check_commit(env, view, "data@master")
 
 
 def test_fusermount_unmount_commits(env: Env) -> None:
@@ -124,14 +132,18 @@ def test_snapshot_while_mounted(env: Env) -> None:
     _seed(env)
     with env.mounted("data@master") as mp:
         write(mp / "one", "1")
+        view = Tree(mp)
         first = env.out("snapshot", str(mp), "-m", "first snap")
         assert len(first) == 64
         assert env.cat("data@master:/one") == b"1"
+        check_commit(env, view, f"data@{first}")
         write(mp / "one", "11", "ab")
         write(mp / "two", "2")
+        view = Tree(mp)
         second = env.out("snapshot", str(mp), "-m", "second snap")
         assert second != first
         assert env.cat("data@master:/one") == b"111"
+        check_commit(env, view, f"data@{second}")
         assert "second snap" in env.out("log", "data@master", "-n", "1")
         # nothing changed since: no commit
         proc = env.run("snapshot", str(mp), "-m", "third")
@@ -159,9 +171,11 @@ def test_create_and_empty_repo(env: Env) -> None:
     with env.mounted("fresh@dev", "mnt", "--create") as mp:
         assert os.listdir(mp) == []
         write(mp / "f", "data")
+        view = Tree(mp)
         commit = env.out("snapshot", str(mp), "-m", "first")
         assert len(commit) == 64
     assert env.cat("fresh@dev:/f") == b"data"
+    check_commit(env, view, f"fresh@{commit}")
 
 
 def test_the_mount_worker_runs_with_the_malloc_tuning(env: Env) -> None:

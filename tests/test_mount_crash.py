@@ -10,6 +10,7 @@ import sys
 import time
 
 from .fusehelpers import Env, env, force_unmount, is_mounted, no_leftovers, write
+from .mountmodel import Tree, got_tree, unmount_checked
 
 __all__ = ["env", "no_leftovers"]
 
@@ -42,6 +43,7 @@ def test_kill_after_fsync(env: Env) -> None:
         os.makedirs(mp / "dir")
         _fsync_write(mp / "dir" / "small", b"small")
         write(mp / "maybe", "not fsynced")
+        view = Tree(mp)
         _crash_and_restart(env, mp)
     finally:
         force_unmount(mp)
@@ -54,6 +56,11 @@ def test_kill_after_fsync(env: Env) -> None:
     assert env.cat("data@master:/durable.bin") == big
     assert env.cat("data@master:/dir/small") == b"small"
     assert env.out("recover", "--list") == "nothing to recover"
+    # what was fsync'd comes back as the mount showed it: content, mode, size, mtime in ns
+    got = got_tree(env, "data@master")
+    for path in (b"durable.bin", b"dir/small"):
+        shown, back = view.items[path], got.items[path]
+        assert back.key(mtime=True, xattrs=False) == shown.key(mtime=True, xattrs=False), path
 
 
 def test_kill_after_snapshot(env: Env) -> None:
@@ -132,7 +139,7 @@ def test_kill_during_snapshot_and_remount(env: Env) -> None:
             digest = hashlib.sha256((mp / "big").read_bytes()).digest()
             assert digest == hashlib.sha256(payload).digest()
             write(mp / "after", "remounted")
-            env.unmount(mp)
+            unmount_checked(env, mp, "data@master")
         finally:
             force_unmount(mp)
         assert env.cat("data@master:/after") == b"remounted"
@@ -188,7 +195,7 @@ def test_full_staging_disk(tmp_path: os.PathLike[str], no_leftovers: None) -> No
             os.unlink(mp / "huge")
             write(mp / "after", "still works")
             assert (mp / "keep").read_text() == "kept"
-            commit = e.unmount(mp)
+            commit = unmount_checked(e, mp, "data@master")
             assert len(commit) == 64
         finally:
             force_unmount(mp)
@@ -216,7 +223,7 @@ def test_kill_worker_only(env: Env) -> None:
         assert not is_mounted(mp)  # listing dead mounts detached the stale one
         env.out("recover", "--remount")
         assert (mp / "f").read_bytes() == b"fsynced"
-        env.unmount(mp)
+        unmount_checked(env, mp, "data@master")
     finally:
         force_unmount(mp)
     assert env.cat("data@master:/f") == b"fsynced"

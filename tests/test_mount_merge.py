@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from .fusehelpers import Env, env, force_unmount, no_leftovers, write
+from .mountmodel import Tree, check_commit, unmount_checked
 
 __all__ = ["env", "no_leftovers"]
 
@@ -34,6 +35,9 @@ def test_disjoint_changes_merge(env: Env) -> None:
         assert (mp / "theirs.txt").read_text() == "theirs\n"
         assert (mp / "dir" / "theirs2.txt").read_text() == "theirs2\n"
         assert (mp / "mine.txt").read_text() == "mine\n"
+        merged = commit.split()[0]
+        check_commit(env, Tree(mp), f"data@{merged}", "the merge commit against the mount")
+        unmount_checked(env, mp, "data@master")  # nothing new: the merge commit again
     ls = env.out("ls", "data@master:/")
     for name in ("mine.txt", "theirs.txt", "shared.txt"):
         assert name in ls
@@ -54,9 +58,10 @@ def test_conflict_keeps_changes_then_theirs(env: Env) -> None:
         assert (mp / "shared.txt").read_text() == "ours\n"  # nothing lost
         err = env.fails("unmount", str(mp), code=5)  # unmount refuses too, mount stays
         assert (mp / "other.txt").read_text() == "ours only\n"
-        env.out("snapshot", str(mp), "-m", "take theirs", "--theirs")
+        taken = env.out("snapshot", str(mp), "-m", "take theirs", "--theirs").split()[0]
         assert (mp / "shared.txt").read_text() == "theirs\n"
         assert (mp / "other.txt").read_text() == "ours only\n"
+        check_commit(env, Tree(mp), f"data@{taken}", "the --theirs commit against the mount")
     assert env.cat("data@master:/shared.txt") == b"theirs\n"
     assert env.cat("data@master:/other.txt") == b"ours only\n"
 
@@ -68,10 +73,12 @@ def test_conflict_ours(env: Env) -> None:
         os.unlink(mp / "dir" / "keep.txt")
         _put(env, "/dir/keep.txt", "changed on the branch\n")
         env.fails("unmount", str(mp), code=5)
-        env.out("unmount", str(mp), "--ours")
+        view = Tree(mp)
+        ours = env.out("unmount", str(mp), "--ours")
     finally:
         force_unmount(mp)
     assert "keep.txt" not in env.out("ls", "data@master:/dir/")
+    check_commit(env, view, f"data@{ours.split()[0]}")
 
 
 def test_onto_new_branch(env: Env) -> None:
@@ -82,7 +89,7 @@ def test_onto_new_branch(env: Env) -> None:
         env.out("snapshot", str(mp), "-m", "side", "--onto-branch", "experiment")
         assert "data@experiment" in env.out("mounts")
         write(mp / "more.txt", "more\n")
-        env.unmount(mp)
+        unmount_checked(env, mp, "data@experiment")
     assert env.cat("data@master:/shared.txt") == b"mainline\n"
     assert env.cat("data@experiment:/shared.txt") == b"experiment\n"
     assert env.cat("data@experiment:/more.txt") == b"more\n"
@@ -102,6 +109,7 @@ def test_two_mounts_same_branch(env: Env) -> None:
         force_unmount(b)
     ls = env.out("ls", "data@master:/")
     assert "from_a" in ls and "from_b" in ls
+    assert env.cat("data@master:/from_a") == b"A" and env.cat("data@master:/from_b") == b"B"
 
 
 def test_conflict_at_fusermount_is_recoverable(env: Env) -> None:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from .fusehelpers import Env, env, force_unmount, no_leftovers, write
+from .mountmodel import Tree, check_commit, snapshot_checked
 
 __all__ = ["env", "no_leftovers"]
 
@@ -17,10 +18,10 @@ __all__ = ["env", "no_leftovers"]
 def test_pfs_time_travel(env: Env) -> None:
     with env.mounted("data@master", "mnt", "--create") as mp:
         write(mp / "f", "v1")
-        c1 = env.out("snapshot", str(mp), "-m", "one")
+        c1 = snapshot_checked(env, mp, "data@master", "one")
         write(mp / "f", "v2")
         os.mkdir(mp / "d")
-        c2 = env.out("snapshot", str(mp), "-m", "two")
+        c2 = snapshot_checked(env, mp, "data@master", "two")
         assert ".pfs" not in os.listdir(mp)
         assert sorted(os.listdir(mp / ".pfs")) == ["branches", "commits", "log"]
         assert (mp / ".pfs" / "commits" / c1 / "f").read_text() == "v1"
@@ -40,7 +41,7 @@ def test_pfs_time_travel(env: Env) -> None:
         assert not (mp / ".pfs" / "commits" / "ffffffffffff").exists()
         # the branch view follows new commits
         write(mp / "f", "v3")
-        env.out("snapshot", str(mp), "-m", "three")
+        snapshot_checked(env, mp, "data@master", "three")
         time.sleep(1.2)
         assert (mp / ".pfs" / "branches" / "master" / "f").read_text() == "v3"
 
@@ -59,7 +60,10 @@ def test_multi_repo_mount(env: Env) -> None:
         out = env.out("snapshot", str(mp), "-m", "both")
         assert "a:" in out and "b:" in out
         write(mp / "b" / "y", "changed b only")
+        views = {"a@master": Tree(mp / "a"), "b@dev": Tree(mp / "b")}
         env.unmount(mp)
+    for ref, view in views.items():
+        check_commit(env, view, ref)
     assert env.cat("a@master:/x") == b"in a"
     assert env.cat("b@dev:/y") == b"changed b only"
     assert env.commits("a@master") == 1 and env.commits("b@dev") == 2

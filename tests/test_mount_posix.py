@@ -8,11 +8,13 @@ import json
 import mmap
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from .fusehelpers import Env, env, force_unmount, no_leftovers, sh, write
+from .mountmodel import Tree, check_commit, check_remount, unmount_checked
 
 __all__ = ["env", "no_leftovers"]
 
@@ -29,12 +31,14 @@ def renameat2(old: Path, new: Path, flags: int) -> None:
 
 
 @pytest.fixture
-def mnt(env: Env) -> Path:
+def mnt(env: Env) -> Iterator[Path]:
+    """A read-write mount of a new repo (tests end with ``unmount_checked``: the commit, read
+    back with ``pfsfs get`` and mounted again, is exactly what the mount showed last)."""
     with env.mounted("data@master", "mnt", "--create") as mp:
         yield mp
 
 
-def test_python_file_api(mnt: Path) -> None:
+def test_python_file_api(env: Env, mnt: Path) -> None:
     p = mnt / "f.bin"
     with open(p, "wb") as f:
         f.write(b"a" * 10_000)
@@ -60,6 +64,7 @@ def test_python_file_api(mnt: Path) -> None:
         os.open(mnt / "excl", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     os.utime(p, ns=(1_000_000_000_123_456_789, 1_000_000_000_123_456_789))
     assert os.stat(p).st_mtime_ns == 1_000_000_000_123_456_789
+    unmount_checked(env, mnt, "data@master")
 
 
 def _umask() -> int:
@@ -68,7 +73,7 @@ def _umask() -> int:
     return old
 
 
-def test_append(mnt: Path) -> None:
+def test_append(env: Env, mnt: Path) -> None:
     p = mnt / "log"
     for i in range(50):
         fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -78,9 +83,10 @@ def test_append(mnt: Path) -> None:
     assert lines == [f"line {i}" for i in range(50)]
     sh(f"echo more >> {p}")
     assert p.read_text().endswith("line 49\nmore\n")
+    unmount_checked(env, mnt, "data@master")
 
 
-def test_shared_mmap(mnt: Path) -> None:
+def test_shared_mmap(env: Env, mnt: Path) -> None:
     p = mnt / "mapped"
     write(p, bytes(1 << 16))
     with open(p, "r+b") as f:
@@ -93,9 +99,10 @@ def test_shared_mmap(mnt: Path) -> None:
         m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
         assert m[100:105] == b"hello"
         m.close()
+    unmount_checked(env, mnt, "data@master")
 
 
-def test_rename(mnt: Path) -> None:
+def test_rename(env: Env, mnt: Path) -> None:
     write(mnt / "a", "A")
     write(mnt / "b", "B")
     os.rename(mnt / "a", mnt / "b")  # overwrite
@@ -117,9 +124,10 @@ def test_rename(mnt: Path) -> None:
         os.rename(mnt / "b", mnt / "full")
     with pytest.raises(NotADirectoryError):
         os.rename(mnt / "full", mnt / "b")
+    unmount_checked(env, mnt, "data@master")
 
 
-def test_rename_flags(mnt: Path) -> None:
+def test_rename_flags(env: Env, mnt: Path) -> None:
     write(mnt / "x", "X")
     write(mnt / "y", "Y")
     with pytest.raises(OSError) as exc:
@@ -132,9 +140,10 @@ def test_rename_flags(mnt: Path) -> None:
     os.mkdir(mnt / "dir")
     renameat2(mnt / "dir", mnt / "y", RENAME_EXCHANGE)
     assert (mnt / "dir").read_text() == "X" and (mnt / "y").is_dir()
+    unmount_checked(env, mnt, "data@master")
 
 
-def test_name_length(mnt: Path) -> None:
+def test_name_length(env: Env, mnt: Path) -> None:
     ok = mnt / ("n" * 255)
     write(ok, "fine")
     assert ok.read_text() == "fine"
@@ -145,9 +154,23 @@ def test_name_length(mnt: Path) -> None:
     with pytest.raises(OSError) as exc:
         os.mkdir(mnt / ("d" * 256))
     assert exc.value.errno == errno.ENAMETOOLONG
+    view = Tree(mnt)
+    commit = env.unmount(mnt)
+    check_remount(env, view, f"data@{commit}")  # `pfsfs get` of it: the test below
 
 
-def test_links_and_special_files(mnt: Path) -> None:
+@pytest.mark.xfail(
+    strict=True,
+    reason="pfsfs get writes each file through the temp name NAME + '.pfsfs-tmp' "
+    "(pfsfs/transfer.py export_file), too long for a 255-byte NAME: ENAMETOOLONG, exit 7 "
+    "(branch fidelity shortens the temp names: drop this mark when it lands)",
+)
+def test_get_of_a_255_byte_name(env: Env, mnt: Path) -> None:
+    write(mnt / ("n" * 255), "fine")
+    unmount_checked(env, mnt, "data@master")
+
+
+def test_links_and_special_files(env: Env, mnt: Path) -> None:
     write(mnt / "orig", "content")
     os.link(mnt / "orig", mnt / "alias")
     assert os.stat(mnt / "orig").st_nlink == 2
@@ -168,9 +191,15 @@ def test_links_and_special_files(mnt: Path) -> None:
     assert (st.st_uid, st.st_gid) == (1234, 5678)
     with pytest.raises(PermissionError):
         os.link(mnt, mnt / "dirlink")
+    commit = env.out("snapshot", str(mnt), "-m", "owners")
+    with env.mounted(f"data@{commit}", "old", "--read-only") as old:
+        st = os.stat(old / "alias")
+        want = os.stat(mnt / "alias")  # (chown cleared the set-uid bit)
+        assert (st.st_uid, st.st_gid, st.st_mode) == (1234, 5678, want.st_mode)
+    unmount_checked(env, mnt, "data@master")
 
 
-def test_unlinked_open_file(mnt: Path) -> None:
+def test_unlinked_open_file(env: Env, mnt: Path) -> None:
     p = mnt / "tmp"
     with open(p, "w+b") as f:
         f.write(b"still here")
@@ -181,9 +210,10 @@ def test_unlinked_open_file(mnt: Path) -> None:
         assert f.read() == b"still here"
         f.write(b"!")
     assert os.listdir(mnt) == []
+    unmount_checked(env, mnt, "data@master")  # an empty tree
 
 
-def test_directories(mnt: Path) -> None:
+def test_directories(env: Env, mnt: Path) -> None:
     os.makedirs(mnt / "a" / "b" / "c")
     assert os.stat(mnt / "a").st_nlink == 3
     with pytest.raises(OSError) as exc:
@@ -200,9 +230,10 @@ def test_directories(mnt: Path) -> None:
         os.close(os.open(mnt / "many" / n, os.O_CREAT | os.O_WRONLY))
     assert sorted(os.listdir(mnt / "many")) == names
     assert len(sh(f"ls -la {mnt}/many").splitlines()) == 3000 + 3
+    unmount_checked(env, mnt, "data@master")
 
 
-def test_statfs_and_xattrs_off(mnt: Path) -> None:
+def test_statfs_and_xattrs_off(env: Env, mnt: Path) -> None:
     st = os.statvfs(mnt)
     assert st.f_namemax == 255 and st.f_blocks > 0 and st.f_bavail > 0
     write(mnt / "f", "x")
@@ -212,6 +243,7 @@ def test_statfs_and_xattrs_off(mnt: Path) -> None:
     with pytest.raises(OSError) as exc:
         os.getxattr(mnt / "f", "user.k")
     assert exc.value.errno in (errno.ENOTSUP, errno.ENOSYS, errno.ENODATA)
+    unmount_checked(env, mnt, "data@master")
 
 
 def test_xattrs_on(env: Env) -> None:
@@ -230,6 +262,15 @@ def test_xattrs_on(env: Env) -> None:
         assert os.getxattr(mp / "f", "user.color") == b"blue"
         os.removexattr(mp / "f", "user.color")
         assert os.listxattr(mp / "f") == []
+        os.setxattr(mp, "user.on-root-dir", b"")
+        os.mkdir(mp / "d")
+        os.setxattr(mp / "d", "user.bin", bytes(range(256)))
+        view = Tree(mp)
+        env.unmount(mp)
+    check_remount(env, view, "data@master", xattrs=True)
+    with env.mounted("data@master", "mnt", "--xattrs") as mp:
+        assert os.listxattr(mp / "f") == []
+        assert os.getxattr(mp, "user.on-root-dir") == b""
 
 
 def test_round_trip_metadata(env: Env) -> None:
@@ -251,9 +292,11 @@ def test_round_trip_metadata(env: Env) -> None:
         for name in ("dir", "dir/file", "dir/sub", "link", "hard", "fifo"):
             st = os.lstat(mp / name)
             expect[name] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_nlink)
-        env.unmount(mp)
+        view = Tree(mp)
+        commit = env.unmount(mp)
     finally:
         force_unmount(mp)
+    check_commit(env, view, f"data@{commit}")
     with env.mounted("data@master") as mp:
         for name, want in expect.items():
             st = os.lstat(mp / name)

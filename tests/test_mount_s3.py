@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from .fusehelpers import Env, force_unmount, fuse_mounts, no_leftovers, stop_any_daemon, write
+from .mountmodel import snapshot_checked, unmount_checked
 from .s3server import MotoServer
 
 __all__ = ["no_leftovers"]
@@ -44,10 +45,10 @@ def test_mount_on_s3(s3env: Env) -> None:
         write(mp / "big.bin", data)
         os.makedirs(mp / "d")
         write(mp / "d" / "small", "small")
-        commit = s3env.out("snapshot", str(mp), "-m", "to s3")
+        commit = snapshot_checked(s3env, mp, "data@master", "to s3")
         assert len(commit) == 64
         write(mp / "d" / "small", " more", "ab")
-        s3env.unmount(mp)
+        unmount_checked(s3env, mp, "data@master")
     finally:
         force_unmount(mp)
     assert s3env.cat("data@master:/d/small") == b"small more"

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from .fusehelpers import Env, env, force_unmount, no_leftovers, sh, write
+from .mountmodel import Tree, check_remount, unmount_checked
 
 __all__ = ["env", "no_leftovers"]
 
@@ -39,7 +40,7 @@ def test_make_second_run_does_nothing(env: Env) -> None:
         sh("make -j2 -s", cwd=mp)
         assert len((mp / "out" / "total").read_text().split()) == 40
         assert "Nothing to be done" in sh("make", cwd=mp)
-        env.unmount(mp)
+        unmount_checked(env, mp, "build@master")  # the mtimes make relies on, in ns
     finally:
         force_unmount(mp)
     mp = env.mount("build@master")
@@ -50,7 +51,7 @@ def test_make_second_run_does_nothing(env: Env) -> None:
         sh("touch src/f3.txt", cwd=mp)
         out = sh("make", cwd=mp)
         assert "src/f3.txt" in out and "src/f4.txt" not in out
-        env.unmount(mp)
+        unmount_checked(env, mp, "build@master")
     finally:
         force_unmount(mp)
 
@@ -71,7 +72,7 @@ def test_git_clone_onto_mount(env: Env) -> None:
         sh("git fsck --no-progress", cwd=mp / "clone")
         write(mp / "clone" / "file3.py", "changed\n")
         assert "file3.py" in sh("git status --porcelain", cwd=mp / "clone")
-        env.unmount(mp)
+        unmount_checked(env, mp, "code@master")
     with env.mounted("code@master") as mp:
         sh("git fsck --no-progress", cwd=mp / "clone")
         assert "file3.py" in sh("git status --porcelain", cwd=mp / "clone")
@@ -94,7 +95,10 @@ def test_tar_extract_onto_mount(env: Env) -> None:
         diff = subprocess.run(["diff", "-r", "--no-dereference", str(src), str(mp)])
         assert diff.returncode == 0
         assert os.stat(mp / "hardlink").st_ino == os.stat(mp / "d1" / "f2").st_ino
-        env.unmount(mp)
+        view = Tree(mp)
+        unmount_checked(env, mp, "t@master")
+    check_remount(env, Tree(src), "t@master")  # what tar was given, mtimes of all kinds too
+    assert view.link_groups() == {frozenset({b"hardlink", b"d1/f2"})}
     with env.mounted("t@master") as mp:
         assert subprocess.run(["diff", "-r", "--no-dereference", str(src), str(mp)]).returncode == 0
         st = os.stat(mp / "d2" / "f3")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from .fusehelpers import Env, env, no_leftovers  # noqa: F401 - fixtures
+from .mountmodel import Tree, check_commit
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FRUIT = EXAMPLES / "fruit-stand"
@@ -84,10 +85,13 @@ def test_make_on_mounts_matches_the_pipelines(env: Env) -> None:  # noqa: F811
                 step: {p.name: p.read_text() for p in (scratch / "out" / step).iterdir()}
                 for step in steps
             }
+            view = Tree(scratch)
         # Unmounted (committed); mount both again: a second make has nothing to do.
         with env.mounted("scratch@master", "scratch") as scratch:
             again = make(img, scratch / "out")
             assert "Nothing to be done" in again.stdout, again.stdout
+    # the commit is what make wrote, mtimes in ns included
+    check_commit(env, view, "scratch@master")
     env.run("wait", "images@master", "--timeout", "300")
     for step in steps:
         got = env.root / "got" / step
