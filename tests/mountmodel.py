@@ -617,14 +617,6 @@ def replay_source(ops: list[Op], *, short: bool = False) -> str:
 
 
 # -- checks for other mount tests ---------------------------------------------------------------
-# What `pfsfs get` is not (yet) asked to keep: hard links (it writes copies), xattrs, symlink
-# mtimes, and FIFOs' mtime and mode (it makes them with mkfifo under the umask and no utime);
-# the get-fidelity work (issue 13, point 4) adds them. A remount is compared for all of those
-# (``check_remount``).
-GET_KINDS = "fdl"
-GET_MTIME_KINDS = "fd"
-
-
 def only(tree: Tree, kinds: str) -> Tree:
     """A copy of ``tree`` holding only its items of ``kinds``."""
     part = Tree.__new__(Tree)
@@ -643,11 +635,9 @@ def got_tree(env: Any, ref: str) -> Tree:
 
 def check_commit(env: Any, view: Tree, ref: str, what: str = "") -> None:
     """The commit ``ref`` read back with ``pfsfs get`` equals ``view`` (what the mount showed
-    right before it was committed): content, type, mode, size, symlink targets and mtimes in
-    ns of files and directories (see ``GET_KINDS``, ``GET_MTIME_KINDS``)."""
-    compare(only(view, GET_KINDS), only(got_tree(env, ref), GET_KINDS),
-            what or f"`pfsfs get` of {ref}", mtime=True, xattrs=False, links=False,
-            mtime_kinds=GET_MTIME_KINDS)
+    right before it was committed): content, type, mode, size, symlink targets, hard-link
+    groups and mtimes in ns of every kind."""
+    compare(view, got_tree(env, ref), what or f"`pfsfs get` of {ref}", mtime=True, xattrs=False)
 
 
 def check_remount(env: Any, view: Tree, ref: str, *, xattrs: bool = False,
@@ -690,8 +680,6 @@ def unmount_checked(env: Any, mp: Path, ref: str) -> str:
 
 __all__ = [
     "CHECKPOINTS",
-    "GET_KINDS",
-    "GET_MTIME_KINDS",
     "Mismatch",
     "Model",
     "Tree",

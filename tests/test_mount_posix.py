@@ -159,12 +159,6 @@ def test_name_length(env: Env, mnt: Path) -> None:
     check_remount(env, view, f"data@{commit}")  # `pfsfs get` of it: the test below
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pfsfs get writes each file through the temp name NAME + '.pfsfs-tmp' "
-    "(pfsfs/transfer.py export_file), too long for a 255-byte NAME: ENAMETOOLONG, exit 7 "
-    "(branch fidelity shortens the temp names: drop this mark when it lands)",
-)
 def test_get_of_a_255_byte_name(env: Env, mnt: Path) -> None:
     write(mnt / ("n" * 255), "fine")
     unmount_checked(env, mnt, "data@master")
