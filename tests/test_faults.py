@@ -381,16 +381,10 @@ def test_kill_9_of_a_mount_worker(plain: tuple[Env, Path]) -> None:
 
 # -- SIGINT / SIGTERM of long commands -------------------------------------------------------
 INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
-CLICK_ABORT = (
-    "click turns SIGINT into Abort (an empty line, 'aborted', exit 1) and SIGTERM is not "
-    "handled (killed by the signal, no line): pfsfs/cli/main.py must map both to one line and "
-    "130/143 (issue 14, item 5)"
-)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
 @pytest.mark.parametrize("command", ["put", "snapshot"])
-@pytest.mark.xfail(strict=True, reason=CLICK_ABORT)
 def test_signal_of_a_long_command(
     plain: tuple[Env, Path], command: str, sig: signal.Signals
 ) -> None:
@@ -420,11 +414,6 @@ def test_signal_of_a_long_command(
     deep_clean(env)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a snapshot/unmount of a mount whose daemon died exits 2 (bad input) with 'is a dead "
-    "mount (no daemon is running)'; the daemon is unreachable, documented as exit 9",
-)
 def test_snapshot_of_a_mount_whose_daemon_died_exits_9(plain: tuple[Env, Path]) -> None:
     env, _ = plain
     mp = env.mount("data@master", "mnt", "--create")

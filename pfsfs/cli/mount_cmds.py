@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ..daemon_client import DaemonClient, mount_path
-from ..errors import Conflict, InvalidInput, PfsError
+from ..errors import Conflict, DaemonError, InvalidInput, PfsError
 from ..repository import default_author
 from .common import UTF8_TEXT, AppContext, emit_json, json_option, pass_app
 
@@ -40,7 +40,7 @@ def _mount_client(app: AppContext, directory: str) -> DaemonClient:
         except OSError as exc:
             dead = exc.errno == errno.ENOTCONN
         if dead:
-            raise InvalidInput(
+            raise DaemonError(
                 f"{directory} is a dead mount (no daemon is running); `pfsfs recover` saves "
                 "its changes"
             )
