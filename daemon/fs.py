@@ -142,7 +142,7 @@ class PfsOperations(pyfuse3.Operations):
         if node.kind != "f":
             return (size + 511) // 512
         base = node.base
-        base_alloc = (base.extra or {}).get("alloc") if base is not None else None
+        base_alloc = base.alloc if base is not None else None
         if not node.staged:
             return ((size if base_alloc is None else base_alloc) + 511) // 512
         staging = self.tree.staging

@@ -30,20 +30,18 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from pfsfs.ids import hash_bytes
-from pfsfs.model import DIR, FIFO, NAME_MAX, Entry
+from pfsfs.model import FIFO, NAME_MAX, SPECIAL_FTYPES, Entry, entry_extra
 from pfsfs.repository import Repository
 
 from .chunkcache import ChunkCache
 from .content import ContentOps
 from .namespace import NamespaceOps
 from .nodes import (
-    _EXTRA_OWN,
     KIND_MODE,
     MODE_KIND,
     PFS_NAME,
     RO_VOL,
     ROOT,
-    SPECIAL,
     FsError,
     Node,
     Volume,
@@ -134,8 +132,7 @@ class Tree(NamespaceOps, ContentOps):
     def _node_from_entry(
         self, entry: Entry, vol: int, parent: int, name: bytes, ino: int | None = None
     ) -> Node:
-        extra = entry.extra or {}
-        link = extra.get("link") if vol != RO_VOL else None
+        link = entry.link_id if vol != RO_VOL else None
         if link is not None and ino is None:
             existing = self.link_groups.get((vol, link))
             if existing is not None and existing in self.nodes:
@@ -146,13 +143,11 @@ class Tree(NamespaceOps, ContentOps):
                 if node.dirty:  # a changed file found under one more name: rewrite it too
                     self._dirty_up(parent)
                 return node
-        kind = entry.type
-        if kind == FIFO and extra.get("ftype") in SPECIAL:
-            kind = extra["ftype"]
+        kind = entry.kind
         node = Node(ino if ino is not None else self._alloc(), kind, vol)
         node.mode, node.uid, node.gid = entry.mode, entry.uid, entry.gid
         node.mtime_ns = node.ctime_ns = node.atime_ns = entry.mtime_ns
-        node.rdev = int(extra.get("rdev", 0))
+        node.rdev = entry.rdev
         node.base = entry
         node.parent, node.name = parent, name
         if kind == "d":
@@ -162,17 +157,12 @@ class Tree(NamespaceOps, ContentOps):
             node.target = entry.target
         if link is not None:
             node.link_id = link
-            node.nlink = max(1, int(extra.get("nlink", 1)))
+            node.nlink = entry.nlink
             self.link_groups[(vol, link)] = node.ino
             if node.nlink > 1:
                 self.partial_links.add(node.ino)
-        xattrs = extra.get("xattr")
-        if xattrs:
-            node.xattrs = {
-                os.fsencode(k) if isinstance(k, str) else k: v for k, v in xattrs.items()
-            }
-        other = {k: v for k, v in extra.items() if k not in _EXTRA_OWN}
-        node.extra = other or None
+        node.xattrs = entry.xattrs or None
+        node.extra = entry.other_extra()
         self.nodes[node.ino] = node
         return node
 
@@ -479,16 +469,13 @@ class Tree(NamespaceOps, ContentOps):
 
     def entry_meta(self, node: Node) -> tuple[str, dict[str, Any] | None]:
         """The entry type and ``extra`` a node commits with."""
-        extra: dict[str, Any] = dict(node.extra or {})
-        kind = node.kind
-        if kind in SPECIAL:
-            extra["ftype"] = kind
-            kind = FIFO
-        if node.rdev:
-            extra["rdev"] = node.rdev
-        if node.kind != "d" and node.nlink > 1:
-            extra["link"] = self.link_id_for(node)
-            extra["nlink"] = node.nlink
-        if node.xattrs:
-            extra["xattr"] = dict(node.xattrs)
-        return (DIR if kind == "d" else kind), (extra or None)
+        special = node.kind in SPECIAL_FTYPES
+        extra = entry_extra(
+            node.extra,
+            ftype=node.kind if special else None,
+            rdev=node.rdev,
+            link=self.link_id_for(node) if node.kind != "d" and node.nlink > 1 else None,
+            nlink=node.nlink,
+            xattrs=node.xattrs,
+        )
+        return (FIFO if special else node.kind), extra

@@ -32,10 +32,6 @@ KIND_MODE = {
     "s": stat.S_IFSOCK,
 }
 MODE_KIND = {v: k for k, v in KIND_MODE.items()}
-SPECIAL = ("c", "b", "s")  # stored as FIFO entries with extra["ftype"]
-# extra keys the mount derives from its nodes (``alloc``: bytes a sparse file really holds,
-# set only when less than its size; see ``snapshot.Builder``)
-_EXTRA_OWN = ("link", "nlink", "xattr", "rdev", "ftype", "alloc")
 
 
 class FsError(Exception):

@@ -35,7 +35,7 @@ from typing import Any
 
 from pfsfs.errors import AlreadyExists, BranchMoved, Conflict, InvalidInput, StoreFull
 from pfsfs.ids import to_hex
-from pfsfs.model import DIR, FILE, SYMLINK, Commit, Entry, ManifestChunk
+from pfsfs.model import DIR, FILE, SYMLINK, X_ALLOC, Commit, Entry, ManifestChunk
 from pfsfs.objects import ObjectWriter
 from pfsfs.repository import default_author
 
@@ -121,7 +121,7 @@ class Builder:
             ref, size = self._content(node)
             alloc = self._allocated(node, ref, size)
             if alloc is not None:
-                extra = {**(extra or {}), "alloc": alloc}
+                extra = {**(extra or {}), X_ALLOC: alloc}
             e = Entry(FILE, node.mode, node.uid, node.gid, node.mtime_ns, size, ref, b"", 1, extra)
         elif node.kind == "l":
             e = Entry(
@@ -146,10 +146,10 @@ class Builder:
         the committed content."""
         base = node.base
         if base is not None and ref == base.ref and not self._holes:
-            return (base.extra or {}).get("alloc")
+            return base.alloc
         holes = self._holes
         if node.staged and node.base_len and base is not None and base.ref is not None:
-            base_alloc = (base.extra or {}).get("alloc")
+            base_alloc = base.alloc
             if base_alloc is not None:  # the kept part of a sparse file: scale its holes
                 kept = min(node.base_len, size)
                 holes += (base.size - base_alloc) * kept // max(1, base.size)

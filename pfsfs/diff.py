@@ -43,25 +43,21 @@ class DiffItem:
         }
 
 
-def _extra(e: Entry, key: str) -> object:
-    return (e.extra or {}).get(key)
-
-
 def _content_equal(a: Entry, b: Entry) -> bool:
     """Same type and content; for a device, the same kind and device number."""
     return (
         a.type == b.type
         and a.content_id() == b.content_id()
         and a.target == b.target
-        and all(_extra(a, k) == _extra(b, k) for k in ("ftype", "rdev"))
+        and (a.kind, a.rdev) == (b.kind, b.rdev)
     )
 
 
 def _meta_equal(a: Entry, b: Entry) -> bool:
     """Mode, owner, mtime and xattrs (a hard-link group's id is not metadata a user sees)."""
-    return (a.mode, a.uid, a.gid, a.mtime_ns) == (b.mode, b.uid, b.gid, b.mtime_ns) and _extra(
-        a, "xattr"
-    ) == _extra(b, "xattr")
+    return (a.mode, a.uid, a.gid, a.mtime_ns) == (b.mode, b.uid, b.gid, b.mtime_ns) and (
+        a.xattrs == b.xattrs
+    )
 
 
 def diff_entries(

@@ -29,6 +29,47 @@ ENTRY_TYPES = (FILE, DIR, SYMLINK, FIFO)
 
 NAME_MAX = 255
 
+# The optional fields of an entry, kept in ``Entry.extra`` (absent = the default). This module
+# is their one owner: mounts, put/get and diff read them through ``Entry``'s properties and
+# write them with ``entry_extra``.
+X_LINK = "link"  # bytes: hard-link group id shared by the names of one inode
+X_NLINK = "nlink"  # int: how many names the group has
+X_XATTR = "xattr"  # {bytes name: bytes value}: extended attributes
+X_RDEV = "rdev"  # int: device number of a character/block device
+X_FTYPE = "ftype"  # "c" | "b" | "s": a FIFO entry that is really a device or a socket
+X_ALLOC = "alloc"  # int: bytes a sparse file really holds, set only when less than its size
+EXTRA_FIELDS = (X_LINK, X_NLINK, X_XATTR, X_RDEV, X_FTYPE, X_ALLOC)
+SPECIAL_FTYPES = ("c", "b", "s")  # kinds stored as FIFO entries with X_FTYPE
+
+
+def entry_extra(
+    other: dict[str, Any] | None = None,
+    *,
+    link: bytes | None = None,
+    nlink: int = 1,
+    xattrs: dict[bytes, bytes] | None = None,
+    rdev: int = 0,
+    ftype: str | None = None,
+    alloc: int | None = None,
+) -> dict[str, Any] | None:
+    """``Entry.extra`` for these fields (defaults omitted; None when all are defaults).
+    ``other``: keys this version does not know, carried over unchanged."""
+    extra = {k: v for k, v in (other or {}).items() if k not in EXTRA_FIELDS}
+    if ftype is not None:
+        if ftype not in SPECIAL_FTYPES:
+            raise ValueError(f"not a special file type: {ftype!r}")
+        extra[X_FTYPE] = ftype
+    if rdev:
+        extra[X_RDEV] = rdev
+    if link is not None:
+        extra[X_LINK] = link
+        extra[X_NLINK] = nlink
+    if xattrs:
+        extra[X_XATTR] = dict(xattrs)
+    if alloc is not None:
+        extra[X_ALLOC] = alloc
+    return extra or None
+
 
 @dataclass(frozen=True, slots=True)
 class Locator:
@@ -92,8 +133,9 @@ class Entry:
 
     ``size`` is the file's length, a symlink's target length, or for a directory the logical
     bytes below it; ``nfiles`` counts regular files below a directory (1 for a file). ``ref``
-    locates the manifest (files) or tree (directories). ``extra`` carries optional fields: ``link``
-    (hard-link group id shared by names of one inode), ``xattr`` (dict of user xattrs), ``rdev``.
+    locates the manifest (files) or tree (directories). ``extra`` carries the optional fields
+    listed at ``EXTRA_FIELDS``, read through the properties below and written by
+    ``entry_extra``.
     """
 
     type: str
@@ -147,6 +189,63 @@ class Entry:
     def content_id(self) -> bytes | None:
         """Identity of the content: the manifest/tree id (None for symlinks and FIFOs)."""
         return self.ref.id if self.ref else None
+
+    # -- the optional fields (see ``EXTRA_FIELDS``) ------------------------------------------------
+    def _x(self, key: str, default: Any = None) -> Any:
+        return self.extra.get(key, default) if self.extra else default
+
+    @property
+    def link_id(self) -> bytes | None:
+        return self._x(X_LINK)
+
+    @property
+    def nlink(self) -> int:
+        return max(1, int(self._x(X_NLINK, 1)))
+
+    @property
+    def xattrs(self) -> dict[bytes, bytes]:
+        """Names as bytes (older entries may hold str names)."""
+        raw = self._x(X_XATTR) or {}
+        return {os.fsencode(k) if isinstance(k, str) else k: v for k, v in raw.items()}
+
+    @property
+    def rdev(self) -> int:
+        return int(self._x(X_RDEV, 0))
+
+    @property
+    def kind(self) -> str:
+        """The POSIX file type: ``type``, or for a special file stored as a FIFO entry its
+        ``c``/``b``/``s``."""
+        if self.type == FIFO:
+            ftype = self._x(X_FTYPE)
+            if ftype in SPECIAL_FTYPES:
+                return ftype
+        return self.type
+
+    @property
+    def alloc(self) -> int | None:
+        return self._x(X_ALLOC)
+
+    def with_fields(self, **fields: Any) -> Entry:
+        """A copy with some optional fields changed (``entry_extra``'s keywords), the others
+        kept."""
+        current: dict[str, Any] = {
+            "link": self.link_id,
+            "nlink": self.nlink,
+            "xattrs": self.xattrs,
+            "rdev": self.rdev,
+            "ftype": self.kind if self.kind in SPECIAL_FTYPES else None,
+            "alloc": self.alloc,
+        }
+        current.update(fields)
+        return replace(self, extra=entry_extra(self.other_extra(), **current))
+
+    def other_extra(self) -> dict[str, Any] | None:
+        """``extra`` keys this version does not know (kept as they are when rewritten)."""
+        if not self.extra:
+            return None
+        other = {k: v for k, v in self.extra.items() if k not in EXTRA_FIELDS}
+        return other or None
 
 
 def encode_tree(entries: dict[bytes, Entry]) -> bytes:

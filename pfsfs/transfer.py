@@ -44,14 +44,14 @@ from .changes import ChangeSet, check_name
 from .chunking import Chunker
 from .display import show, show_local
 from .errors import AlreadyExists, InvalidInput, NotFound, PfsError, StoreError, StoreFull
-from .model import DIR, FIFO, FILE, SYMLINK, Entry, ManifestChunk
+from .model import DIR, FIFO, FILE, SYMLINK, X_XATTR, Entry, ManifestChunk, entry_extra
 from .objects import ObjectWriter
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 
-#: ``extra["ftype"]`` of special files stored as FIFO entries (the mount's encoding).
+#: the file-type bits of the special kinds stored as FIFO entries (``model.SPECIAL_FTYPES``)
 SPECIAL_FTYPES = {"c": stat.S_IFCHR, "b": stat.S_IFBLK, "s": stat.S_IFSOCK}
 
 
@@ -142,8 +142,7 @@ def read_xattrs(path: bytes) -> dict[bytes, bytes] | None:
 
 
 def _meta_extra(path: bytes) -> dict[str, Any]:
-    xattrs = read_xattrs(path)
-    return {"xattr": xattrs} if xattrs else {}
+    return entry_extra(xattrs=read_xattrs(path)) or {}
 
 
 def special_entry(path: bytes, st: os.stat_result, extra: dict[str, Any]) -> Entry:
@@ -164,10 +163,8 @@ def special_entry(path: bytes, st: os.stat_result, extra: dict[str, Any]) -> Ent
     if stat.S_ISFIFO(st.st_mode):
         return Entry(FIFO, mode, st.st_uid, st.st_gid, st.st_mtime_ns, extra=extra or None)
     ftype = next(k for k, v in SPECIAL_FTYPES.items() if stat.S_IFMT(st.st_mode) == v)
-    extra = {**extra, "ftype": ftype}
-    if st.st_rdev:
-        extra["rdev"] = st.st_rdev
-    return Entry(FIFO, mode, st.st_uid, st.st_gid, st.st_mtime_ns, extra=extra)
+    full = entry_extra(extra, xattrs=extra.get(X_XATTR), ftype=ftype, rdev=st.st_rdev)
+    return Entry(FIFO, mode, st.st_uid, st.st_gid, st.st_mtime_ns, extra=full)
 
 
 def dir_entry(st: os.stat_result, extra: dict[str, Any] | None = None) -> Entry:
@@ -224,8 +221,7 @@ class _Ingest:
         for group in self.groups.values():
             entry = group.entry
             if len(group.dests) > 1:
-                link = {"link": os.urandom(16), "nlink": len(group.dests)}
-                entry = entry.with_(extra={**(entry.extra or {}), **link})
+                entry = entry.with_fields(link=os.urandom(16), nlink=len(group.dests))
             for dest in group.dests:
                 self.changes.put(dest, entry)
 
@@ -344,8 +340,8 @@ def _write_all(fd: int, chunks: Iterator[bytes], *, holes: bool) -> None:
 
 def restore_xattrs(entry: Entry, path: bytes, shown: str) -> bool:
     """Set the entry's xattrs on ``path``; one warning line when some cannot be set."""
-    xattrs = (entry.extra or {}).get("xattr")
-    if not isinstance(xattrs, dict) or not xattrs:
+    xattrs = entry.xattrs
+    if not xattrs:
         return True
     failed: list[str] = []
     reason = ""
@@ -430,12 +426,8 @@ def _discard(tmp: bytes) -> None:
 
 
 def special_kind(entry: Entry) -> str:
-    """``l``, ``p``, or for a FIFO entry carrying ``extra["ftype"]``, ``c``/``b``/``s``."""
-    if entry.type == FIFO:
-        ftype = (entry.extra or {}).get("ftype")
-        if ftype in SPECIAL_FTYPES:
-            return str(ftype)
-    return entry.type
+    """``l``, ``p``, or for a device or socket ``c``/``b``/``s`` (``Entry.kind``)."""
+    return entry.kind
 
 
 class DeviceNotCreated(StoreError):
@@ -451,8 +443,7 @@ def _make_node(entry: Entry, tmp: bytes, out: bytes) -> None:
     elif kind == "s":
         os.mknod(tmp, stat.S_IFSOCK | 0o600)
     elif kind in ("c", "b"):
-        rdev = (entry.extra or {}).get("rdev", 0)
-        rdev = rdev if isinstance(rdev, int) and rdev >= 0 else 0
+        rdev = entry.rdev if entry.rdev >= 0 else 0
         try:
             os.mknod(tmp, SPECIAL_FTYPES[kind] | 0o600, rdev)
         except PermissionError:
@@ -494,8 +485,7 @@ def _lexists_special(out: bytes) -> bool:
 
 
 def _identity(entry: Entry) -> tuple[Any, ...]:
-    extra = entry.extra or {}
-    return (entry.type, entry.content_id(), entry.target, extra.get("ftype"), extra.get("rdev"))
+    return (entry.kind, entry.content_id(), entry.target, entry.rdev)
 
 
 @dataclass
@@ -535,7 +525,7 @@ class _Export:
             raise _write_error(exc, out) from None
 
     def leaf(self, entry: Entry, out: bytes) -> None:
-        link = (entry.extra or {}).get("link")
+        link = entry.link_id
         if isinstance(link, bytes) and self._link(link, entry, out):
             if entry.type == FILE:
                 self.stats.files += 1
