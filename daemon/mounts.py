@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import trio
 
 from pfsfs.daemon_client import error_from_reply
 from pfsfs.errors import DaemonError
+from pfsfs.launch import CHILD_CWD, python_module_argv
 
 from .malloc import worker_environment
 from .protocol import Channel
@@ -83,17 +83,9 @@ class MountManager:
 
     async def _spawn(self, mount_id: str, start: dict[str, Any]) -> tuple[Mount, dict[str, Any]]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        cmd = [
-            sys.executable,
-            "-m",
-            "pfsfsd.worker",
-            "--home",
-            str(self.home),
-            "--id",
-            mount_id,
-            "--fd",
-            str(theirs.fileno()),
-        ]
+        fd = str(theirs.fileno())
+        args = ["--home", str(self.home), "--id", mount_id, "--fd", fd]
+        cmd = python_module_argv("pfsfsd.worker", *args)
         if self.verbose:
             cmd.append("-" + "v" * min(self.verbose, 2))
         try:
@@ -102,6 +94,7 @@ class MountManager:
             process = subprocess.Popen(
                 cmd,
                 env=worker_environment(os.environ),
+                cwd=CHILD_CWD,
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,
                 preexec_fn=die_with_parent,

@@ -16,12 +16,12 @@ import functools
 import logging
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import trio
 
 from pfsfs.errors import Conflict
+from pfsfs.launch import CHILD_CWD, python_module_argv
 
 from .mounts import die_with_parent
 
@@ -36,7 +36,7 @@ async def supervise_scheduler(
     home: Path, verbose: int = 0, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run the scheduler process until cancelled, then stop it with SIGTERM."""
-    cmd = [sys.executable, "-m", "pfsfs.pipeline.scheduler", "--home", str(home)]
+    cmd = python_module_argv("pfsfs.pipeline.scheduler", "--home", str(home.absolute()))
     if verbose:
         cmd.append("-" + "v" * min(verbose, 2))
     started = False
@@ -44,6 +44,7 @@ async def supervise_scheduler(
         # Popen on the trio thread: PR_SET_PDEATHSIG follows the forking *thread*.
         process = subprocess.Popen(
             cmd,
+            cwd=CHILD_CWD,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=functools.partial(die_with_parent, signal.SIGTERM),

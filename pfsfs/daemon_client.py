@@ -5,9 +5,9 @@ request per connection: a JSON object on one line, answered by one JSON line wit
 the result, or ``error: {type, message, paths}`` which becomes the matching ``PfsError`` here,
 so the CLI prints one line and exits with that error's code.
 
-``DaemonClient.ensure_running`` starts a daemon in the background (``python -m pfsfsd``,
-logging to ``<home>/daemon.log``) when none answers, and waits until it does; if it cannot
-start, the error says why (the tail of the log).
+``DaemonClient.ensure_running`` starts a daemon in the background (``python -P -m pfsfsd``
+in ``/``: see ``pfsfs.launch``; logging to ``<home>/daemon.log``) when none answers, and waits
+until it does; if it cannot start, the error says why (the tail of the log).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from typing import Any
 
 from . import errors
 from .errors import DaemonError, PfsError
+from .launch import CHILD_CWD, python_module_argv
 
 SOCKET_NAME = "daemon.sock"
 LOCK_NAME = "daemon.lock"
@@ -133,13 +133,15 @@ class DaemonClient:
 
 def start_daemon(home: Path, timeout: float = START_TIMEOUT) -> dict[str, Any]:
     """Start ``pfsfsd`` for ``home`` in the background and wait until it answers."""
+    home = home.absolute()  # the daemon runs in CHILD_CWD
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / LOG_NAME
     with open(log_path, "ab") as log_file:
         start = log_file.tell()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pfsfsd", "--home", str(home), "run"],
+                python_module_argv("pfsfsd", "--home", str(home), "run"),
+                cwd=CHILD_CWD,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,

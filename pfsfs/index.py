@@ -57,6 +57,7 @@ import msgpack
 
 from . import codec
 from .errors import IndexDamaged, StoreError, StoreFull
+from .launch import CHILD_CWD, python_module_argv
 from .model import Locator
 
 MAP_SIZE = 1 << 38  # 256 GiB of address space; the file grows only as used
@@ -416,8 +417,8 @@ def salvage(src: Path, dst: Path, skip: Collection[str] = CACHE_DATABASES) -> li
     trusts its file, and damage inside a page can still make it crash rather than fail. The
     child reports each database as it is done, so what it copied before a crash is still
     reported; a database it was reading when it died is reported lost."""
-    cmd = [sys.executable, "-m", "pfsfs.index", str(src), str(dst), *skip]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    cmd = python_module_argv("pfsfs.index", str(src.absolute()), str(dst.absolute()), *skip)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=CHILD_CWD)
     done: list[Salvaged] = []
     current = ""
     for line in proc.stdout.splitlines():

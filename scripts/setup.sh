@@ -1,7 +1,28 @@
 #!/usr/bin/env bash
 # Installs what pfsfs needs on a Debian machine: system packages (FUSE, and for pipelines podman,
 # runc, bubblewrap), a virtualenv in .venv, and pfsfs itself (editable) with its test extras.
-# Idempotent; sourced by scripts/quickstart.sh and scripts/test.sh.
+# Idempotent; sourced by scripts/quickstart.sh, scripts/test.sh and scripts/bench.sh.
+#
+# Safe to source from an interactive shell (`source scripts/setup.sh`): sourced, it runs itself
+# as a child bash, so its `set -euo pipefail` never reaches the caller's shell, and only puts
+# .venv/bin on the caller's PATH (once). A failed setup returns non-zero, which stops a caller
+# running with `set -e` and leaves an interactive shell open.
+if (return 0 2>/dev/null); then
+  _pfsfs_setup_self="${BASH_SOURCE[0]:-$0}"
+  if bash "$_pfsfs_setup_self"; then
+    _pfsfs_setup_bin="$(cd "$(dirname "$_pfsfs_setup_self")/.." && pwd)/.venv/bin"
+    case ":$PATH:" in
+      *":$_pfsfs_setup_bin:"*) ;;
+      *) export PATH="$_pfsfs_setup_bin:$PATH" ;;
+    esac
+    unset _pfsfs_setup_self _pfsfs_setup_bin
+    return 0
+  fi
+  unset _pfsfs_setup_self
+  echo "setup: failed; see the messages above" >&2
+  return 1
+fi
+
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEB_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-venv make git bubblewrap podman runc
@@ -36,4 +57,3 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
     || { echo "setup: pfsfs did not install correctly" >&2; exit 1; }
   touch "$stamp"
 fi
-export PATH="$ROOT/.venv/bin:$PATH"

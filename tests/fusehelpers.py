@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from pfsfs.daemon_client import DaemonClient
+from pfsfs.launch import CHILD_CWD, python_module_argv
 
 BIN = Path(sys.executable).parent
 PFSFS = str(BIN / "pfsfs") if (BIN / "pfsfs").exists() else "pfsfs"
@@ -100,7 +101,8 @@ class Env:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the daemon process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pfsfsd", "--home", str(self.home), "-v", "run"],
+            python_module_argv("pfsfsd", "--home", str(self.home), "-v", "run"),
+            cwd=CHILD_CWD,  # as the CLI starts it: never importing from the cwd
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,

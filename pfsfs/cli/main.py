@@ -68,6 +68,9 @@ def cli(ctx: click.Context, home: str | None, verbose: int) -> None:
     is_flag=True,
     help="Share the local store (--store DIR) with DIR's group: directories 2770, files 0660.",
 )
+@click.option(
+    "--create-bucket", is_flag=True, help="Create the S3 bucket of --store s3://... if missing."
+)
 @pass_app
 def init(
     app: AppContext,
@@ -75,6 +78,7 @@ def init(
     endpoint_url: str | None,
     region: str | None,
     shared_group: bool,
+    create_bucket: bool,
 ) -> None:
     """Create the home (done implicitly on first use with the local store), private to you.
 
@@ -83,6 +87,8 @@ def init(
     home = app.home_path
     existing = read_config(home)
     store, outside = _store_section(store_url, endpoint_url, region, shared_group)
+    if create_bucket:
+        _create_bucket(store)
     if not shared_group and existing is not None and is_shared(existing):
         # `init` again without the flag keeps a shared store shared.
         if {k: v for k, v in existing.store.items() if k != "shared_group"} == store:
@@ -91,7 +97,12 @@ def init(
     if existing is not None and existing != config and _only_sharing_differs(existing, config):
         write_config(home, config)  # a private store becoming group-shared
     created = outside is not None and make_private_dir(outside)
-    repo = Repository.init(home, config)
+    try:
+        repo = Repository.init(home, config)
+    except StoreError as exc:
+        if store.get("type") == "s3" and not create_bucket and "does not exist" in exc.message:
+            raise StoreError(f"{exc.message} (--create-bucket creates it)") from None
+        raise
     check = getattr(repo.store, "check", None)
     if check is not None:
         check()
@@ -128,6 +139,20 @@ def _store_section(
     if shared_group:
         store["shared_group"] = True
     return store, path
+
+
+def _create_bucket(store: dict[str, object]) -> None:
+    """``--create-bucket``: make the bucket of an S3 store section if it does not exist."""
+    if store.get("type") != "s3":
+        raise InvalidInput("--create-bucket is for an S3 store: give --store s3://BUCKET/PREFIX")
+    from ..store.s3 import from_config
+
+    s3 = from_config(store)
+    try:
+        if s3.create_bucket():
+            click.echo(f"created bucket {store['bucket']!r} at {s3.endpoint}", err=True)
+    finally:
+        s3.close()
 
 
 def _only_sharing_differs(old: HomeConfig, new: HomeConfig) -> bool:

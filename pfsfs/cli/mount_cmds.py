@@ -88,10 +88,13 @@ def daemon(ctx: click.Context) -> None:
 @click.pass_obj
 def daemon_run(app: AppContext) -> None:
     """Run the daemon in the foreground (for systemd and Kubernetes sidecars)."""
+    from ..launch import CHILD_CWD, python_module_argv
+
     home = str(app.home_path.absolute())
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "pfsfsd", "--home", home, "run"])
+    os.chdir(CHILD_CWD)  # see pfsfs.launch: never import from, nor keep busy, the cwd
+    os.execv(sys.executable, python_module_argv("pfsfsd", "--home", home, "run"))
 
 
 @daemon.command("status")

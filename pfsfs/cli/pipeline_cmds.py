@@ -283,7 +283,8 @@ def pipeline_start(app: AppContext, name: str) -> None:
 @pass_app
 def pipeline_run(app: AppContext, names: tuple[str, ...]) -> None:
     """Process pending input now, in the foreground (all running pipelines in DAG order, or
-    the NAMES given). Exits non-zero if a job fails."""
+    the NAMES given). A pipeline the daemon is processing is waited for, and its job
+    reported. Exits non-zero if a job fails."""
     import trio
 
     from ..pipeline.engine import Engine
@@ -305,7 +306,10 @@ def pipeline_run(app: AppContext, names: tuple[str, ...]) -> None:
             failed.append(item)
             click.echo(f"job {item.id} of {item.pipeline}: {item.state}: {item.reason}")
 
-    trio.run(lambda: run_pending(engine, list(names) or None, report=report))
+    def notify(message: str) -> None:
+        click.echo(message, err=True)
+
+    trio.run(lambda: run_pending(engine, list(names) or None, report=report, notify=notify))
     if failed:
         job = failed[0]
         raise PfsError(

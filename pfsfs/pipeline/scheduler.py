@@ -152,15 +152,41 @@ def _heads(
     return {name: input_heads(engine.repository, spec) for name, spec in specs.items()}
 
 
+#: How often ``run_pending`` looks whether another process is done with a pipeline.
+LOCK_POLL = 0.2
+
+
+async def _acquire_waiting(
+    home: Path, lock: FileLock, name: str, notify: Callable[[str], None]
+) -> bool:
+    """Take ``lock``; if another process (the daemon's scheduler) holds it, say so once and
+    wait until it lets go. True if we had to wait."""
+    note = f"pid {os.getpid()}"
+    if lock.try_acquire(note):
+        return False
+    holder = scheduler_pid(home)
+    by = f"the scheduler ({holder})" if holder else "another process"
+    notify(f"pipeline {name} is being processed by {by}; waiting for it to finish")
+    while not lock.try_acquire(note):
+        await trio.sleep(LOCK_POLL)
+    return True
+
+
 async def run_pending(
     engine: Engine,
     names: list[str] | None = None,
     *,
     report: Callable[[JobRecord | PipelineRecord], None] = lambda _x: None,
+    notify: Callable[[str], None] = lambda _m: None,
 ) -> list[JobRecord]:
     """Process the pending input of the named pipelines (all running ones by default, in DAG
     order) now, in this process; ``report`` gets each finished job, or the record of a
-    pipeline that had nothing to do. Returns the jobs run."""
+    pipeline that had nothing to do. Returns the jobs run.
+
+    A pipeline another process is working on (the daemon's scheduler, another ``pipeline
+    run``) is waited for rather than refused: ``notify`` says so, and when that process is
+    done the job it finished is reported as if run here (it processed the same pending input),
+    and whatever input arrived meanwhile is processed here."""
     home = engine.repository.home
     if names:
         records = [engine.state.pipeline(n) for n in names]
@@ -173,21 +199,18 @@ async def run_pending(
         records = [r for r in engine.state.list_pipelines() if r.state == RUNNING]
     jobs = []
     for rec in topological(records) if not names else records:
-        rec = engine.state.pipeline(rec.name)
         lock = pipeline_lock(home, rec.name)
-        if not lock.try_acquire(f"pid {os.getpid()}"):
-            holder = scheduler_pid(home)
-            by = f"the scheduler ({holder})" if holder else "another process"
-            raise Conflict(
-                f"pipeline {rec.name} is being processed by {by}; "
-                f"use `pfsfs wait` or `pfsfs job list --pipeline {rec.name}`"
-            )
+        before = engine.state.last_job(rec.name, DECIDED)
+        before_id = before.id if before is not None else None
+        waited = await _acquire_waiting(home, lock, rec.name, notify)
         try:
+            rec = engine.state.pipeline(rec.name)  # as it is now that we hold its lock
             spec = parse_spec_dict(rec.spec)
             inputs = await engine.repo_call(input_heads, engine.repository, spec)
             job = claim_job(engine, rec, inputs)
             if job is None:
-                report(rec)
+                done = engine.state.last_job(rec.name, DECIDED) if waited else None
+                report(done if done is not None and done.id != before_id else rec)
                 continue
             job = await engine.run_job(job, stop_reason=lambda: "interrupted")
             jobs.append(job)

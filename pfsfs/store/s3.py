@@ -358,6 +358,37 @@ class S3ObjectStore(ObjectStore):
         except SDK_ERRORS as exc:
             self._fail(exc, "checking the bucket")
 
+    def create_bucket(self) -> bool:
+        """Create the bucket if it does not exist (``pfsfs init --create-bucket``); True if it
+        was created. Outside us-east-1 the bucket is made in the client's region (AWS wants
+        it named; other servers ignore it). A bucket that exists is left as it is."""
+        client = self._client()
+        try:
+            client.head_bucket(Bucket=self.bucket)
+            return False
+        except ClientError as exc:
+            if status_of(exc) != 404 and code_of(exc) not in ("404", "NoSuchBucket"):
+                self._fail(exc, "checking the bucket")
+        except SDK_ERRORS as exc:
+            self._fail(exc, "checking the bucket")
+        region = client.meta.region_name
+        where = {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        try:
+            client.create_bucket(Bucket=self.bucket, **(where if region != "us-east-1" else {}))
+        except ClientError as exc:
+            code = code_of(exc)
+            if code == "BucketAlreadyOwnedByYou":  # made meanwhile, by us
+                return False
+            if code == "BucketAlreadyExists":
+                raise StoreError(
+                    f"cannot create bucket '{self.bucket}' at {self.endpoint}: the name is "
+                    "taken (bucket names are global; choose another)"
+                ) from None
+            self._fail(exc, f"creating bucket '{self.bucket}'")
+        except SDK_ERRORS as exc:
+            self._fail(exc, f"creating bucket '{self.bucket}'")
+        return True
+
     # -- blobs -------------------------------------------------------------------------------
     def _queue(self) -> UploadQueue | None:
         if self._upload_workers <= 0:
