@@ -10,8 +10,9 @@ and ``pfsfs mounts`` work inside the pod — without the pipeline scheduler, and
   credential chain (env vars, a mounted profile, IRSA / Pod Identity). A fresh home is
   initialised for it (``pfsfs init``); a home made for another store is refused;
 - mounts every ``REF:DIR`` (``:ro`` is an input, read-only; at most one read-write mount, the
-  output, whose repo and branch are created if missing), with ``allow_other`` (the app
-  container runs as another uid), creating DIR if needed;
+  output, whose repo and branch are created if missing), with ``allow_other`` and without
+  ``default_permissions`` (the app container runs as another uid, often an arbitrary one, and
+  must be able to write the output: the pod is the boundary), creating DIR if needed;
 - writes the ready file (atomically) once every mount answers a ``statvfs``, and removes it
   when it stops or a mount dies (a startupProbe or a wrapper waits for it);
 - on SIGTERM snapshots and unmounts within ``--grace`` seconds (default 20, below Kubernetes'
@@ -238,6 +239,7 @@ class Sidecar(Daemon):
             "create": not spec.read_only,
             "autosnapshot": None if spec.read_only else self.autosnapshot,
             "allow_other": True,
+            "open_to_pod": True,
             "conflict_branch": True,
         }
         return await self.manager.start(secrets.token_hex(6), start)

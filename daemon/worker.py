@@ -191,6 +191,7 @@ class Worker:
                 # that conflicts goes onto a new branch instead of being kept staged.
                 "allow_other": bool(req.get("allow_other")),
                 "conflict_branch": bool(req.get("conflict_branch")),
+                "open_to_pod": bool(req.get("open_to_pod")),
                 "created_ns": time.time_ns(),
                 "pid": os.getpid(),
                 "state": "mounted",
@@ -244,6 +245,11 @@ class Worker:
         options |= {f"fsname=pfsfs:{described}", "subtype=pfsfs", "noatime", "nosuid", "nodev"}
         if os.geteuid() == 0 or self.meta.get("allow_other"):
             options.add("allow_other")
+        if self.meta.get("open_to_pod"):
+            # A sidecar's mount serves the pod's app, whatever uid it runs as (OpenShift picks
+            # one at random): no kernel permission checks against the owners stored in the
+            # commits; the pod is the boundary, and inputs are read-only mounts anyway.
+            options.discard("default_permissions")
         if all(v.read_only for v in self.tree.volumes):
             options.add("ro")
         try:

@@ -133,7 +133,8 @@ source_hash() {
 
 build_pfsfs() {
     local image=pfsfs/pfsfs hash label
-    ensure_packages podman runc debootstrap
+    # catatonit: the pause process of `podman kube play` pods (the sidecar example's test)
+    ensure_packages podman runc debootstrap catatonit
     hash="$(source_hash)"
     if [ "$force" -eq 0 ] && image_exists "$image"; then
         label="$(podman image inspect --format '{{index .Labels "io.pfsfs.source"}}' "$image")"

@@ -12,8 +12,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -133,7 +135,10 @@ def test_sidecar_over_s3_from_the_environment(
     store = f"s3://{s3_server.bucket}/{prefix}"  # another home over the same bucket
     pfsfs(tmp_path / "seed", env, "init", "--store", store, "--endpoint-url", s3_server.endpoint)
     seed(tmp_path / "seed", env, "in", "in.txt", b"from the bucket\n")
-    x, y = tmp_path / "x", tmp_path / "y"  # created by the sidecar
+    # Outside tmp_path (0700 for root): uid 1000 must be able to reach the mounts.
+    base = Path(tempfile.mkdtemp(prefix="pfsfs-sidecar-"))
+    os.chmod(base, 0o755)
+    x, y = base / "x", base / "y"  # created by the sidecar
     sc = SidecarProc(tmp_path, env, "--mount", f"in@master:{x}:ro", "--mount", f"out@master:{y}")
     try:
         sc.start("--grace", "15")
@@ -146,6 +151,10 @@ def test_sidecar_over_s3_from_the_environment(
             write(x / "nope", "x")
         assert exc.value.errno == errno.EROFS
         write(y / "out.txt", "result\n")
+        # The app container runs as another uid: it reads the input and writes the output.
+        as_app = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c"]
+        script = f"cat {x}/in.txt > {y}/by-app.txt && id -u >> {y}/by-app.txt"
+        subprocess.run([*as_app, script], check=True, timeout=30)
         code, took = sc.stop(signal.SIGTERM)
         assert code == 0, sc.tail()
         assert took < 15
@@ -153,8 +162,13 @@ def test_sidecar_over_s3_from_the_environment(
         assert not is_mounted(x) and not is_mounted(y)
     finally:
         sc.cleanup()
+        for mp in (x, y):
+            force_unmount(mp)
+        shutil.rmtree(base, ignore_errors=True)
     # The commit is in the bucket: another home over the same store reads it.
     assert pfsfs(tmp_path / "seed", env, "cat", "out@master:/out.txt") == "result\n"
+    by_app = pfsfs(tmp_path / "seed", env, "cat", "out@master:/by-app.txt")
+    assert by_app == "from the bucket\n1000\n"
     assert "Traceback" not in sc.tail()
 
 
