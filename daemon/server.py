@@ -107,9 +107,10 @@ class Daemon:
                 if self.run_pipelines:
                     await nursery.start(supervise_scheduler, self.home, self.verbose)
                 log.info("pfsfsd %d serving %s", os.getpid(), self.home)
+                await self.started()
                 await self._stop.wait()
                 log.info("stopping: saving and unmounting %d mount(s)", len(self.manager.mounts))
-                await self.manager.shutdown_all()
+                await self.stop_mounts()
                 nursery.cancel_scope.cancel()
             listener.close()
         finally:
@@ -121,6 +122,14 @@ class Daemon:
                 self.repo.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
+
+    # -- hooks for variants of the daemon (the Kubernetes sidecar, ``sidecar``) ----------------
+    async def started(self) -> None:
+        """Called once the control socket serves and mounts can start: nothing by default."""
+
+    async def stop_mounts(self) -> None:
+        """Save and unmount every mount at stop (no deadline here: a sidecar adds one)."""
+        await self.manager.shutdown_all()
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -187,6 +187,11 @@ class Worker:
                 "multi": bool(req.get("multi")),
                 "xattrs": bool(req.get("xattrs")),
                 "autosnapshot": req.get("autosnapshot"),
+                # Sidecar mounts (pfsfsd.sidecar): other uids may use the mount, and a commit
+                # that conflicts goes onto a new branch instead of being kept staged.
+                "allow_other": bool(req.get("allow_other")),
+                "conflict_branch": bool(req.get("conflict_branch")),
+                "open_to_pod": bool(req.get("open_to_pod")),
                 "created_ns": time.time_ns(),
                 "pid": os.getpid(),
                 "state": "mounted",
@@ -238,8 +243,13 @@ class Worker:
         # nosuid, nodev: set-id bits and device files are data here (kept, committed), never
         # privileges: a committed set-uid-root file (a pipeline output) must not run as root.
         options |= {f"fsname=pfsfs:{described}", "subtype=pfsfs", "noatime", "nosuid", "nodev"}
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 or self.meta.get("allow_other"):
             options.add("allow_other")
+        if self.meta.get("open_to_pod"):
+            # A sidecar's mount serves the pod's app, whatever uid it runs as (OpenShift picks
+            # one at random): no kernel permission checks against the owners stored in the
+            # commits; the pod is the boundary, and inputs are read-only mounts anyway.
+            options.discard("default_permissions")
         if all(v.read_only for v in self.tree.volumes):
             options.add("ro")
         try:
@@ -392,7 +402,7 @@ class Worker:
             if not dirty or now - quiet_since < interval or gave_up_at == seen:
                 continue
             try:
-                await self.do_snapshot("autosnapshot")
+                await self.snapshot_or_branch("autosnapshot")
             except PfsError as exc:
                 log.warning("autosnapshot of %s failed (changes kept): %s", self.mountpoint, exc)
                 gave_up_at = tree.changes  # retry only after new changes
@@ -494,6 +504,40 @@ class Worker:
                     if exc.errno != errno.ENOENT:
                         log.warning("cache invalidation failed: %s", exc)
 
+    # -- conflicts of mounts nobody watches (sidecars): a new branch, never a discard ---------
+    def conflict_branch(self) -> str | None:
+        """A fresh branch name for a conflicting commit, if this mount wants one."""
+        if not self.meta.get("conflict_branch") or self.tree is None:
+            return None
+        return conflict_branch_name(self.tree.volumes)
+
+    async def snapshot_or_branch(self, message: str) -> list[VolumeResult]:
+        """``do_snapshot``; on a conflict, commit onto a new branch if the mount says so."""
+        try:
+            return await self.do_snapshot(message)
+        except Conflict as exc:
+            onto = self.conflict_branch()
+            if onto is None:
+                raise
+            results = await self.do_snapshot(message, onto_branch=onto)
+            log_conflict_branch(self.mountpoint, onto, exc)
+            return results
+
+    def final_snapshot(self) -> list[VolumeResult]:
+        """The commit at the end of the session (``finish``), with the same conflict rule."""
+        assert self.tree is not None
+        try:
+            return snapshot(
+                self.tree, self.final_message, strategy=self.final_strategy, author=self.author
+            )
+        except Conflict as exc:
+            onto = self.conflict_branch()
+            if onto is None:
+                raise
+            results = snapshot(self.tree, self.final_message, onto_branch=onto, author=self.author)
+            log_conflict_branch(self.mountpoint, onto, exc)
+            return results
+
     async def do_unmount(self, msg: dict[str, Any], req_id: Any) -> None:
         assert self.tree is not None
         if self.unmounting:
@@ -534,7 +578,7 @@ class Worker:
         self.final_message = "daemon shutdown"
         if not all(v.read_only for v in self.tree.volumes):
             try:
-                self.earlier = await self.do_snapshot("daemon shutdown")
+                self.earlier = await self.snapshot_or_branch("daemon shutdown")
             except PfsError as exc:
                 log.warning("snapshot at shutdown failed (changes kept): %s", exc)
         async with self.lock:
@@ -557,12 +601,7 @@ class Worker:
             if not self.discard and any(
                 not v.read_only and self.tree.nodes[v.root].dirty for v in self.tree.volumes
             ):
-                results = snapshot(
-                    self.tree,
-                    self.final_message,
-                    strategy=self.final_strategy,
-                    author=self.author,
-                )
+                results = self.final_snapshot()
         except Exception as exc:  # noqa: BLE001 - reported, staging kept
             error = exc
             log.error("final commit of %s failed; staged changes kept: %s", self.mountpoint, exc)
@@ -611,6 +650,25 @@ class Worker:
         await self.chan.send(
             {"event": "exited", "ok": True, "results": [r.to_dict() for r in results]}
         )
+
+
+def conflict_branch_name(volumes: Any) -> str:
+    """``<branch>.conflict-<pod>-<UTC time>`` (valid branch characters only, <= 100)."""
+    branch = next((v.branch for v in volumes if not v.read_only and v.branch), "branch")
+    who = os.environ.get("PFSFS_POD") or socket.gethostname() or "pod"
+    who = "".join(c if c.isalnum() or c in "_.-" else "-" for c in who)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"{time.time_ns() % 10**9:09d}"[:3]
+    tail = f".conflict-{who}-{stamp}"
+    return (branch[: 100 - min(len(tail), 60)] + tail)[:100]
+
+
+def log_conflict_branch(mountpoint: str, branch: str, exc: Conflict) -> None:
+    log.warning(
+        "commit of %s conflicted (%s); committed onto the new branch %s instead",
+        mountpoint,
+        exc.message,
+        branch,
+    )
 
 
 def _combine(earlier: list[VolumeResult], later: list[VolumeResult]) -> list[dict[str, Any]]:

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Build the local pfsfs container images without a registry.
 #
-#   scripts/build-images.sh [--force] [deps|busybox|python|all]...   (default: all)
+#   scripts/build-images.sh [--force] [deps|busybox|python|pfsfs|all]...   (default: all)
 #
 #   deps     install podman, runc, bubblewrap, busybox-static (apt-get, as root)
 #   busybox  pfsfs/busybox: `podman import` of a rootfs made from Debian's busybox-static
 #   python   pfsfs/python:  `podman import` of `debootstrap --variant=minbase --include=python3`
+#   pfsfs    pfsfs/pfsfs:   the sidecar / scheduler image: a minbase rootfs with python3, fuse3
+#            and tini, and this checkout installed from wheels (not editable) into a venv at
+#            /opt/pfsfs; ENTRYPOINT tini -- pfsfs (k8s/Containerfile is the same image for a
+#            registry). Rebuilt when the sources change (label io.pfsfs.source); not in `all`.
 #
 # Idempotent: an image that already exists is not rebuilt (unless --force); the debootstrap
 # rootfs is cached as a tarball under ${PFSFS_CACHE:-~/.cache/pfsfs}. The Debian mirror is the one
@@ -120,12 +124,78 @@ build_python() {
     say "built $image"
 }
 
+# A hash of what goes into the pfsfs image: the package sources and this recipe.
+source_hash() {
+    (cd "$here/.." && find pfsfs daemon pyproject.toml scripts/build-images.sh \
+        -name __pycache__ -prune -o -type f \( -name '*.py' -o -name '*.conf' -o -name '*.toml' \
+        -o -name '*.sh' \) -print | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
+}
+
+build_pfsfs() {
+    local image=pfsfs/pfsfs hash label
+    # catatonit: the pause process of `podman kube play` pods (the sidecar example's test)
+    ensure_packages podman runc debootstrap catatonit
+    hash="$(source_hash)"
+    if [ "$force" -eq 0 ] && image_exists "$image"; then
+        label="$(podman image inspect --format '{{index .Labels "io.pfsfs.source"}}' "$image")"
+        if [ "$label" = "$hash" ]; then say "$image is up to date ($hash)"; return; fi
+    fi
+    local base="$cache/pfsfs-base-$suite-rootfs.tar.gz" mirror root
+    if [ "$force" -eq 1 ] || [ ! -s "$base" ]; then
+        mirror="$(debian_mirror)"
+        root="$(mktemp -d)"
+        cleanup+=("$root")
+        say "debootstrap $suite with python3, fuse3, tini from $mirror (about two minutes)"
+        if ! debootstrap --variant=minbase --include=python3,python3-venv,fuse3,tini,ca-certificates \
+                "$suite" "$root" "$mirror" >&2; then
+            die "debootstrap could not build $suite from mirror $mirror (unreachable?);" \
+                "set PFSFS_DEBIAN_MIRROR"
+        fi
+        rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+        tar --numeric-owner -C "$root" -czf "$base.tmp" . && mv "$base.tmp" "$base"
+        rm -rf "$root"
+    else
+        say "using cached rootfs $base"
+    fi
+    # Wheels of pfsfs and its dependencies, built here with the project's Python (the image's
+    # python3 is the same Debian 3.11: same ABI), installed in the image without any index.
+    local py="$here/../.venv/bin/python" wheels
+    [ -x "$py" ] || py=python3
+    wheels="$(mktemp -d)"
+    cleanup+=("$wheels")
+    say "building wheels of $(cd "$here/.." && pwd)"
+    "$py" -m pip wheel -q --disable-pip-version-check -w "$wheels" "$here/.." 2>&1 \
+        | grep -v '^WARNING: Location' >&2 || true
+    ls "$wheels"/pfsfs-*.whl >/dev/null 2>&1 || die "pip wheel built no pfsfs wheel"
+    root="$(mktemp -d)"
+    cleanup+=("$root")
+    tar -C "$root" -xzf "$base"
+    mkdir -p "$root/tmp/wheels" "$root/pfs" "$root/usr/share/pfsfs"
+    cp "$wheels"/*.whl "$root/tmp/wheels/"
+    chroot "$root" /usr/bin/python3 -m venv /opt/pfsfs
+    chroot "$root" /opt/pfsfs/bin/pip install -q --no-index --disable-pip-version-check \
+        --find-links /tmp/wheels pfsfs >&2
+    rm -rf "$root/tmp/wheels" "$root/root/.cache"
+    ln -sf /opt/pfsfs/bin/pfsfs "$root/usr/local/bin/pfsfs"
+    chroot "$root" /usr/local/bin/pfsfs --version >&2
+    local tarball="$cache/pfsfs-image.tar"
+    tar --numeric-owner -C "$root" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
+    import_image "$tarball" "$image" \
+        --change 'ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/pfsfs"]' \
+        --change 'CMD ["--help"]' \
+        --change 'ENV PATH=/opt/pfsfs/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin' \
+        --change 'ENV PFSFS_HOME=/var/lib/pfsfs' \
+        --change "LABEL io.pfsfs.source=$hash"
+    rm -f "$tarball"
+    say "built $image ($hash)"
+}
+
 targets=()
 for arg in "$@"; do
     case "$arg" in
         --force) force=1 ;;
-        deps|busybox|python|all) targets+=("$arg") ;;
-        *) die "unknown target '$arg' (deps, busybox, python, all)" ;;
+        deps|busybox|python|pfsfs|all) targets+=("$arg") ;;
+        *) die "unknown target '$arg' (deps, busybox, python, pfsfs, all)" ;;
     esac
 done
 [ "${#targets[@]}" -gt 0 ] || targets=(all)
@@ -140,6 +210,7 @@ for t in "${targets[@]}"; do
         deps) ensure_packages podman runc bubblewrap busybox-static ;;
         busybox) build_busybox ;;
         python) build_python ;;
+        pfsfs) build_pfsfs ;;
         all) ensure_packages podman runc bubblewrap busybox-static; build_busybox; build_python ;;
     esac
 done

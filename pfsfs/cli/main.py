@@ -194,7 +194,7 @@ def _register() -> None:
         for command in module.COMMANDS:
             cli.add_command(command)
     # Optional command groups from higher layers (daemon, pipelines) register themselves here.
-    for name in ("mount_cmds", "pipeline_cmds", "sync_cmds"):
+    for name in ("mount_cmds", "pipeline_cmds", "sync_cmds", "sidecar_cmds"):
         try:
             module = __import__(f"pfsfs.cli.{name}", fromlist=["COMMANDS"])
         except ModuleNotFoundError as exc:

@@ -1,0 +1,1 @@
+"""Kubernetes helpers that need no cluster (manifest checks); see ``lint``."""
