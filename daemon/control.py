@@ -107,6 +107,7 @@ class Controller:
             "multi": bool(req.get("multi")),
             "read_only": bool(req.get("read_only")),
             "create": bool(req.get("create")),
+            "from": req.get("from"),
             "xattrs": bool(req.get("xattrs")),
             "autosnapshot": autosnapshot,
             "author": req.get("author"),

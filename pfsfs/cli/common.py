@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 
+from ..errors import ReadOnly
 from ..refspec import short_repr
 from ..repository import Repository
 
@@ -120,6 +121,23 @@ class PfsGroup(click.Group):
             if is_interrupt(exc):
                 raise interrupted() from None
             raise
+
+
+def refuse_output_repo(repository: Repository, repo: str) -> None:
+    """A pipeline's output repo is written by its pipeline only: people get ``ReadOnly`` for
+    every write, branches and rollbacks included (the pipeline's own commits and branches go
+    through the library, not through here)."""
+    owner = repository.repo_record(repo).get("output_of")
+    if owner:
+        raise ReadOnly(f"repo {repo} is the output of pipeline {owner}; it is read-only")
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 file``, ``2 files``, ``0 commits``."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+
+
+NO_CHANGES = "no changes; nothing committed"
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -14,12 +14,14 @@ from ..model import Commit
 from ..refspec import parse_branch
 from .common import (
     COUNT,
+    NO_CHANGES,
     AppContext,
     emit_json,
     human_bytes,
     human_time,
     json_option,
     pass_app,
+    refuse_output_repo,
 )
 
 
@@ -151,6 +153,7 @@ def diff(app: AppContext, old: str, new: str, path: str | None, as_json: bool) -
 def rollback(app: AppContext, target: str, to_ref: str, hard: bool) -> None:
     """Make a new commit whose content is REF's (history kept), or --hard move the branch."""
     repo, branch = parse_branch(target)
+    refuse_output_repo(app.repo, repo)
     to = app.repo.resolve(to_ref if "@" in to_ref else f"{repo}@{to_ref}")
     if to.commit is None:
         raise InvalidInput(f"{to_ref} has no commits")
@@ -161,6 +164,10 @@ def rollback(app: AppContext, target: str, to_ref: str, hard: bool) -> None:
             err=True,
         )
     head = app.repo.rollback(repo, branch, to.commit, hard=hard)
+    if head is None:
+        held = f"{repo}@{branch} already holds what {to_hex(to.commit)[:12]} holds"
+        click.echo(f"{NO_CHANGES} ({held})", err=True)
+        return
     click.echo(to_hex(head))
 
 

@@ -15,6 +15,7 @@ from .common import (
     human_time,
     json_option,
     pass_app,
+    refuse_output_repo,
 )
 
 
@@ -88,20 +89,16 @@ def branch() -> None:
 
 @branch.command("create")
 @click.argument("target", metavar="REPO@BRANCH")
-@click.option("--from", "from_ref", metavar="REF", help="Start at this commit or branch.")
+@click.option(
+    "--from", "from_ref", metavar="REF", help="Start at this commit or branch (default: master)."
+)
 @pass_app
 def branch_create(app: AppContext, target: str, from_ref: str | None) -> None:
-    """Create a branch (empty, or at --from REF)."""
+    """Create a branch at the head of master, or at --from REF (like `git switch -c`)."""
     name, new = parse_branch(target)
-    head = None
-    if from_ref:
-        ref = from_ref if "@" in from_ref else f"{name}@{from_ref}"
-        resolved = app.repo.resolve(ref)
-        if resolved.repo != name:
-            raise click.BadParameter("--from must name a commit of the same repo")
-        head = resolved.commit
-    app.repo.create_branch(name, new, head)
-    click.echo(f"created branch {name}@{new}" + (f" at {to_hex(head)[:12]}" if head else ""))
+    refuse_output_repo(app.repo, name)
+    start = app.repo.start_branch(name, new, from_ref)
+    click.echo(f"created branch {name}@{new} from {start}")
 
 
 @branch.command("list")
@@ -125,6 +122,7 @@ def branch_list(app: AppContext, name: str, as_json: bool) -> None:
 def branch_delete(app: AppContext, target: str) -> None:
     """Delete a branch (its commits stay reachable from other branches, or go at gc)."""
     name, b = parse_branch(target)
+    refuse_output_repo(app.repo, name)
     app.repo.delete_branch(name, b)
     click.echo(f"deleted branch {name}@{b}")
 

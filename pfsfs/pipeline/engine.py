@@ -592,7 +592,9 @@ class _JobRun:
             base = self.repository.branch_head(repo, branch)
             changes = output_changes(self.repository, base, desired)
             try:
-                return self.repository.commit(
+                # Committed even when the output is unchanged: the commit records which input
+                # commits were processed (provenance; what `pfsfs wait` looks for).
+                commit_id = self.repository.commit(
                     repo,
                     branch,
                     changes,
@@ -600,7 +602,10 @@ class _JobRun:
                     parent=base,
                     author=f"pipeline:{self.spec.name}",
                     provenance=provenance,
+                    allow_empty=True,
                 )
+                assert commit_id is not None
+                return commit_id
             except BranchMoved:
                 log.info("job %s: %s@%s moved; committing again", self.job.id, repo, branch)
         raise BranchMoved(f"{repo}@{branch} keeps moving; the job's output was not committed")
