@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pfsfs.diff import diff_entries
+from pfsfs.display import plural
 from pfsfs.errors import AlreadyExists, BranchMoved, Conflict, InvalidInput, StoreFull
 from pfsfs.ids import to_hex
 from pfsfs.model import DIR, FILE, SYMLINK, Commit, Entry, ManifestChunk
@@ -417,8 +418,7 @@ def describe_changes(repo: Any, old: Entry, new: Entry, shown: int = 3) -> str:
     noun = "file" if all(not i.path.endswith(b"/") for i in items) else "path"
     names = [i.shown.lstrip("/") for i in items[:shown]]
     more = ", …" if len(items) > shown else ""
-    count = len(items)
-    return f"{count} {noun}{'s' if count != 1 else ''} changed ({', '.join(names)}{more})"
+    return f"{plural(len(items), noun)} changed ({', '.join(names)}{more})"
 
 
 def check_fully_staged(tree: Tree) -> None:

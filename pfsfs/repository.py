@@ -24,7 +24,7 @@ from typing import Any
 from . import codec
 from .changes import ChangeSet, apply_changes, split_path
 from .chunking import Chunker, ChunkParams
-from .display import show_path
+from .display import plural, show_path
 from .errors import (
     AlreadyExists,
     BranchMoved,
@@ -351,7 +351,9 @@ class Repository:
                 break
             parents = self.read_commit(commit).parents
             if not parents:
-                raise NotFound(f"{spec.repo}@{name}~{spec.back}: history has only {i + 1} commits")
+                raise NotFound(
+                    f"{spec.repo}@{name}~{spec.back}: history has only {plural(i + 1, 'commit')}"
+                )
             commit = parents[0]
         if spec.back:
             branch = None  # an ancestor is not the branch head: mounts of it are read-only

@@ -6,6 +6,9 @@ real (``env``: a daemon subprocess, unmounted in a finally).
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from pathlib import Path
 
 from .cli import fails, run
@@ -146,3 +149,245 @@ def test_put_trailing_slash_puts_the_contents(tmp_path: Path) -> None:
     # Without a path, the contents go to the root (here: nothing new, so no commit).
     assert "no changes" in err(run(home, "put", "r@master", "-f", f"{d}/", "-r"))
     assert "use -r" in fails(home, "put", "r@master:/", "-f", f"{d}/", code=2)
+
+
+# -- 5. every command and option in README's tables exists --------------------------------------
+README = Path(__file__).resolve().parent.parent / "README.md"
+WORD = re.compile(r"^[a-z][a-z-]*$")
+OPTION = re.compile(r"(?<![\w-])(--?[a-zA-Z][a-zA-Z-]*)")
+
+
+def _readme_table_commands() -> list[tuple[str, str]]:
+    """``(backticked text, its row)`` of every ``pfsfs ...`` in a README table's first column."""
+    found = []
+    for line in README.read_text().splitlines():
+        if not line.startswith("| `"):
+            continue
+        first = re.split(r"(?<!\\)\|", line)[1].replace("\\|", "|")
+        found.extend((seg, line) for seg in re.findall(r"`([^`]+)`", first))
+    return found
+
+
+def _resolve(group, words: list[str]):  # type: ignore[no-untyped-def]
+    """The deepest command the leading words name below ``group`` (words used, command)."""
+    import click
+
+    command, used = group, []
+    for w in words:
+        if not (isinstance(command, click.Group) and w in command.commands):
+            break
+        command, used = command.commands[w], [*used, w]
+    return used, command
+
+
+def _lead_words(text: str) -> list[str]:
+    words = []
+    for token in text.split():
+        if not WORD.match(token):
+            break
+        words.append(token)
+    return words
+
+
+def _readme_claims() -> list[tuple[list[str], list[str], str]]:
+    """``(command path, options, row)`` for each command a README table names; an option
+    written in brackets is marked optional with a leading "?"."""
+    from pfsfs.cli.main import cli
+
+    claims = []
+    parent: list[str] = []
+    for seg, row in _readme_table_commands():
+        absolute = seg.startswith("pfsfs ")
+        if not absolute and not seg.startswith(("pfsfs", *cli.commands)) and not parent:
+            continue  # a `-f -` or `master` quoted in a first column
+        text = seg[len("pfsfs ") :] if absolute else seg
+        for n, part in enumerate(text.split(" / ")):
+            words = _lead_words(part)
+            bases = [[]] if absolute and n == 0 else [parent, []] if n else [[], parent]
+            best: tuple[list[str], list[str]] | None = None
+            for base in bases:
+                used, _ = _resolve(cli, [*base, *words])
+                if len(used) > len(base) and (best is None or len(used) > len(best[0])):
+                    best = (used, base)
+            assert best is not None, f"README names `pfsfs {part}`, no such command ({row})"
+            path = best[0]
+            parent = path[:-1] if len(path) > 1 else path
+            optional = set(OPTION.findall(" ".join(re.findall(r"\[[^\]]*\]", part))))
+            options = [("?" if o in optional else "") + o for o in OPTION.findall(part)]
+            claims.append((path, options, row))
+            # `daemon [run|status|stop]`: alternatives of subcommands.
+            for alts in re.findall(r"\[([a-z|]+)\]", part):
+                for sub in alts.split("|"):
+                    claims.append(([*path, sub], [], row))
+    return claims
+
+
+def test_every_command_and_option_in_readme_tables_exists(tmp_path: Path) -> None:
+    from pfsfs.cli.main import cli
+
+    claims = _readme_claims()
+    assert len(claims) > 40  # the tables were read
+    helps: dict[tuple[str, ...], str] = {}
+    for path, options, row in claims:
+        key = tuple(path)
+        if key not in helps:
+            proc = run(tmp_path / "home", *path, "--help", check=False)
+            assert proc.returncode == 0, f"`pfsfs {' '.join(path)} --help` failed ({row})"
+            helps[key] = out(proc)
+        command = _resolve(cli, path)[1]
+        for option in options:
+            if option.startswith("?"):  # `[-m MSG]`: the CLI must not demand it
+                option = option[1:]
+                param = next(p for p in command.params if option in p.opts + p.secondary_opts)
+                assert not param.required, f"README: `{option}` is optional; the CLI demands it"
+            assert re.search(rf"(?<![\w-]){re.escape(option)}\b", helps[key]), (
+                f"README says `pfsfs {' '.join(path)} ... {option}`; its --help has no {option}"
+            )
+
+
+# -- 11. small things ---------------------------------------------------------------------------
+def test_fsck_json(tmp_path: Path) -> None:
+    home, f = tmp_path / "home", tmp_path / "f"
+    f.write_text("x")
+    run(home, "repo", "create", "r")
+    run(home, "put", "r@master:/f", "-f", str(f))
+    assert json.loads(out(run(home, "fsck", "--json"))) == {
+        "ok": True,
+        "deep": False,
+        "problems": [],
+    }
+    for blob in (home / "store").rglob("*"):
+        if blob.is_file() and "pack" in blob.parts:
+            blob.unlink()  # a pack with the file's tree and manifest
+    proc = run(home, "fsck", "--json", check=False)
+    assert proc.returncode == 6
+    report = json.loads(out(proc))
+    assert report["ok"] is False and report["problems"]
+    assert err(proc).strip().splitlines() == [
+        f"pfsfs: error: fsck found {len(report['problems'])} problem"
+        + ("s" if len(report["problems"]) != 1 else "")
+    ]
+
+
+def test_plurals(tmp_path: Path) -> None:
+    home, f = tmp_path / "home", tmp_path / "f"
+    f.write_text("x")
+    run(home, "repo", "create", "r")
+    run(home, "put", "r@master:/f", "-f", str(f))
+    assert "history has only 1 commit\n" in err(run(home, "log", "r@master~3", check=False))
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "one").write_text("1")
+    run(home, "put", "r@master", "-f", str(d), "-r")
+    proc = run(home, "get", "r@master:/d", "-o", str(tmp_path / "back"))
+    assert err(proc).startswith("1 file written to "), err(proc)
+
+
+def test_output_repos_refuse_branches_and_rollback(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run(home, "repo", "create", "data")
+    spec = tmp_path / "p.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "pipeline": {"name": "p"},
+                "input": {"pfs": {"repo": "data", "glob": "/*"}},
+                "transform": {"cmd": ["true"]},
+                "runner": "local",
+            }
+        )
+    )
+    run(home, "pipeline", "create", "-f", str(spec))
+    for args in (
+        ("branch", "create", "p@mine"),
+        ("branch", "delete", "p@master"),
+        ("rollback", "p@master", "--to", "master"),
+    ):
+        assert "is the output of pipeline p; it is read-only" in fails(home, *args, code=8)
+    assert list(json.loads(out(run(home, "branch", "list", "p", "--json")))) == ["master"]
+
+
+def test_spec_reports_every_field_error_at_once(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run(home, "repo", "create", "data")
+    spec = tmp_path / "p.yaml"
+    spec.write_text(
+        "pipeline: {name: p}\ninput: {pfs: {repo: nope, glob: '/*'}}\ntransform: {cmd: [true]}\n"
+    )
+    line = fails(home, "pipeline", "create", "-f", str(spec), code=2)
+    assert line == (
+        "pfsfs: error: 2 problems: input.pfs.repo: repo 'nope' does not exist; "
+        "transform.image: required by the podman runner"
+    )
+    assert "input.pfs.repo" not in fails(home, "pipeline", "inspect", "p", code=3)  # none made
+
+
+def test_stats_counts_empty_branches_on_local_and_s3(tmp_path: Path, s3_server) -> None:  # type: ignore[no-untyped-def]
+    from .s3server import TEST_ACCESS_KEY, TEST_SECRET_KEY
+
+    local = tmp_path / "local"
+    s3 = tmp_path / "s3"
+    creds = {"AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY}
+    old = {k: os.environ.get(k) for k in creds}
+    os.environ.update(creds)
+    try:
+        prefix = f"stats-{os.urandom(4).hex()}"
+        run(
+            s3,
+            "init",
+            "--store",
+            f"s3://{s3_server.bucket}/{prefix}",
+            "--endpoint-url",
+            s3_server.endpoint,
+        )
+        f = tmp_path / "f"
+        f.write_text("x")
+        counts = []
+        for home in (local, s3):
+            run(home, "repo", "create", "r")  # master: empty
+            run(home, "put", "r@dev:/f", "-f", str(f))
+            run(home, "branch", "create", "r@empty", "--from", "master")  # no commits either
+            run(home, "repo", "create", "q")
+            counts.append(json.loads(out(run(home, "stats", "--json")))["branches"])
+        assert counts == [4, 4]
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_wait_lists_each_output_once_and_why_names_every_input(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run(home, "repo", "create", "data")
+    run(home, "repo", "create", "params")
+    run(home, "put", "data@master:/a", "-f", "-", input=b"a\n")
+    run(home, "put", "params@master:/k", "-f", "-", input=b"k\n")
+
+    def pipeline(name: str, inp: dict[str, object], cmd: str) -> None:
+        path = tmp_path / f"{name}.json"
+        spec = {"pipeline": {"name": name}, "input": inp, "runner": "local"}
+        path.write_text(json.dumps({**spec, "transform": {"cmd": ["sh", "-c", cmd]}}))
+        run(home, "pipeline", "create", "-f", str(path))
+
+    copy = 'cat "$PFS_DATA"/* "$PFS_PARAMS"/* > "$PFS_OUT"/out'
+    cross = {
+        "cross": [{"pfs": {"repo": "data", "glob": "/"}}, {"pfs": {"repo": "params", "glob": "/"}}]
+    }
+    pipeline("left", cross, copy)
+    pipeline("right", {"pfs": {"repo": "data", "glob": "/"}}, 'cat "$PFS_DATA"/a > "$PFS_OUT"/r')
+    diamond = {
+        "cross": [{"pfs": {"repo": "left", "glob": "/"}}, {"pfs": {"repo": "right", "glob": "/"}}]
+    }
+    pipeline("both", diamond, 'cat "$PFS_LEFT"/out "$PFS_RIGHT"/r > "$PFS_OUT"/all')
+    run(home, "pipeline", "run")
+    outputs = out(run(home, "wait", "data@master", "--timeout", "30")).split()
+    assert sorted(o.split("@")[0] for o in outputs) == ["both", "left", "right"], outputs
+    why = out(run(home, "why", "left@master:/out"))
+    data, params = (
+        out(run(home, "log", f"{r}@master", "-n", "1")).split()[0] for r in ("data", "params")
+    )
+    line = next(x for x in why.splitlines() if "reproduce" in x)
+    assert "pfsfs mount --repos data@" in line and f"data@{data}" in line, why
+    assert f"params@{params}" in line, why

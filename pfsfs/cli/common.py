@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 
+from ..display import plural as plural  # re-exported: the commands count with it
 from ..errors import ReadOnly
 from ..refspec import short_repr
 from ..repository import Repository
@@ -130,11 +131,6 @@ def refuse_output_repo(repository: Repository, repo: str) -> None:
     owner = repository.repo_record(repo).get("output_of")
     if owner:
         raise ReadOnly(f"repo {repo} is the output of pipeline {owner}; it is read-only")
-
-
-def plural(count: int, noun: str, plural_form: str | None = None) -> str:
-    """``1 file``, ``2 files``, ``0 commits``."""
-    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
 
 
 NO_CHANGES = "no changes; nothing committed"

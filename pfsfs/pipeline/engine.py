@@ -35,6 +35,7 @@ from typing import Any
 import trio
 
 from ..changes import ChangeSet, check_name, split_path
+from ..display import plural
 from ..errors import BranchMoved, PfsError
 from ..ids import to_hex
 from ..model import FILE, SYMLINK, Entry, Locator
@@ -576,7 +577,7 @@ class _JobRun:
         self._declare_roots()
         counts = self.job.counts
         message = (
-            f"job {self.job.id}: {counts.get(PROCESSED, 0)} datums processed, "
+            f"job {self.job.id}: {plural(counts.get(PROCESSED, 0), 'datum')} processed, "
             f"{counts.get(SKIPPED, 0)} reused"
         )
         provenance = {
