@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 from .cli import fails, run
-from .fusehelpers import Env, env, no_leftovers, write
+from .fusehelpers import PFSFS, Env, env, no_leftovers, write
 
 __all__ = ["env", "no_leftovers"]
 
@@ -391,3 +392,66 @@ def test_wait_lists_each_output_once_and_why_names_every_input(tmp_path: Path) -
     line = next(x for x in why.splitlines() if "reproduce" in x)
     assert "pfsfs mount --repos data@" in line and f"data@{data}" in line, why
     assert f"params@{params}" in line, why
+
+
+# -- 10. shell completion -----------------------------------------------------------------------
+def _seeded_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    run(home, "repo", "create", "data")
+    run(home, "repo", "create", "other")
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "b.txt").write_text("b")
+    (d / "a.txt").write_text("a")
+    run(home, "put", "data@master:/", "-f", f"{d}/", "-r")
+    run(home, "branch", "create", "data@dev")
+    return home
+
+
+def test_completion_function_completes_repos_branches_and_paths(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import click
+
+    from pfsfs.cli.completion import complete_ref
+    from pfsfs.cli.main import cli
+
+    home = _seeded_home(tmp_path)
+    monkeypatch.setenv("PFSFS_HOME", str(home))
+    ctx = click.Context(cli)
+
+    def values(text: str) -> list[str]:
+        return [i.value for i in complete_ref(ctx, cli.params[0], text)]
+
+    assert values("d") == ["data@dev", "data@master"]
+    assert values("data@m") == ["data@master"]
+    assert values("data@master:/") == ["data@master:/a.txt", "data@master:/sub/"]
+    assert values("data@dev:/sub/") == ["data@dev:/sub/b.txt"]
+    for broken in ("nosuch@x:/a", "data@master:/a.txt/x", "@@", "data@zzzzzz:/", "x" * 300):
+        assert values(broken) == []
+    monkeypatch.setenv("PFSFS_HOME", str(tmp_path / "nohome"))
+    assert values("d") == [] and not (tmp_path / "nohome").exists()
+
+
+def test_completion_through_the_shell_protocol(tmp_path: Path) -> None:
+    home = _seeded_home(tmp_path)
+    for shell in ("bash", "zsh", "fish"):
+        script = out(run(home, "completion", shell))
+        assert "_PFSFS_COMPLETE" in script and f"{shell}_complete" in script
+    env = {**os.environ, "PFSFS_HOME": str(home), "_PFSFS_COMPLETE": "bash_complete"}
+
+    def complete(*words: str) -> list[str]:
+        proc = subprocess.run(
+            [PFSFS],
+            env={**env, "COMP_WORDS": " ".join(("pfsfs", *words)), "COMP_CWORD": str(len(words))},
+            capture_output=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0 and not proc.stderr, proc.stderr
+        return [line.split(",", 1)[1] for line in proc.stdout.decode().splitlines()]
+
+    assert complete("cat", "data@master:/s") == ["data@master:/sub/"]
+    assert complete("log", "oth") == ["other@master"]
+    assert complete("branch", "list", "o") == ["other"]
+    assert complete("mount", "data@dev", "") == [""]  # then a directory (type dir)
+    assert "completion" in complete("comp")

@@ -39,6 +39,7 @@ from .common import (
     progress_bar,
     refuse_output_repo,
 )
+from .completion import complete_ref
 
 
 def writable_branch(repository: Repository, repo: str, branch: str) -> None:
@@ -56,7 +57,7 @@ def _is_contents(source: str) -> bool:
 
 
 @click.command()
-@click.argument("target", metavar="REPO@BRANCH[:/PATH]")
+@click.argument("target", metavar="REPO@BRANCH[:/PATH]", shell_complete=complete_ref)
 @click.option(
     "-f",
     "--file",
@@ -148,7 +149,7 @@ def _resolve_entry(repository: Repository, ref: str) -> tuple[Entry, str, tuple[
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF:/PATH")
+@click.argument("ref", metavar="REPO@REF:/PATH", shell_complete=complete_ref)
 @click.option("-o", "--output", type=click.Path(), help="Write here instead of stdout.")
 @pass_app
 def get(app: AppContext, ref: str, output: str | None) -> None:
@@ -205,7 +206,7 @@ def _shown(path: tuple[bytes, ...]) -> str:
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF:/PATH")
+@click.argument("ref", metavar="REPO@REF:/PATH", shell_complete=complete_ref)
 @pass_app
 def cat(app: AppContext, ref: str) -> None:
     """Print a file of a commit."""
@@ -224,7 +225,7 @@ def _mode_string(entry: Entry) -> str:
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF[:/PATH]")
+@click.argument("ref", metavar="REPO@REF[:/PATH]", shell_complete=complete_ref)
 @click.option("-l", "long", is_flag=True, help="Mode, size, mtime.")
 @click.option("-R", "recursive", is_flag=True, help="List subdirectories too.")
 @json_option

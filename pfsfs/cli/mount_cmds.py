@@ -19,6 +19,7 @@ from ..daemon_client import DaemonClient, mount_path
 from ..errors import Conflict, InvalidInput, NotFound, PfsError
 from ..repository import default_author
 from .common import NO_CHANGES, UTF8_TEXT, AppContext, emit_json, json_option, pass_app
+from .completion import complete_ref_or_dir
 
 
 def _client(app: AppContext, *, start: bool = True) -> DaemonClient:
@@ -156,7 +157,9 @@ def _daemon_lock_free(home: Path) -> bool:
 
 # -- mounts ------------------------------------------------------------------------------------
 @click.command()
-@click.argument("args", nargs=-1, required=True, metavar="[REF] DIR")
+@click.argument(
+    "args", nargs=-1, required=True, metavar="[REF] DIR", shell_complete=complete_ref_or_dir
+)
 @click.option("--read-only", is_flag=True, help="Mount read-only (commits always are).")
 @click.option(
     "--create",

@@ -22,6 +22,7 @@ from ..errors import Conflict, InvalidInput, PfsError
 from ..ids import to_hex
 from ..refspec import parse_ref
 from .common import SECONDS, UTF8_TEXT, AppContext, emit_json, human_time, json_option, pass_app
+from .completion import complete_ref
 
 
 def _state(app: AppContext) -> Any:
@@ -508,7 +509,7 @@ def _venance(app: AppContext, ref: str, as_json: bool, *, up: bool) -> None:
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF")
+@click.argument("ref", metavar="REPO@REF", shell_complete=complete_ref)
 @json_option
 @pass_app
 def provenance(app: AppContext, ref: str, as_json: bool) -> None:
@@ -517,7 +518,7 @@ def provenance(app: AppContext, ref: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF")
+@click.argument("ref", metavar="REPO@REF", shell_complete=complete_ref)
 @json_option
 @pass_app
 def subvenance(app: AppContext, ref: str, as_json: bool) -> None:
@@ -526,7 +527,7 @@ def subvenance(app: AppContext, ref: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@COMMIT")
+@click.argument("ref", metavar="REPO@COMMIT", shell_complete=complete_ref)
 @click.option("--timeout", type=SECONDS, default=None, help="Give up after S seconds.")
 @json_option
 @pass_app
@@ -571,7 +572,7 @@ def wait(app: AppContext, ref: str, timeout: float | None, as_json: bool) -> Non
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF")
+@click.argument("ref", metavar="REPO@REF", shell_complete=complete_ref)
 @click.option("--dot", "fmt", flag_value="dot", help="Graphviz dot (the default).")
 @click.option("--mermaid", "fmt", flag_value="mermaid", help="Mermaid flowchart.")
 @pass_app
@@ -586,7 +587,7 @@ def lineage(app: AppContext, ref: str, fmt: str | None) -> None:
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF:/PATH")
+@click.argument("ref", metavar="REPO@REF:/PATH", shell_complete=complete_ref)
 @json_option
 @pass_app
 def why(app: AppContext, ref: str, as_json: bool) -> None:

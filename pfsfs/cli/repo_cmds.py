@@ -17,6 +17,7 @@ from .common import (
     pass_app,
     refuse_output_repo,
 )
+from .completion import complete_ref, complete_repo
 
 
 @click.group()
@@ -70,7 +71,7 @@ def repo_list(app: AppContext, as_json: bool) -> None:
 
 
 @repo.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_repo)
 @click.option("--force", is_flag=True, help="Do not ask.")
 @pass_app
 def repo_delete(app: AppContext, name: str, force: bool) -> None:
@@ -88,7 +89,7 @@ def branch() -> None:
 
 
 @branch.command("create")
-@click.argument("target", metavar="REPO@BRANCH")
+@click.argument("target", metavar="REPO@BRANCH", shell_complete=complete_ref)
 @click.option(
     "--from", "from_ref", metavar="REF", help="Start at this commit or branch (default: master)."
 )
@@ -102,7 +103,7 @@ def branch_create(app: AppContext, target: str, from_ref: str | None) -> None:
 
 
 @branch.command("list")
-@click.argument("name", metavar="REPO")
+@click.argument("name", metavar="REPO", shell_complete=complete_repo)
 @json_option
 @pass_app
 def branch_list(app: AppContext, name: str, as_json: bool) -> None:
@@ -117,7 +118,7 @@ def branch_list(app: AppContext, name: str, as_json: bool) -> None:
 
 
 @branch.command("delete")
-@click.argument("target", metavar="REPO@BRANCH")
+@click.argument("target", metavar="REPO@BRANCH", shell_complete=complete_ref)
 @pass_app
 def branch_delete(app: AppContext, target: str) -> None:
     """Delete a branch (its commits stay reachable from other branches, or go at gc)."""
@@ -128,7 +129,7 @@ def branch_delete(app: AppContext, target: str) -> None:
 
 
 @click.command()
-@click.argument("ref", metavar="REF")
+@click.argument("ref", metavar="REF", shell_complete=complete_ref)
 @json_option
 @pass_app
 def du(app: AppContext, ref: str, as_json: bool) -> None:
