@@ -455,3 +455,62 @@ def test_completion_through_the_shell_protocol(tmp_path: Path) -> None:
     assert complete("branch", "list", "o") == ["other"]
     assert complete("mount", "data@dev", "") == [""]  # then a directory (type dir)
     assert "completion" in complete("comp")
+
+
+# -- 9. progress: bytes, rate, time left, only on a terminal --------------------------------------
+def _on_a_pty(home: Path, *args: str) -> tuple[int, str]:
+    """Run pfsfs with stderr on a pseudo-terminal; (exit code, what the terminal showed)."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [PFSFS, "--home", str(home), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    return proc.wait(timeout=120), shown.decode(errors="replace")
+
+
+def test_progress_shows_bytes_rate_and_time_left_on_a_terminal(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(48 << 20))
+    run(home, "repo", "create", "r")
+    code, shown = _on_a_pty(home, "put", "r@master:/big", "-f", str(big))
+    assert code == 0, shown
+    final = shown.replace("\r\n", "\n").split("\r")[-1].splitlines()[0]
+    assert re.fullmatch(
+        r"put \[#{24}\] 100%  48\.0 MiB/48\.0 MiB  [\d.]+ [KMG]i?B/s  0:00 left *", final
+    ), final
+    code, shown = _on_a_pty(home, "get", "r@master:/big", "-o", str(tmp_path / "back"))
+    assert code == 0 and "48.0 MiB/48.0 MiB" in shown and "/s" in shown, shown
+    # Not a terminal: no progress at all.
+    proc = run(home, "get", "r@master:/big", "-o", str(tmp_path / "back2"))
+    assert err(proc) == ""
+
+
+def test_progress_line_is_throttled_and_estimates_time_left(capsys) -> None:  # type: ignore[no-untyped-def]
+    from pfsfs.cli.common import Progress
+
+    now = [100.0]
+    bar = Progress(100 << 20, "get", clock=lambda: now[0])
+    for _ in range(50):
+        now[0] += 0.01
+        bar.update(1 << 20)
+    lines = capsys.readouterr().err.split("\r")[1:]
+    assert len(lines) == 5  # 0.5 s of updates, redrawn at most 10 times a second
+    assert re.fullmatch(
+        r"get \[#+-+\]  4\d%  4\d\.0 MiB/100\.0 MiB  100\.0 MiB/s  0:01 left", lines[-1].rstrip()
+    ), lines
