@@ -151,7 +151,7 @@ class Controller:
         reply = await self.manager.request(
             m,
             "snapshot",
-            message=req.get("message") or "snapshot",
+            message=req.get("message"),  # none: the worker says what changed
             strategy=_strategy(req),
             onto_branch=req.get("onto_branch"),
             author=req.get("author"),

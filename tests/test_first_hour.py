@@ -514,3 +514,22 @@ def test_progress_line_is_throttled_and_estimates_time_left(capsys) -> None:  # 
     assert re.fullmatch(
         r"get \[#+-+\]  4\d%  4\d\.0 MiB/100\.0 MiB  100\.0 MiB/s  0:01 left", lines[-1].rstrip()
     ), lines
+
+
+def test_snapshot_and_unmount_without_m_name_what_changed(env: Env) -> None:
+    env.run("repo", "create", "data")
+    with env.mounted("data@master") as mp:
+        write(mp / "a.txt", "a")
+        (mp / "b").mkdir()
+        write(mp / "b" / "c.txt", "c")
+        commit = env.out("snapshot", str(mp))
+        assert len(commit) == 64
+        log = env.out("log", "data@master", "-n", "1")
+        assert log.endswith("snapshot: 2 files changed (a.txt, b/c.txt)"), log
+        proc = env.run("snapshot", str(mp))
+        assert proc.stdout == "" and proc.stderr.strip() == "no changes; nothing committed"
+        for n in range(4):
+            write(mp / f"n{n}", "x")
+        env.run("unmount", str(mp))
+    log = env.out("log", "data@master", "-n", "1")
+    assert log.endswith("unmount: 4 files changed (n0, n1, n2, …)"), log
