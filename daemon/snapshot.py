@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pfsfs.diff import diff_entries
+from pfsfs.display import plural
 from pfsfs.errors import AlreadyExists, BranchMoved, Conflict, InvalidInput, StoreFull
 from pfsfs.ids import to_hex
 from pfsfs.model import DIR, FILE, SYMLINK, X_ALLOC, Commit, Entry, ManifestChunk
@@ -345,14 +347,16 @@ def _meta(e: Entry) -> tuple[Any, ...]:
 # -- the snapshot itself ------------------------------------------------------------------------
 def snapshot(
     tree: Tree,
-    message: str,
+    message: str | None,
     *,
     strategy: str | None = None,
     onto_branch: str | None = None,
     author: str | None = None,
+    kind: str = "snapshot",
 ) -> list[VolumeResult]:
     """Commit every dirty read-write volume; raises ``Conflict`` (nothing committed) when a
-    path changed on both sides and no strategy was given."""
+    path changed on both sides and no strategy was given. Without a ``message`` each commit
+    says what made it and what changed: "unmount: 2 files changed (a.txt, b/c.txt)"."""
     if strategy not in (None, "ours", "theirs"):
         raise InvalidInput(f"unknown merge strategy {strategy!r}")
     check_fully_staged(tree)
@@ -394,7 +398,8 @@ def snapshot(
             if onto_branch:
                 repo.create_branch(vol.repo, onto_branch, vol.base)
                 branch = onto_branch
-            res.commit = _commit_retrying(tree, p, branch, message, author, w, strategy)
+            text = message or f"{kind}: {describe_changes(repo, repo.root_of(p.head), p.final)}"
+            res.commit = _commit_retrying(tree, p, branch, text, author, w, strategy)
             res.branch = branch
             vol.base, vol.branch = res.commit, branch
     for p in plans:
@@ -403,6 +408,17 @@ def snapshot(
             p.res.invalidate = reconcile(tree, tree.nodes[p.vol.root], p.ours, p.final)
     rotate(tree)
     return results
+
+
+def describe_changes(repo: Any, old: Entry, new: Entry, shown: int = 3) -> str:
+    """What a commit changes, for its default message: "3 files changed (a.txt, b/c, …)"."""
+    items = list(diff_entries(repo, old, new))
+    if not items:
+        return "directories changed"
+    noun = "file" if all(not i.path.endswith(b"/") for i in items) else "path"
+    names = [i.shown.lstrip("/") for i in items[:shown]]
+    more = ", …" if len(items) > shown else ""
+    return f"{plural(len(items), noun)} changed ({', '.join(names)}{more})"
 
 
 def check_fully_staged(tree: Tree) -> None:

@@ -393,7 +393,8 @@ def stats(repo: Repository) -> dict[str, int]:
     logical = sum(repo.read_commit(c).size for c in r.commits)
     stored = sum(info.size for info in repo.store.list())
     return {
-        "branches": len(branch_heads(repo)),
+        # Every branch, one with no commits yet too (branch_heads lists only commits).
+        "branches": sum(1 for _ in repo.store.list_refs("branches/")),
         "commits": len(r.commits),
         "logical_bytes": logical,
         "stored_bytes": stored,

@@ -24,7 +24,7 @@ from typing import Any
 from . import codec
 from .changes import ChangeSet, apply_changes, split_path
 from .chunking import Chunker, ChunkParams
-from .display import show_path
+from .display import plural, show_path
 from .errors import (
     AlreadyExists,
     BranchMoved,
@@ -33,9 +33,9 @@ from .errors import (
     RefChanged,
 )
 from .home import HomeConfig, default_home, open_store, read_config, write_config
-from .ids import HEX_LEN, is_hex, to_hex
+from .ids import HEX_LEN, hash_bytes, is_hex, to_hex
 from .index import Index
-from .model import DIR, Commit, Entry, ManifestChunk
+from .model import DIR, Commit, Entry, ManifestChunk, encode_tree
 from .objects import ObjectReader, ObjectWriter
 from .refspec import MIN_PREFIX, RefSpec, check_name, parse_ref
 from .store.base import ObjectStore
@@ -43,6 +43,7 @@ from .store.base import ObjectStore
 log = logging.getLogger(__name__)
 
 DEFAULT_BRANCH = "master"
+EMPTY_TREE_ID = hash_bytes(encode_tree({}))
 READ_AHEAD_CHUNKS = 8
 
 
@@ -79,6 +80,19 @@ class RepoInfo:
     created_ns: int
     output_of: str | None
     branches: dict[str, bytes | None]
+
+
+def same_entry(a: Entry, b: Entry) -> bool:
+    """Equal as a user sees them: type, metadata and content. Not the locators: one tree can
+    be stored twice (in two packs) under the same id."""
+    def meta(e: Entry) -> tuple[object, ...]:
+        return (e.type, e.mode, e.uid, e.gid, e.mtime_ns, e.size, e.nfiles, e.target)
+
+    return (
+        meta(a) == meta(b)
+        and a.content_id() == b.content_id()
+        and (a.extra or None) == (b.extra or None)
+    )
 
 
 def _ref_value(commit_id: bytes | None) -> bytes:
@@ -270,6 +284,30 @@ class Repository:
         except RefChanged:
             raise AlreadyExists(f"branch {repo}@{branch} already exists") from None
 
+    def start_branch(self, repo: str, branch: str, from_ref: str | None = None) -> str:
+        """Create ``branch`` the way people expect (``git switch -c``): at ``from_ref`` (a
+        branch, commit or ``~N`` of the same repo) or else at the default branch's head.
+        Returns what it started from, for the user: "r@master (1a2b3c4d5e6f)"."""
+        self.repo_record(repo)
+        check_name("branch", branch)
+        source = from_ref or DEFAULT_BRANCH
+        spec = parse_ref(source if "@" in source else f"{repo}@{source}", allow_path=False)
+        if spec.repo != repo:
+            raise InvalidInput(f"--from {from_ref}: a branch starts at a commit of {repo}")
+        try:
+            resolved = self.resolve(spec)
+        except NotFound:
+            if from_ref is not None:
+                raise
+            resolved = Resolved(repo, None, None)  # no default branch (deleted): start empty
+        self.create_branch(repo, branch, resolved.commit)
+        what = resolved.describe() if resolved.branch or resolved.commit else f"{repo} (empty)"
+        if resolved.branch and resolved.commit:
+            what += f" ({to_hex(resolved.commit)[:12]})"
+        elif resolved.branch:
+            what += " (no commits yet)"
+        return what
+
     def delete_branch(self, repo: str, branch: str) -> None:
         head = self.branch_head(repo, branch)
         try:
@@ -313,7 +351,9 @@ class Repository:
                 break
             parents = self.read_commit(commit).parents
             if not parents:
-                raise NotFound(f"{spec.repo}@{name}~{spec.back}: history has only {i + 1} commits")
+                raise NotFound(
+                    f"{spec.repo}@{name}~{spec.back}: history has only {plural(i + 1, 'commit')}"
+                )
             commit = parents[0]
         if spec.back:
             branch = None  # an ancestor is not the branch head: mounts of it are read-only
@@ -408,12 +448,16 @@ class Repository:
         provenance: dict[str, Any] | None = None,
         writer: ObjectWriter | None = None,
         rebase: bool = False,
-    ) -> bytes:
+        allow_empty: bool = False,
+    ) -> bytes | None:
         """Apply ``changes`` on top of the branch head (or ``parent``) and move the branch.
 
         If the branch moved meanwhile, ``rebase=True`` re-applies the change set on the new
         head (path-level: later writes win); otherwise ``BranchMoved`` is raised and nothing is
-        committed. Returns the new commit id once it is durable and the branch points at it.
+        committed. Returns the new commit id once it is durable and the branch points at it,
+        or None when the result holds exactly what the base holds: no commit is made then
+        (``put`` of identical content, like an unmount without changes), unless
+        ``allow_empty`` (a pipeline's output commit records new provenance even so).
         """
         if writer is None:
             with self.writer() as w:
@@ -427,10 +471,13 @@ class Repository:
                     provenance=provenance,
                     writer=w,
                     rebase=rebase,
+                    allow_empty=allow_empty,
                 )
         base = self.branch_head(repo, branch) if parent is ... else parent
         while True:
             root = apply_changes(changes, self.root_of(base) if base else None, self.reader, writer)
+            if not allow_empty and self.unchanged(base, root):
+                return None
             commit = Commit(
                 repo,
                 root,
@@ -465,8 +512,15 @@ class Repository:
         expected: bytes | None,
         author: str | None = None,
         provenance: dict[str, Any] | None = None,
-    ) -> bytes:
-        """Commit an already-built root entry (rollback, merges) with CAS on the branch."""
+        allow_empty: bool = False,
+    ) -> bytes | None:
+        """Commit an already-built root entry (rollback, merges) with CAS on the branch.
+
+        Returns None, committing nothing, when the commit would only repeat ``expected``: one
+        parent, that head, and the same root (a rollback to what the branch already holds)."""
+        single = parents == ((expected,) if expected else ())
+        if not allow_empty and single and self.unchanged(expected, root):
+            return None
         commit = Commit(
             repo,
             root,
@@ -482,6 +536,13 @@ class Repository:
         self.move_branch(repo, branch, expected, commit_id)
         self.index.add_commit(repo, commit_id, encoded)
         return commit_id
+
+    def unchanged(self, base: bytes | None, root: Entry) -> bool:
+        """Whether a commit of ``root`` onto ``base`` would change nothing a user can see:
+        the same content and metadata as the base's root (an empty branch: an empty root)."""
+        if base is None:  # (root's tree may not be durable yet: compare ids, read nothing)
+            return root.is_dir and root.content_id() in (None, EMPTY_TREE_ID)
+        return same_entry(self.root_of(base), root)
 
     # -- history -----------------------------------------------------------------------------
     def log_many(self, heads: list[bytes]) -> Iterator[tuple[bytes, Commit]]:
@@ -505,9 +566,12 @@ class Repository:
     def log(self, commit_id: bytes | None) -> Iterator[tuple[bytes, Commit]]:
         return self.log_many([commit_id] if commit_id else [])
 
-    def rollback(self, repo: str, branch: str, to: bytes, *, hard: bool = False) -> bytes:
+    def rollback(
+        self, repo: str, branch: str, to: bytes, *, hard: bool = False
+    ) -> bytes | None:
         """Make a NEW commit whose tree is ``to``'s (history kept), or with ``hard`` move the
-        branch pointer itself. Returns the branch's new head."""
+        branch pointer itself. Returns the branch's new head, or None when the branch already
+        holds exactly ``to``'s content (no commit is made)."""
         head = self.branch_head(repo, branch)
         target = self.read_commit(to)
         if target.repo != repo:

@@ -35,6 +35,7 @@ from typing import Any
 import trio
 
 from ..changes import ChangeSet, check_name, split_path
+from ..display import plural
 from ..errors import BranchMoved, PfsError
 from ..ids import to_hex
 from ..model import FILE, SYMLINK, Entry, Locator
@@ -576,7 +577,7 @@ class _JobRun:
         self._declare_roots()
         counts = self.job.counts
         message = (
-            f"job {self.job.id}: {counts.get(PROCESSED, 0)} datums processed, "
+            f"job {self.job.id}: {plural(counts.get(PROCESSED, 0), 'datum')} processed, "
             f"{counts.get(SKIPPED, 0)} reused"
         )
         provenance = {
@@ -592,7 +593,9 @@ class _JobRun:
             base = self.repository.branch_head(repo, branch)
             changes = output_changes(self.repository, base, desired)
             try:
-                return self.repository.commit(
+                # Committed even when the output is unchanged: the commit records which input
+                # commits were processed (provenance; what `pfsfs wait` looks for).
+                commit_id = self.repository.commit(
                     repo,
                     branch,
                     changes,
@@ -600,7 +603,10 @@ class _JobRun:
                     parent=base,
                     author=f"pipeline:{self.spec.name}",
                     provenance=provenance,
+                    allow_empty=True,
                 )
+                assert commit_id is not None
+                return commit_id
             except BranchMoved:
                 log.info("job %s: %s@%s moved; committing again", self.job.id, repo, branch)
         raise BranchMoved(f"{repo}@{branch} keeps moving; the job's output was not committed")

@@ -184,20 +184,25 @@ def wait_status(repository: Repository, state: PipelineState, start: Node) -> Wa
                 if done is not None:
                     assert done.output is not None
                     out = Node(rec.name, done.output, spec.output_branch)
-                    status.outputs.append(out)
+                    # Reached once per path (two inputs on one repo, a diamond DAG): list once.
                     if _key(out) not in seen:
                         seen.add(_key(out))
+                        status.outputs.append(out)
                         queue.append(out)
                 elif rec.state != RUNNING:
-                    status.stalled.append(f"pipeline {rec.name} is stopped")
+                    _add(status.stalled, f"pipeline {rec.name} is stopped")
                 elif _settled_failure(repository, state, rec, spec, covering):
                     last = covering[-1]
-                    status.failures.append(
-                        f"job {last.id} of pipeline {rec.name} failed: {last.reason}"
-                    )
+                    failed = f"job {last.id} of pipeline {rec.name} failed: {last.reason}"
+                    _add(status.failures, failed)
                 else:
-                    status.waiting.append(rec.name)
+                    _add(status.waiting, rec.name)
     return status
+
+
+def _add(items: list[str], item: str) -> None:
+    if item not in items:
+        items.append(item)
 
 
 def _first_covering(
