@@ -37,7 +37,7 @@ from pfsfs.diff import diff_entries
 from pfsfs.display import plural
 from pfsfs.errors import AlreadyExists, BranchMoved, Conflict, InvalidInput, StoreFull
 from pfsfs.ids import to_hex
-from pfsfs.model import DIR, FILE, SYMLINK, X_ALLOC, Commit, Entry, ManifestChunk
+from pfsfs.model import DIR, FILE, SYMLINK, X_ALLOC, Entry, ManifestChunk
 from pfsfs.objects import ObjectWriter
 from pfsfs.repository import default_author
 
@@ -503,15 +503,21 @@ def _commit(
     author: str,
     w: ObjectWriter,
 ) -> bytes:
+    """One volume's commit through the repository's one commit primitive (the snapshot has
+    already decided that something changed)."""
     assert branch is not None
-    repo = tree.repo
-    commit = Commit(repo_name, root, (parent,) if parent else (), message, time.time_ns(), author)
-    encoded = commit.encode()
-    commit_id = w.put_commit(encoded)
-    w.finish()  # durable before the branch can point at it
-    repo.move_branch(repo_name, branch, parent, commit_id)
-    repo.index.add_commit(repo_name, commit_id, encoded)
-    log.info("committed %s to %s@%s", to_hex(commit_id)[:12], repo_name, branch)
+    commit_id = tree.repo.commit_root(
+        repo_name,
+        branch,
+        root,
+        message,
+        parents=(parent,) if parent else (),
+        expected=parent,
+        author=author,
+        allow_empty=True,
+        writer=w,
+    )
+    assert commit_id is not None
     return commit_id
 
 

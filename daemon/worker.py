@@ -114,11 +114,10 @@ def resolve_volumes(
         resolved = repo.resolve(spec)
         ro = read_only or resolved.branch is None
         if not ro:
-            owner = repo.repo_record(spec.repo).get("output_of")
-            if owner:
-                raise ReadOnly(
-                    f"repo {spec.repo} is the output of pipeline {owner}; mount it with --read-only"
-                )
+            try:
+                repo.check_writable(spec.repo)
+            except ReadOnly as exc:
+                raise ReadOnly(f"{exc.message}; mount it with --read-only") from None
         volumes.append((spec.repo, resolved.branch, resolved.commit, ro))
     if not volumes:
         raise InvalidInput("nothing to mount")

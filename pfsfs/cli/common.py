@@ -24,7 +24,6 @@ from typing import Any
 import click
 
 from ..display import plural as plural  # re-exported: the commands count with it
-from ..errors import ReadOnly
 from ..refspec import short_repr
 from ..repository import Repository
 
@@ -122,15 +121,6 @@ class PfsGroup(click.Group):
             if is_interrupt(exc):
                 raise interrupted() from None
             raise
-
-
-def refuse_output_repo(repository: Repository, repo: str) -> None:
-    """A pipeline's output repo is written by its pipeline only: people get ``ReadOnly`` for
-    every write, branches and rollbacks included (the pipeline's own commits and branches go
-    through the library, not through here)."""
-    owner = repository.repo_record(repo).get("output_of")
-    if owner:
-        raise ReadOnly(f"repo {repo} is the output of pipeline {owner}; it is read-only")
 
 
 NO_CHANGES = "no changes; nothing committed"

@@ -37,7 +37,6 @@ from .common import (
     pass_app,
     plural,
     progress_bar,
-    refuse_output_repo,
 )
 from .completion import complete_ref
 
@@ -45,7 +44,7 @@ from .completion import complete_ref
 def writable_branch(repository: Repository, repo: str, branch: str) -> None:
     """Refuse writes to pipeline output repos; create the branch on first write (at the
     default branch's head, like ``branch create``), saying so on stderr."""
-    refuse_output_repo(repository, repo)
+    repository.check_writable(repo)  # early, before any data is read
     if branch not in repository.list_branches(repo):
         start = repository.start_branch(repo, branch)
         click.echo(f"created branch {repo}@{branch} from {start}", err=True)

@@ -21,7 +21,6 @@ from .common import (
     human_time,
     json_option,
     pass_app,
-    refuse_output_repo,
 )
 from .completion import complete_ref
 
@@ -161,7 +160,7 @@ def diff(app: AppContext, old: str, new: str, path: str | None, as_json: bool) -
 def rollback(app: AppContext, target: str, to_ref: str, hard: bool) -> None:
     """Make a new commit whose content is REF's (history kept), or --hard move the branch."""
     repo, branch = parse_branch(target)
-    refuse_output_repo(app.repo, repo)
+    app.repo.check_writable(repo)  # before resolving REF: the refusal is what matters
     to = app.repo.resolve(to_ref if "@" in to_ref else f"{repo}@{to_ref}")
     if to.commit is None:
         raise InvalidInput(f"{to_ref} has no commits")

@@ -15,7 +15,6 @@ from .common import (
     human_time,
     json_option,
     pass_app,
-    refuse_output_repo,
 )
 from .completion import complete_ref, complete_repo
 
@@ -97,7 +96,6 @@ def branch() -> None:
 def branch_create(app: AppContext, target: str, from_ref: str | None) -> None:
     """Create a branch at the head of master, or at --from REF (like `git switch -c`)."""
     name, new = parse_branch(target)
-    refuse_output_repo(app.repo, name)
     start = app.repo.start_branch(name, new, from_ref)
     click.echo(f"created branch {name}@{new} from {start}")
 
@@ -123,7 +121,6 @@ def branch_list(app: AppContext, name: str, as_json: bool) -> None:
 def branch_delete(app: AppContext, target: str) -> None:
     """Delete a branch (its commits stay reachable from other branches, or go at gc)."""
     name, b = parse_branch(target)
-    refuse_output_repo(app.repo, name)
     app.repo.delete_branch(name, b)
     click.echo(f"deleted branch {name}@{b}")
 

@@ -588,7 +588,7 @@ class _JobRun:
             "inputs": [dict(i) for i in self.job.inputs],
         }
         if branch not in self.repository.list_branches(repo):
-            self.repository.create_branch(repo, branch)
+            self.repository.create_branch(repo, branch, pipeline=self.spec.name)
         for _ in range(5):
             base = self.repository.branch_head(repo, branch)
             changes = output_changes(self.repository, base, desired)
@@ -604,6 +604,7 @@ class _JobRun:
                     author=f"pipeline:{self.spec.name}",
                     provenance=provenance,
                     allow_empty=True,
+                    pipeline=self.spec.name,
                 )
                 assert commit_id is not None
                 return commit_id
