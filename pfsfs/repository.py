@@ -40,6 +40,7 @@ from .objects import ObjectReader, ObjectWriter
 from .refs import Refs
 from .refspec import MIN_PREFIX, RefSpec, check_name, parse_ref
 from .store.base import ObjectStore
+from .treediff import same_entry
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +82,6 @@ class RepoInfo:
     created_ns: int
     output_of: str | None
     branches: dict[str, bytes | None]
-
-
-def same_entry(a: Entry, b: Entry) -> bool:
-    """Equal as a user sees them: type, metadata and content. Not the locators: one tree can
-    be stored twice (in two packs) under the same id."""
-    def meta(e: Entry) -> tuple[object, ...]:
-        return (e.type, e.mode, e.uid, e.gid, e.mtime_ns, e.size, e.nfiles, e.target)
-
-    return (
-        meta(a) == meta(b)
-        and a.content_id() == b.content_id()
-        and (a.extra or None) == (b.extra or None)
-    )
 
 
 class Repository:

@@ -41,6 +41,7 @@ from ..ids import to_hex
 from ..model import FILE, SYMLINK, Entry, Locator
 from ..repository import Repository
 from ..transfer import export_file, file_entry, store_chunks
+from ..treediff import same_entry
 from .datums import Datum, compute_datums, datum_hash
 from .inputs import InputCommit, InputFile
 from .runners import DatumContext, DatumResult, PodmanRunner, Runner, make_runner, run_datum_async
@@ -730,7 +731,7 @@ def output_changes(
         if not any(parent in gone for parent in _parents(path)):
             changes.delete(split_path(path))
     for path in sorted(desired):
-        if old_files.get(path) != desired[path]:
+        if not same_entry(old_files.get(path), desired[path]):
             changes.put(split_path(path), desired[path])
     return changes
 
