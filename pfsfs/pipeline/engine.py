@@ -744,7 +744,6 @@ class _JobRun:
                 log.info("job %s: %s@%s moved; committing again", self.job.id, repo, branch)
         raise BranchMoved(f"{repo}@{branch} keeps moving; the job's output was not committed")
 
-
     def _upstream(self) -> set[str]:
         """Every repo the output descends from (for cycle checks through commit sets)."""
         repos: set[str] = set()
@@ -760,8 +759,7 @@ class _JobRun:
 
 def _gone(i: Mapping[str, str]) -> str:
     return (
-        f"input commit {i['repo']}@{i['commit'][:12]} ({i['branch']}) was deleted "
-        "while the job ran; nothing was committed"
+        f"input commit {i['repo']}@{i['commit'][:12]} ({i['branch']}) was deleted while the job ran"
     )
 
 
@@ -769,7 +767,6 @@ async def _drain_events(tracer: Tracer) -> None:
     while True:
         await trio.lowlevel.wait_readable(tracer.fd)
         tracer.drain()
-
 
 
 def is_stop(exc: BaseException) -> bool:

@@ -393,6 +393,8 @@ def why(repository: Repository, state: PipelineState, node: Node, path: str) -> 
                 "from_job": d.from_job or job_id,
                 "desc": d.desc,
                 "outputs": [o[0] for o in hits],
+                "read": list(d.read),
+                "trace": d.trace,
                 "inputs": [
                     {"name": n, "repo": r, "commit": c, "path": p, "content_id": cid}
                     for n, r, c, p, cid in d.inputs
