@@ -333,6 +333,7 @@ class _JobRun:
         self.pending_cache: dict[str, CacheEntry] = {}
         self.roots: list[Locator] = []
         self.runner: Runner = engine.make_runner(spec.runner)
+        self.tracer: Tracer | None = None
         self._writer_cm: Any = None
         self._writer: Any = None
         self._chunker: Any = None
@@ -365,13 +366,18 @@ class _JobRun:
             len(todo),
         )
         slots = trio.Semaphore(self.spec.parallelism)
+        self.tracer = self._open_tracer() if todo else None
         async with trio.open_nursery() as nursery:
             flusher = trio.CancelScope()
             nursery.start_soon(self._flusher, flusher)
+            drainer = trio.CancelScope()
+            if self.tracer is not None:  # read events as they come: the queue is bounded
+                nursery.start_soon(_drain_events, self.tracer, drainer)
             async with trio.open_nursery() as datum_nursery:
                 for datum, dhash in todo:
                     datum_nursery.start_soon(self._process, datum, dhash, slots)
             flusher.cancel()
+            drainer.cancel()
         await self._flush()
         self._trace_warnings()
         failed = [r for r in self.records.values() if r.state == FAILED]
@@ -428,6 +434,9 @@ class _JobRun:
             remove_job_containers(self.runner, self.job.id)
 
     def _cleanup(self) -> None:
+        if self.tracer is not None:
+            self.tracer.close()
+            self.tracer = None
         if not self.options.keep_datum_dirs:
             shutil.rmtree(self.dir / "datums", ignore_errors=True)
 
@@ -524,13 +533,13 @@ class _JobRun:
                 rec = self._record(datum, dhash, FAILED)
                 rec.error = f"cannot materialise the inputs: {exc}"
                 return
-            tracer = self._tracer(ctx)
+            tracer = self.tracer
+            if tracer is not None:
+                tracer.watch(datum.id, ctx.inputs)
             try:
-                result, stopped = await self._run_watched(ctx, tracer)
+                result, stopped = await self._run_watched(ctx)
             finally:
-                if tracer is not None:
-                    tracer.close()
-            read, trace = tracer.result() if tracer is not None else ([], OFF)
+                read, trace = tracer.finish(datum.id) if tracer is not None else ([], OFF)
             rec_error = ""
             outputs: list[Output] = []
             if stopped:
@@ -581,29 +590,22 @@ class _JobRun:
                 export_file(self.repository.iter_file(entry), entry, target)
         return ctx
 
-    def _tracer(self, ctx: DatumContext) -> Tracer | None:
-        """A tracer watching the datum's (materialised) input directories, or None."""
+    def _open_tracer(self) -> Tracer | None:
+        """The job's tracer of reads (None: not traced, or inotify is unavailable)."""
         if not self.options.trace_reads:
             return None
         try:
-            tracer = Tracer()
+            return Tracer()
         except OSError as exc:
             log.warning("job %s: reads are not traced: %s", self.job.id, exc)
             return None
-        tracer.watch(ctx.inputs)
-        return tracer
 
-    async def _run_watched(
-        self, ctx: DatumContext, tracer: Tracer | None = None
-    ) -> tuple[DatumResult, str]:
+    async def _run_watched(self, ctx: DatumContext) -> tuple[DatumResult, str]:
         """Run with retries; a watchdog stops the datum if the disk fills or the output grows
-        past ``max_datum_output``; the tracer's events are read as they come (so its kernel
-        queue does not overflow). Returns the result and why it was stopped ("" if not)."""
+        past ``max_datum_output``. Returns the result and why it was stopped ("" if not)."""
         stopped: list[str] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watchdog, ctx, stopped)
-            if tracer is not None:
-                nursery.start_soon(_drain_events, tracer)
             result = await run_datum_async(self.runner, ctx, self.spec.datum_tries)
             nursery.cancel_scope.cancel()
         return result, stopped[0] if stopped else ""
@@ -763,10 +765,11 @@ def _gone(i: Mapping[str, str]) -> str:
     )
 
 
-async def _drain_events(tracer: Tracer) -> None:
-    while True:
-        await trio.lowlevel.wait_readable(tracer.fd)
-        tracer.drain()
+async def _drain_events(tracer: Tracer, scope: trio.CancelScope) -> None:
+    with scope:
+        while True:
+            await trio.lowlevel.wait_readable(tracer.fd)
+            tracer.drain()
 
 
 def is_stop(exc: BaseException) -> bool:

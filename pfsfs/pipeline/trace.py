@@ -9,9 +9,9 @@ LD_PRELOAD (static binaries and Go ignore it), no FUSE round trip per read, no r
 (fanotify). What inotify cannot see: a failed open (a path that does not exist), and reads
 of anything outside the watched input directories.
 
-One ``Tracer`` per datum: ``watch`` its input directories after they are materialised and
-before the transform starts, ``drain`` events while it runs (a kernel queue that overflows
-marks the trace incomplete), ``close`` it after.
+One ``Tracer`` per job: ``watch`` a datum's input directories after they are materialised and
+before its transform starts, ``drain`` events while it runs (a kernel queue that overflows
+marks the traces incomplete), ``finish`` the datum after it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,10 @@ OK, OFF, OVERFLOW = "ok", "off", "incomplete: the kernel's event queue overflowe
 
 
 class Tracer:
-    """The files opened below a set of input directories (``/pfs/<name>`` on the host)."""
+    """The files opened below the input directories of the datums of one job, each datum's
+    set kept apart (by its key). One inotify instance serves the whole job: closing an
+    instance waits for the kernel to retire its marks (milliseconds), removing a watch does
+    not."""
 
     def __init__(self) -> None:
         fd = _lib().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
@@ -58,13 +61,15 @@ class Tracer:
             err = ctypes.get_errno()
             raise OSError(err, f"inotify_init1: {os.strerror(err)}")
         self.fd = fd
-        self._dirs: dict[int, str] = {}
-        self.read: set[str] = set()
-        self.status = OK
+        self._dirs: dict[int, tuple[str, str]] = {}
+        self._wds: dict[str, list[int]] = {}
+        self._read: dict[str, set[str]] = {}
+        self._status: dict[str, str] = {}
 
-    def watch(self, inputs: Mapping[str, Path]) -> None:
-        """Watch every directory below each input (the trees are complete: nothing is added
-        to an input while the transform runs, it is read-only)."""
+    def watch(self, key: str, inputs: Mapping[str, Path]) -> None:
+        """Watch every directory below each input of datum ``key`` (the trees are complete:
+        nothing is added to an input while the transform runs, it is read-only)."""
+        self._wds[key], self._read[key], self._status[key] = [], set(), OK
         for name, root in inputs.items():
             for parent, _dirs, _files in os.walk(root):
                 rel = os.path.relpath(parent, root)
@@ -72,11 +77,13 @@ class Tracer:
                 wd = _lib().inotify_add_watch(self.fd, os.fsencode(parent), IN_OPEN | IN_ONLYDIR)
                 if wd < 0:
                     err = ctypes.get_errno()
-                    self.status = f"incomplete: cannot watch {shown}: {os.strerror(err)}"
+                    status = f"incomplete: cannot watch {shown}: {os.strerror(err)}"
                     if err == errno.ENOSPC:
-                        self.status += " (raise fs.inotify.max_user_watches)"
+                        status += " (raise fs.inotify.max_user_watches)"
+                    self._status[key] = status
                     continue
-                self._dirs[wd] = shown
+                self._dirs[wd] = (key, shown)
+                self._wds[key].append(wd)
 
     def drain(self) -> None:
         """Read every queued event (non-blocking)."""
@@ -95,19 +102,28 @@ class Tracer:
             wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
             name = data[pos + _EVENT.size : pos + _EVENT.size + length].rstrip(b"\0")
             pos += _EVENT.size + length
-            if mask & IN_Q_OVERFLOW:
-                self.status = OVERFLOW
+            if mask & IN_Q_OVERFLOW:  # events were lost: of any datum being traced
+                for key in self._wds:
+                    self._status[key] = OVERFLOW
             elif mask & IN_OPEN and name and not mask & IN_ISDIR and wd in self._dirs:
-                self.read.add(f"{self._dirs[wd]}/{os.fsdecode(name)}")
+                key, shown = self._dirs[wd]
+                self._read[key].add(f"{shown}/{os.fsdecode(name)}")
+
+    def finish(self, key: str) -> tuple[list[str], str]:
+        """Stop tracing datum ``key`` (its transform has exited, so every event of it is
+        queued); its files read, sorted, and the trace status."""
+        if self.fd < 0 or key not in self._wds:
+            return [], OFF
+        self.drain()
+        for wd in self._wds.pop(key):
+            self._dirs.pop(wd, None)
+            _lib().inotify_rm_watch(self.fd, wd)
+        return sorted(self._read.pop(key)), self._status.pop(key)
 
     def close(self) -> None:
         if self.fd >= 0:
-            self.drain()
             os.close(self.fd)
             self.fd = -1
-
-    def result(self) -> tuple[list[str], str]:
-        return sorted(self.read), self.status
 
 
 def unread_inputs(
