@@ -280,3 +280,30 @@ def test_a_cycle_through_commit_sets_is_one_line(tmp_path: Path) -> None:
         in out(proc)
     )
     assert head(home, "a@master") == before
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        ("scripts/a.py", "transform.code: 'scripts/a.py' is not a path in an input"),
+        (["/pfs/code/a.py", 3], "transform.code[1]: must be a string, not int"),
+        (["/pfs/code/a.py", "/pfs/code/a.py/"], "transform.code[1]: '/pfs/code/a.py/' is listed"),
+        ("/pfs/out/a.py", "transform.code: /pfs/out/a.py: /pfs/out is not an input"),
+        (["image", "/pfs/code/a.py"], "transform.code: 'image' cannot be combined"),
+        ("image", "transform.code: 'image' but the local runner has no transform.image"),
+        ([], "transform.code: must be a path like /pfs/code/run.py"),
+    ],
+)
+def test_bad_transform_code_names_the_field(code: Any, error: str) -> None:
+    from pfsfs.errors import InvalidInput
+    from pfsfs.pipeline.spec import parse_spec_dict
+
+    raw = {
+        "pipeline": {"name": "p"},
+        "input": {"cross": [{"pfs": {"repo": "data"}}, {"pfs": {"repo": "code"}}]},
+        "transform": {"cmd": ["true"], "code": code},
+        "runner": "local",
+    }
+    with pytest.raises(InvalidInput) as exc:
+        parse_spec_dict(raw)
+    assert str(exc.value).startswith(error), str(exc.value)

@@ -14,14 +14,16 @@ Named databases (opened through ``Index.db``; values are msgpack via ``codec.pac
                    (``created``/``running``/``success``/``failure``/``killed``/``cancelled``),
                    ``reason``, ``counts`` (``total``/``processed``/``skipped``/``failed``),
                    ``output`` (commit hex or None), times, ``restarts``, ``pid`` of the
-                   process running it.
+                   process running it, ``commitset`` and ``origins`` (see ``commitsets``),
+                   ``warnings`` (from traced reads).
                    Job ids start with the creation time in hex, so they sort by age.
 ``pipeline_jobs``  pipeline + NUL + job id → b"". The jobs of one pipeline, oldest first.
 ``datums``         job id + NUL + datum id → ``DatumRecord`` map: ``state``
                    (``processed``/``skipped``/``failed``), ``hash``, ``attempts``, ``duration``,
                    ``error``, ``desc``, ``inputs`` (``[[name, repo, commit, path, content id]]``),
                    ``outputs`` (``[[path, content id, size]]``), ``logs`` (dir relative to the
-                   job dir), ``from_job`` (the job that ran it, for a reused datum).
+                   job dir), ``from_job`` (the job that ran it, for a reused datum),
+                   ``read`` (input files the transform opened) and ``trace`` (its status).
 ``datum_cache``    pipeline + NUL + datum hash → ``{job, datum, outputs, locs}``: the output of a
                    datum that succeeded (``outputs``: entry wires named by their full path;
                    ``locs``: the chunk locators under them, for gc roots). Written only after
