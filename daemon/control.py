@@ -107,6 +107,7 @@ class Controller:
             "multi": bool(req.get("multi")),
             "read_only": bool(req.get("read_only")),
             "create": bool(req.get("create")),
+            "from": req.get("from"),
             "xattrs": bool(req.get("xattrs")),
             "autosnapshot": autosnapshot,
             "author": req.get("author"),
@@ -150,7 +151,7 @@ class Controller:
         reply = await self.manager.request(
             m,
             "snapshot",
-            message=req.get("message") or "snapshot",
+            message=req.get("message"),  # none: the worker says what changed
             strategy=_strategy(req),
             onto_branch=req.get("onto_branch"),
             author=req.get("author"),

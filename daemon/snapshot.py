@@ -33,11 +33,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pfsfs.diff import diff_entries
+from pfsfs.display import plural
 from pfsfs.errors import AlreadyExists, BranchMoved, Conflict, InvalidInput, StoreFull
 from pfsfs.ids import to_hex
-from pfsfs.model import DIR, FILE, SYMLINK, X_ALLOC, Commit, Entry, ManifestChunk
+from pfsfs.merge import Merger
+from pfsfs.model import DIR, FILE, SYMLINK, X_ALLOC, Entry, ManifestChunk
 from pfsfs.objects import ObjectWriter
 from pfsfs.repository import default_author
+from pfsfs.treediff import directory_entry, same_entry
 
 from .inodes import Node, Tree, add_extent
 
@@ -66,28 +70,6 @@ class VolumeResult:
 
 
 # -- building ----------------------------------------------------------------------------------
-def _same(a: Entry | None, b: Entry | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return (
-        a.type == b.type
-        and a.mode == b.mode
-        and a.uid == b.uid
-        and a.gid == b.gid
-        and a.mtime_ns == b.mtime_ns
-        and a.size == b.size
-        and a.content_id() == b.content_id()
-        and a.target == b.target
-        and (a.extra or None) == (b.extra or None)
-    )
-
-
-def dir_entry(meta: Entry, entries: dict[bytes, Entry], w: ObjectWriter) -> Entry:
-    size = sum(e.size for e in entries.values() if e.type in (FILE, DIR))
-    nfiles = sum(e.nfiles if e.is_dir else (1 if e.type == FILE else 0) for e in entries.values())
-    return meta.with_(ref=w.put_tree(entries), size=size, nfiles=nfiles, target=b"")
-
-
 class Builder:
     """Builds entries for dirty nodes; ``memo`` maps inode → the entry it commits as."""
 
@@ -115,7 +97,7 @@ class Builder:
             else:
                 nodes = self.tree.nodes
                 entries = {name: self.entry(nodes[c]) for name, c in node.children.items()}
-                e = dir_entry(meta, entries, self.w)
+                e = directory_entry(meta, entries, self.w)
         elif node.kind == "f":
             self._holes = 0
             ref, size = self._content(node)
@@ -307,52 +289,19 @@ def _add_data(out: list[tuple[str, int, int]], s: int, e: int) -> None:
         out.append(("data", s, e))
 
 
-# -- merging -----------------------------------------------------------------------------------
-class Merger:
-    """Three-way merge of trees at path level (equal subtrees are skipped unread)."""
-
-    def __init__(self, tree: Tree, w: ObjectWriter, strategy: str | None) -> None:
-        self.repo = tree.repo
-        self.w = w
-        self.strategy = strategy
-        self.conflicts: list[str] = []
-
-    def merge(
-        self, base: Entry | None, ours: Entry | None, theirs: Entry | None, path: bytes
-    ) -> Entry | None:
-        if _same(ours, theirs) or _same(base, theirs):
-            return ours
-        if _same(base, ours):
-            return theirs
-        if ours is not None and theirs is not None and ours.is_dir and theirs.is_dir:
-            b = self.repo.list_dir(base) if base is not None and base.is_dir else {}
-            o, t = self.repo.list_dir(ours), self.repo.list_dir(theirs)
-            entries: dict[bytes, Entry] = {}
-            for name in sorted(o.keys() | t.keys() | b.keys()):
-                e = self.merge(b.get(name), o.get(name), t.get(name), path + b"/" + name)
-                if e is not None:
-                    entries[name] = e
-            meta_changed = base is None or not base.is_dir or _meta(ours) != _meta(base)
-            return dir_entry(ours if meta_changed else theirs, entries, self.w)
-        self.conflicts.append((path or b"/").decode(errors="surrogateescape"))
-        return theirs if self.strategy == "theirs" else ours
-
-
-def _meta(e: Entry) -> tuple[Any, ...]:
-    return (e.mode, e.uid, e.gid, e.mtime_ns, e.extra or None)
-
-
 # -- the snapshot itself ------------------------------------------------------------------------
 def snapshot(
     tree: Tree,
-    message: str,
+    message: str | None,
     *,
     strategy: str | None = None,
     onto_branch: str | None = None,
     author: str | None = None,
+    kind: str = "snapshot",
 ) -> list[VolumeResult]:
     """Commit every dirty read-write volume; raises ``Conflict`` (nothing committed) when a
-    path changed on both sides and no strategy was given."""
+    path changed on both sides and no strategy was given. Without a ``message`` each commit
+    says what made it and what changed: "unmount: 2 files changed (a.txt, b/c.txt)"."""
     if strategy not in (None, "ours", "theirs"):
         raise InvalidInput(f"unknown merge strategy {strategy!r}")
     check_fully_staged(tree)
@@ -376,7 +325,7 @@ def snapshot(
             final, merged = ours, False
             if head != vol.base:
                 w.finish()  # the merge reads back the trees just built
-                merger = Merger(tree, w, strategy)
+                merger = Merger(tree.repo, w, strategy)
                 result = merger.merge(repo.root_of(vol.base), ours, repo.root_of(head), b"")
                 if merger.conflicts and strategy is None:
                     raise _conflict(tree, vol.describe(), merger.conflicts)
@@ -387,22 +336,34 @@ def snapshot(
         for p in plans:
             vol, res = p.vol, p.res
             res.parent, res.merged = p.head, p.merged
-            if not onto_branch and _same(p.final, repo.root_of(p.head)):
+            if not onto_branch and same_entry(p.final, repo.root_of(p.head)):
                 vol.base = p.head  # nothing new (or exactly what the branch already has)
                 continue
             branch = vol.branch
             if onto_branch:
                 repo.create_branch(vol.repo, onto_branch, vol.base)
                 branch = onto_branch
-            res.commit = _commit_retrying(tree, p, branch, message, author, w, strategy)
+            text = message or f"{kind}: {describe_changes(repo, repo.root_of(p.head), p.final)}"
+            res.commit = _commit_retrying(tree, p, branch, text, author, w, strategy)
             res.branch = branch
             vol.base, vol.branch = res.commit, branch
     for p in plans:
         settle(tree, p.builder.memo)
-        if p.merged and not _same(p.ours, p.final):
+        if p.merged and not same_entry(p.ours, p.final):
             p.res.invalidate = reconcile(tree, tree.nodes[p.vol.root], p.ours, p.final)
     rotate(tree)
     return results
+
+
+def describe_changes(repo: Any, old: Entry, new: Entry, shown: int = 3) -> str:
+    """What a commit changes, for its default message: "3 files changed (a.txt, b/c, …)"."""
+    items = list(diff_entries(repo, old, new))
+    if not items:
+        return "directories changed"
+    noun = "file" if all(not i.path.endswith(b"/") for i in items) else "path"
+    names = [i.shown.lstrip("/") for i in items[:shown]]
+    more = ", …" if len(items) > shown else ""
+    return f"{plural(len(items), noun)} changed ({', '.join(names)}{more})"
 
 
 def check_fully_staged(tree: Tree) -> None:
@@ -444,7 +405,7 @@ def _commit_retrying(
                 ) from None
         time.sleep(random.uniform(0.5, 1.5) * min(0.4, 0.01 * 2**attempt))
         head = repo.branch_head(p.vol.repo, branch or "")
-        merger = Merger(tree, w, strategy)
+        merger = Merger(tree.repo, w, strategy)
         result = merger.merge(repo.root_of(p.vol.base), p.ours, repo.root_of(head), b"")
         if merger.conflicts and strategy is None:
             raise _conflict(tree, p.vol.describe(), merger.conflicts)
@@ -487,15 +448,21 @@ def _commit(
     author: str,
     w: ObjectWriter,
 ) -> bytes:
+    """One volume's commit through the repository's one commit primitive (the snapshot has
+    already decided that something changed)."""
     assert branch is not None
-    repo = tree.repo
-    commit = Commit(repo_name, root, (parent,) if parent else (), message, time.time_ns(), author)
-    encoded = commit.encode()
-    commit_id = w.put_commit(encoded)
-    w.finish()  # durable before the branch can point at it
-    repo.move_branch(repo_name, branch, parent, commit_id)
-    repo.index.add_commit(repo_name, commit_id, encoded)
-    log.info("committed %s to %s@%s", to_hex(commit_id)[:12], repo_name, branch)
+    commit_id = tree.repo.commit_root(
+        repo_name,
+        branch,
+        root,
+        message,
+        parents=(parent,) if parent else (),
+        expected=parent,
+        author=author,
+        allow_empty=True,
+        writer=w,
+    )
+    assert commit_id is not None
     return commit_id
 
 
@@ -560,7 +527,7 @@ def _reconcile(
         ino = node.children.get(name)
         child = tree.nodes.get(ino) if ino is not None else None
         if child is not None and o is not None and n is not None:
-            if _same(o, n):
+            if same_entry(o, n):
                 continue
             if o.type == n.type and n.type != FILE:
                 _reconcile(tree, child, o, n, inval)

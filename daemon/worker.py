@@ -73,8 +73,17 @@ VolumeSpec = tuple[str, str | None, bytes | None, bool]
 
 
 def resolve_volumes(
-    repo: Repository, refs: list[str], *, read_only: bool, create: bool
+    repo: Repository,
+    refs: list[str],
+    *,
+    read_only: bool,
+    create: bool,
+    from_ref: str | None = None,
+    created: list[str] | None = None,
 ) -> list[VolumeSpec]:
+    """The volumes to mount; with ``create`` a missing repo or branch is made first (a new
+    branch of an existing repo at master's head or ``from_ref``, like ``branch create``),
+    and ``created`` gets a line saying so for each."""
     volumes: list[VolumeSpec] = []
     seen = set()
     for ref in refs:
@@ -87,6 +96,8 @@ def resolve_volumes(
                 repo.repo_record(spec.repo)
             except NotFound:
                 repo.create_repo(spec.repo)
+                if created is not None:
+                    created.append(f"created repo {spec.repo}")
             branch = spec.ref or "master"
             if not spec.back and branch not in repo.list_branches(spec.repo):
                 is_commit = False
@@ -97,15 +108,16 @@ def resolve_volumes(
                     except NotFound:
                         pass
                 if not is_commit:
-                    repo.create_branch(spec.repo, check_name("branch", branch))
+                    start = repo.start_branch(spec.repo, check_name("branch", branch), from_ref)
+                    if created is not None:
+                        created.append(f"created branch {spec.repo}@{branch} from {start}")
         resolved = repo.resolve(spec)
         ro = read_only or resolved.branch is None
         if not ro:
-            owner = repo.repo_record(spec.repo).get("output_of")
-            if owner:
-                raise ReadOnly(
-                    f"repo {spec.repo} is the output of pipeline {owner}; mount it with --read-only"
-                )
+            try:
+                repo.check_writable(spec.repo)
+            except ReadOnly as exc:
+                raise ReadOnly(f"{exc.message}; mount it with --read-only") from None
         volumes.append((spec.repo, resolved.branch, resolved.commit, ro))
     if not volumes:
         raise InvalidInput("nothing to mount")
@@ -140,8 +152,10 @@ class Worker:
         self.lock = trio.Lock()
         self.mounted = False
         self.unmounting = False
+        self.created: list[str] = []  # what --create made, for the CLI to say
         self.discard = False
-        self.final_message = "unmount"
+        self.final_message: str | None = None  # None: "unmount: <what changed>"
+        self.final_kind = "unmount"
         self.final_strategy: str | None = None
         self.author: str | None = None
         self.waiters: list[int] = []
@@ -173,13 +187,15 @@ class Worker:
         mode = req.get("mode", "mount")
         cache = self.chunk_cache(repo)
         if mode == "mount":
+            self.mountpoint = check_mountpoint(req["mountpoint"])  # before creating branches
             volumes = resolve_volumes(
                 repo,
                 req["refs"],
                 read_only=bool(req.get("read_only")),
                 create=bool(req.get("create")),
+                from_ref=req.get("from"),
+                created=self.created,
             )
-            self.mountpoint = check_mountpoint(req["mountpoint"])
             self.meta = {
                 "id": self.mount_id,
                 "mountpoint": self.mountpoint,
@@ -268,6 +284,7 @@ class Worker:
             "multi": self.tree.multi,
             "autosnapshot": self.meta.get("autosnapshot"),
             "xattrs": bool(self.meta.get("xattrs")),
+            "created": self.created,
             "volumes": [
                 {
                     "repo": v.repo,
@@ -422,7 +439,7 @@ class Worker:
                 await self.reply(req_id, {"ok": True, **self.info()})
             elif op == "snapshot":
                 results = await self.do_snapshot(
-                    msg.get("message") or "snapshot",
+                    msg.get("message") or None,
                     msg.get("strategy"),
                     msg.get("onto_branch"),
                     msg.get("author"),
@@ -457,10 +474,11 @@ class Worker:
 
     async def do_snapshot(
         self,
-        message: str,
+        message: str | None,
         strategy: str | None = None,
         onto_branch: str | None = None,
         author: str | None = None,
+        kind: str = "snapshot",
     ) -> list[VolumeResult]:
         assert self.tree is not None
         if all(v.read_only for v in self.tree.volumes):
@@ -484,6 +502,7 @@ class Worker:
                 strategy=strategy,
                 onto_branch=onto_branch,
                 author=author or self.author,
+                kind=kind,
             )
             self.set_gc_roots()
             self.snapshots += 1
@@ -511,15 +530,16 @@ class Worker:
             return None
         return conflict_branch_name(self.tree.volumes)
 
-    async def snapshot_or_branch(self, message: str) -> list[VolumeResult]:
-        """``do_snapshot``; on a conflict, commit onto a new branch if the mount says so."""
+    async def snapshot_or_branch(self, kind: str) -> list[VolumeResult]:
+        """``do_snapshot`` with a message naming the changes (``kind``: what commits); on a
+        conflict, commit onto a new branch if the mount says so."""
         try:
-            return await self.do_snapshot(message)
+            return await self.do_snapshot(None, kind=kind)
         except Conflict as exc:
             onto = self.conflict_branch()
             if onto is None:
                 raise
-            results = await self.do_snapshot(message, onto_branch=onto)
+            results = await self.do_snapshot(None, onto_branch=onto, kind=kind)
             log_conflict_branch(self.mountpoint, onto, exc)
             return results
 
@@ -528,13 +548,23 @@ class Worker:
         assert self.tree is not None
         try:
             return snapshot(
-                self.tree, self.final_message, strategy=self.final_strategy, author=self.author
+                self.tree,
+                self.final_message,
+                strategy=self.final_strategy,
+                author=self.author,
+                kind=self.final_kind,
             )
         except Conflict as exc:
             onto = self.conflict_branch()
             if onto is None:
                 raise
-            results = snapshot(self.tree, self.final_message, onto_branch=onto, author=self.author)
+            results = snapshot(
+                self.tree,
+                self.final_message,
+                onto_branch=onto,
+                author=self.author,
+                kind=self.final_kind,
+            )
             log_conflict_branch(self.mountpoint, onto, exc)
             return results
 
@@ -544,13 +574,17 @@ class Worker:
             raise DaemonError(f"{self.mountpoint} is already being unmounted")
         discard = bool(msg.get("discard"))
         rw = not all(v.read_only for v in self.tree.volumes)
-        self.final_message = msg.get("message") or "unmount"
+        self.final_message = msg.get("message") or None  # None: describe the changes
         self.final_strategy = msg.get("strategy")
         if msg.get("author"):
             self.author = msg["author"]
         if rw and not discard:
             self.earlier = await self.do_snapshot(
-                self.final_message, msg.get("strategy"), msg.get("onto_branch"), msg.get("author")
+                self.final_message,
+                msg.get("strategy"),
+                msg.get("onto_branch"),
+                msg.get("author"),
+                kind=self.final_kind,
             )
         async with self.lock:
             self.discard = discard
@@ -575,7 +609,7 @@ class Worker:
         """Save (if possible), then unmount, even when busy (lazily)."""
         if self.unmounting or self.tree is None:
             return
-        self.final_message = "daemon shutdown"
+        self.final_message, self.final_kind = None, "daemon shutdown"
         if not all(v.read_only for v in self.tree.volumes):
             try:
                 self.earlier = await self.snapshot_or_branch("daemon shutdown")
@@ -636,10 +670,11 @@ class Worker:
         try:
             results = snapshot(
                 self.tree,
-                req.get("message") or "recovered staged changes",
+                req.get("message") or None,
                 strategy=req.get("strategy"),
                 onto_branch=req.get("onto_branch"),
                 author=self.author,
+                kind="recover",
             )
         except PfsError as exc:
             self.staging.update_meta(state="conflict" if isinstance(exc, Conflict) else "error")

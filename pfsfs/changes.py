@@ -21,6 +21,7 @@ from .display import show_path
 from .errors import InvalidInput
 from .model import DIR, NAME_MAX, Entry
 from .objects import ObjectReader, ObjectWriter
+from .treediff import directory_entry
 
 KEEP, DELETE, SET, MKDIR = "keep", "delete", "set", "mkdir"
 
@@ -190,6 +191,4 @@ def _apply(
             entries.pop(name, None)
         else:
             entries[name] = new
-    size = sum(e.size for e in entries.values() if e.type in ("f", "d"))
-    nfiles = sum(e.nfiles if e.is_dir else (1 if e.type == "f" else 0) for e in entries.values())
-    return meta.with_(ref=writer.put_tree(entries), size=size, nfiles=nfiles, target=b"")
+    return directory_entry(meta, entries, writer)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .display import json_name, show
 from .model import Entry
+from .treediff import same_content, same_meta
 
 if TYPE_CHECKING:
     from .repository import Repository
@@ -43,23 +44,6 @@ class DiffItem:
         }
 
 
-def _content_equal(a: Entry, b: Entry) -> bool:
-    """Same type and content; for a device, the same kind and device number."""
-    return (
-        a.type == b.type
-        and a.content_id() == b.content_id()
-        and a.target == b.target
-        and (a.kind, a.rdev) == (b.kind, b.rdev)
-    )
-
-
-def _meta_equal(a: Entry, b: Entry) -> bool:
-    """Mode, owner, mtime and xattrs (a hard-link group's id is not metadata a user sees)."""
-    return (a.mode, a.uid, a.gid, a.mtime_ns) == (b.mode, b.uid, b.gid, b.mtime_ns) and (
-        a.xattrs == b.xattrs
-    )
-
-
 def diff_entries(
     repo: Repository, old: Entry | None, new: Entry | None, path: bytes = b""
 ) -> Iterator[DiffItem]:
@@ -71,7 +55,7 @@ def diff_entries(
         child = path + b"/" + name
         if a is not None and b is not None and a.is_dir and b.is_dir:
             if a.ref is not None and b.ref is not None and a.ref.id == b.ref.id:
-                if not _meta_equal(a, b):
+                if not same_meta(a, b):
                     yield DiffItem(child + b"/", "metadata", "d", a.size, b.size)
                 continue
             yield from diff_entries(repo, a, b, child)
@@ -81,13 +65,13 @@ def diff_entries(
             yield from _whole(repo, b, child, "added")
         elif b is None:
             yield from _whole(repo, a, child, "removed")
-        elif not _content_equal(a, b):
+        elif not same_content(a, b):
             if a.is_dir or b.is_dir:
                 yield from _whole(repo, a, child, "removed")
                 yield from _whole(repo, b, child, "added")
             else:
                 yield DiffItem(child, "modified", b.type, a.size, b.size)
-        elif not _meta_equal(a, b):
+        elif not same_meta(a, b):
             yield DiffItem(child, "metadata", b.type, a.size, b.size)
 
 

@@ -55,3 +55,8 @@ def json_name(raw: bytes, key: str = "path") -> dict[str, str]:
         return {key: raw.decode("utf-8")}
     except UnicodeDecodeError:
         return {key: show(raw), key + "_b64": base64.b64encode(raw).decode("ascii")}
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 file``, ``2 files``, ``0 commits`` (``plural_form`` for irregular nouns)."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"

@@ -29,6 +29,7 @@ from .errors import Corruption, NotFound, PfsError
 from .ids import hash_bytes, to_hex
 from .index import Index, Salvaged, salvage
 from .model import FILE, Entry, Locator
+from .refs import BRANCHES, CONFIG, REPOS, decode_head, repo_ref, split_branch_ref
 
 if TYPE_CHECKING:
     from .repository import Repository
@@ -53,25 +54,11 @@ class Reachable:
         return sum(distinct.values())
 
 
-def parse_head(name: str, value: bytes) -> bytes | None:
-    """A branch ref's commit id (None: no commits yet); ``Corruption`` if it is malformed."""
-    if not value:
-        return None
-    try:
-        text = value.decode("ascii")
-        commit_id = bytes.fromhex(text)
-    except ValueError:
-        commit_id = b""
-    if len(commit_id) != 32:
-        raise Corruption(f"ref {name} is malformed (not a commit id): {value[:40]!r}")
-    return commit_id
-
-
 def branch_heads(repo: Repository) -> list[tuple[str, bytes]]:
     """Every branch head; a malformed ref is ``Corruption`` (gc must not guess past it)."""
     heads = []
-    for name, value in repo.store.list_refs("branches/"):
-        commit_id = parse_head(name, value)
+    for name, value in repo.refs.all_branches():
+        commit_id = decode_head(name, value)
         if commit_id is not None:
             heads.append((name, commit_id))
     return heads
@@ -279,30 +266,30 @@ def _check_refs(repo: Repository, problems: list[str]) -> dict[bytes, list[str]]
     repos: set[str] = set()
     heads: dict[bytes, list[str]] = {}
     try:
-        refs = list(repo.store.list_refs(""))
+        refs = list(repo.refs.all_refs())
     except PfsError as exc:
         problems.append(f"refs: {exc}")
         return heads
     for name, value in refs:
-        if name == "config" or name.startswith("repos/"):
+        if name == CONFIG or name.startswith(REPOS):
             try:
                 record = codec.unpack_value(value)
             except (ValueError, msgpack.UnpackException) as exc:
                 record = exc
             if not isinstance(record, dict):
                 problems.append(f"ref {name} does not decode: {record}")
-            elif name.startswith("repos/"):
-                repos.add(name.split("/", 1)[1])
-        elif not name.startswith("branches/"):
+            elif name.startswith(REPOS):
+                repos.add(name[len(REPOS) :])
+        elif not name.startswith(BRANCHES):
             problems.append(f"ref {name} is not a ref pfsfs writes")
     for name, value in refs:
-        if not name.startswith("branches/"):
+        if not name.startswith(BRANCHES):
             continue
-        repo_name = name.split("/")[1]
+        repo_name, _ = split_branch_ref(name)
         if repo_name not in repos:
-            problems.append(f"ref {name} belongs to no repo (repos/{repo_name} is missing)")
+            problems.append(f"ref {name} belongs to no repo ({repo_ref(repo_name)} is missing)")
         try:
-            cid = parse_head(name, value)
+            cid = decode_head(name, value)
             if cid is None:
                 continue
             commit = repo.read_commit(cid)
@@ -393,7 +380,8 @@ def stats(repo: Repository) -> dict[str, int]:
     logical = sum(repo.read_commit(c).size for c in r.commits)
     stored = sum(info.size for info in repo.store.list())
     return {
-        "branches": len(branch_heads(repo)),
+        # Every branch, one with no commits yet too (branch_heads lists only commits).
+        "branches": sum(1 for _ in repo.refs.all_branches()),
         "commits": len(r.commits),
         "logical_bytes": logical,
         "stored_bytes": stored,
@@ -456,9 +444,9 @@ def _reindex(repo: Repository, report: RebuildReport) -> None:
     every commit reachable from a branch or a salvaged gc root, and every object they reach
     that the store holds whole."""
     heads: list[bytes] = []
-    for name, value in repo.store.list_refs("branches/"):
+    for name, value in repo.refs.all_branches():
         try:
-            commit_id = parse_head(name, value)
+            commit_id = decode_head(name, value)
         except Corruption as exc:
             report.problems.append(str(exc))
             continue

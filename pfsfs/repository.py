@@ -24,25 +24,28 @@ from typing import Any
 from . import codec
 from .changes import ChangeSet, apply_changes, split_path
 from .chunking import Chunker, ChunkParams
-from .display import show_path
+from .display import plural, show_path
 from .errors import (
     AlreadyExists,
     BranchMoved,
     InvalidInput,
     NotFound,
-    RefChanged,
+    ReadOnly,
 )
 from .home import HomeConfig, default_home, open_store, read_config, write_config
-from .ids import HEX_LEN, is_hex, to_hex
+from .ids import HEX_LEN, hash_bytes, is_hex, to_hex
 from .index import Index
-from .model import DIR, Commit, Entry, ManifestChunk
+from .model import DIR, Commit, Entry, ManifestChunk, encode_tree
 from .objects import ObjectReader, ObjectWriter
+from .refs import Refs
 from .refspec import MIN_PREFIX, RefSpec, check_name, parse_ref
 from .store.base import ObjectStore
+from .treediff import same_entry
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BRANCH = "master"
+EMPTY_TREE_ID = hash_bytes(encode_tree({}))
 READ_AHEAD_CHUNKS = 8
 
 
@@ -81,14 +84,6 @@ class RepoInfo:
     branches: dict[str, bytes | None]
 
 
-def _ref_value(commit_id: bytes | None) -> bytes:
-    return to_hex(commit_id).encode() if commit_id else b""
-
-
-def _ref_commit(value: bytes) -> bytes | None:
-    return bytes.fromhex(value.decode()) if value else None
-
-
 class Repository:
     """Open with ``Repository.open(home)``; close when done."""
 
@@ -97,6 +92,7 @@ class Repository:
         self.config = config
         self.store = store
         self.index = index
+        self.refs = Refs(store)
         self.reader = ObjectReader(store, index)
         self._params: ChunkParams | None = None
 
@@ -126,16 +122,14 @@ class Repository:
         if existing is not None and existing != config:
             raise AlreadyExists(f"{home} is already initialised with store {existing.store}")
         store = open_store(home, config)
-        stored = store.get_ref("config")
-        if stored is None:
+        refs = Refs(store)
+        if refs.config_raw() is None:
             settings = {
                 "format": codec.FORMAT_VERSION,
                 "chunking": (params or ChunkParams()).to_dict(),
             }
-            try:
-                store.set_ref("config", None, codec.pack_value(settings))
-            except RefChanged:
-                pass  # another machine initialised the same store first; use its settings
+            # False: another machine initialised the same store first; its settings hold
+            refs.create_config(codec.pack_value(settings))
         write_config(home, config)
         return cls(home, config, store, Index(home / "index"))
 
@@ -152,8 +146,7 @@ class Repository:
     @property
     def chunk_params(self) -> ChunkParams:
         if self._params is None:
-            value = self.store.get_ref("config")
-            settings = codec.unpack_value(value) if value else {}
+            settings = self.refs.config() or {}
             self._params = ChunkParams.from_dict(
                 settings.get("chunking") or ChunkParams().to_dict()
             )
@@ -198,31 +191,23 @@ class Repository:
     ) -> None:
         check_name("repo", name)
         record = {"created_ns": time.time_ns(), "description": description, "output_of": output_of}
-        try:
-            self.store.set_ref(f"repos/{name}", None, codec.pack_value(record))
-        except RefChanged:
-            raise AlreadyExists(f"repo {name!r} already exists") from None
-        self.store.set_ref(f"branches/{name}/{DEFAULT_BRANCH}", None, b"")
+        if not self.refs.create_repo(name, record):
+            raise AlreadyExists(f"repo {name!r} already exists")
+        self.refs.create_branch(name, DEFAULT_BRANCH, None)
 
     def repo_record(self, name: str) -> dict[str, Any]:
         check_name("repo", name)
-        value = self.store.get_ref(f"repos/{name}")
-        if value is None:
+        record = self.refs.repo_record(name)
+        if record is None:
             raise NotFound(f"repo {name!r} does not exist")
-        return codec.unpack_value(value)
+        return record
 
     def update_repo_record(self, name: str, **changes: Any) -> None:
-        old = self.store.get_ref(f"repos/{name}")
-        if old is None:
-            raise NotFound(f"repo {name!r} does not exist")
-        record = {**codec.unpack_value(old), **changes}
-        self.store.set_ref(f"repos/{name}", old, codec.pack_value(record))
+        self.refs.update_repo(name, **changes)
 
     def list_repos(self) -> list[RepoInfo]:
         result = []
-        for ref, value in self.store.list_refs("repos/"):
-            name = ref.split("/", 1)[1]
-            record = codec.unpack_value(value)
+        for name, record in self.refs.repos():
             result.append(
                 RepoInfo(
                     name,
@@ -236,64 +221,81 @@ class Repository:
 
     def delete_repo(self, name: str) -> None:
         self.repo_record(name)
-        for branch in self.list_branches(name):
-            self.store.set_ref(
-                f"branches/{name}/{branch}",
-                self.store.get_ref(f"branches/{name}/{branch}"),
-                None,
-            )
-        old = self.store.get_ref(f"repos/{name}")
-        if old is not None:
-            self.store.set_ref(f"repos/{name}", old, None)
+        for branch, head in self.list_branches(name).items():
+            self.refs.delete_branch(name, branch, head)
+        self.refs.delete_repo(name)
         self.index.drop_repo_commits(name)
+
+    # -- write policy ------------------------------------------------------------------------
+    def check_writable(self, repo: str, pipeline: str | None = None) -> None:
+        """The one rule for who may change a repo's branches: a pipeline's output repo only by
+        that pipeline (``pipeline``: the writer's pipeline capability), every other repo by
+        anyone. Each branch-changing call below checks it; callers may check early too."""
+        owner = self.repo_record(repo).get("output_of")
+        if owner and pipeline != owner:
+            raise ReadOnly(f"repo {repo} is the output of pipeline {owner}; it is read-only")
 
     # -- branches ----------------------------------------------------------------------------
     def list_branches(self, repo: str) -> dict[str, bytes | None]:
-        prefix = f"branches/{repo}/"
-        return {
-            ref[len(prefix) :]: _ref_commit(value) for ref, value in self.store.list_refs(prefix)
-        }
+        return self.refs.branches(check_name("repo", repo))
 
     def branch_head(self, repo: str, branch: str) -> bytes | None:
         """The branch's head commit (None: no commits yet). Raises NotFound."""
-        value = self.store.get_ref(f"branches/{check_name('repo', repo)}/{branch}")
-        if value is None:
+        exists, head = self.refs.head(check_name("repo", repo), branch)
+        if not exists:
             self.repo_record(repo)
             raise NotFound(f"branch {repo}@{branch} does not exist")
-        return _ref_commit(value)
+        return head
 
-    def create_branch(self, repo: str, branch: str, head: bytes | None = None) -> None:
-        self.repo_record(repo)
+    def create_branch(
+        self, repo: str, branch: str, head: bytes | None = None, *, pipeline: str | None = None
+    ) -> None:
+        self.check_writable(repo, pipeline)
         check_name("branch", branch)
-        try:
-            self.store.set_ref(f"branches/{repo}/{branch}", None, _ref_value(head))
-        except RefChanged:
-            raise AlreadyExists(f"branch {repo}@{branch} already exists") from None
+        self.refs.create_branch(repo, branch, head)
 
-    def delete_branch(self, repo: str, branch: str) -> None:
-        head = self.branch_head(repo, branch)
+    def start_branch(
+        self, repo: str, branch: str, from_ref: str | None = None, *, pipeline: str | None = None
+    ) -> str:
+        """Create ``branch`` the way people expect (``git switch -c``): at ``from_ref`` (a
+        branch, commit or ``~N`` of the same repo) or else at the default branch's head.
+        Returns what it started from, for the user: "r@master (1a2b3c4d5e6f)"."""
+        self.check_writable(repo, pipeline)
+        check_name("branch", branch)
+        source = from_ref or DEFAULT_BRANCH
+        spec = parse_ref(source if "@" in source else f"{repo}@{source}", allow_path=False)
+        if spec.repo != repo:
+            raise InvalidInput(f"--from {from_ref}: a branch starts at a commit of {repo}")
         try:
-            self.store.set_ref(f"branches/{repo}/{branch}", _ref_value(head), None)
-        except RefChanged:
-            raise BranchMoved(
-                f"branch {repo}@{branch} moved while deleting it; try again"
-            ) from None
+            resolved = self.resolve(spec)
+        except NotFound:
+            if from_ref is not None:
+                raise
+            resolved = Resolved(repo, None, None)  # no default branch (deleted): start empty
+        self.create_branch(repo, branch, resolved.commit, pipeline=pipeline)
+        what = resolved.describe() if resolved.branch or resolved.commit else f"{repo} (empty)"
+        if resolved.branch and resolved.commit:
+            what += f" ({to_hex(resolved.commit)[:12]})"
+        elif resolved.branch:
+            what += " (no commits yet)"
+        return what
+
+    def delete_branch(self, repo: str, branch: str, *, pipeline: str | None = None) -> None:
+        self.check_writable(repo, pipeline)
+        self.refs.delete_branch(repo, branch, self.branch_head(repo, branch))
 
     def move_branch(
-        self, repo: str, branch: str, expected: bytes | None, new: bytes | None
+        self,
+        repo: str,
+        branch: str,
+        expected: bytes | None,
+        new: bytes | None,
+        *,
+        pipeline: str | None = None,
     ) -> None:
         """Compare-and-swap the branch head; ``BranchMoved`` if it is not at ``expected``."""
-        try:
-            self.store.set_ref(f"branches/{repo}/{branch}", _ref_value(expected), _ref_value(new))
-        except RefChanged:
-            now = self.store.get_ref(f"branches/{repo}/{branch}")
-            if now is None:
-                raise NotFound(f"branch {repo}@{branch} was deleted meanwhile") from None
-            raise BranchMoved(
-                f"branch {repo}@{branch} moved (now at {now.decode()[:12] or 'nothing'}, "
-                f"expected {to_hex(expected)[:12] if expected else 'nothing'}); "
-                "nothing was committed"
-            ) from None
+        self.check_writable(repo, pipeline)
+        self.refs.move_branch(repo, branch, expected, new)
 
     # -- resolving ---------------------------------------------------------------------------
     def resolve(self, ref: RefSpec | str) -> Resolved:
@@ -301,9 +303,9 @@ class Repository:
         self.repo_record(spec.repo)
         name = spec.ref or DEFAULT_BRANCH
         branch: str | None = None
-        value = self.store.get_ref(f"branches/{spec.repo}/{name}")
-        if value is not None:
-            branch, commit = name, _ref_commit(value)
+        exists, head = self.refs.head(spec.repo, name)
+        if exists:
+            branch, commit = name, head
         elif is_hex(name.lower()):
             commit = self._commit_by_prefix(spec.repo, name.lower())
         else:
@@ -313,7 +315,9 @@ class Repository:
                 break
             parents = self.read_commit(commit).parents
             if not parents:
-                raise NotFound(f"{spec.repo}@{name}~{spec.back}: history has only {i + 1} commits")
+                raise NotFound(
+                    f"{spec.repo}@{name}~{spec.back}: history has only {plural(i + 1, 'commit')}"
+                )
             commit = parents[0]
         if spec.back:
             branch = None  # an ancestor is not the branch head: mounts of it are read-only
@@ -408,12 +412,16 @@ class Repository:
         provenance: dict[str, Any] | None = None,
         writer: ObjectWriter | None = None,
         rebase: bool = False,
-    ) -> bytes:
-        """Apply ``changes`` on top of the branch head (or ``parent``) and move the branch.
+        allow_empty: bool = False,
+        pipeline: str | None = None,
+    ) -> bytes | None:
+        """Apply ``changes`` on top of the branch head (or ``parent``) and commit the result
+        (``commit_root``).
 
         If the branch moved meanwhile, ``rebase=True`` re-applies the change set on the new
         head (path-level: later writes win); otherwise ``BranchMoved`` is raised and nothing is
-        committed. Returns the new commit id once it is durable and the branch points at it.
+        committed. Returns the new commit id, or None when nothing changed (see
+        ``commit_root``).
         """
         if writer is None:
             with self.writer() as w:
@@ -427,32 +435,31 @@ class Repository:
                     provenance=provenance,
                     writer=w,
                     rebase=rebase,
+                    allow_empty=allow_empty,
+                    pipeline=pipeline,
                 )
+        self.check_writable(repo, pipeline)  # before any work
         base = self.branch_head(repo, branch) if parent is ... else parent
         while True:
             root = apply_changes(changes, self.root_of(base) if base else None, self.reader, writer)
-            commit = Commit(
-                repo,
-                root,
-                (base,) if base else (),
-                message,
-                time.time_ns(),
-                author or default_author(),
-                provenance or {},
-            )
-            encoded = commit.encode()
-            commit_id = writer.put_commit(encoded)
-            writer.finish()  # durable before the ref can point at it
             try:
-                self.move_branch(repo, branch, base, commit_id)
+                return self.commit_root(
+                    repo,
+                    branch,
+                    root,
+                    message,
+                    parents=(base,) if base else (),
+                    expected=base,
+                    author=author,
+                    provenance=provenance,
+                    allow_empty=allow_empty,
+                    writer=writer,
+                    pipeline=pipeline,
+                )
             except BranchMoved:
                 if not rebase:
                     raise
                 base = self.branch_head(repo, branch)
-                continue
-            self.index.add_commit(repo, commit_id, encoded)
-            log.info("committed %s to %s@%s", to_hex(commit_id)[:12], repo, branch)
-            return commit_id
 
     def commit_root(
         self,
@@ -465,8 +472,24 @@ class Repository:
         expected: bytes | None,
         author: str | None = None,
         provenance: dict[str, Any] | None = None,
-    ) -> bytes:
-        """Commit an already-built root entry (rollback, merges) with CAS on the branch."""
+        allow_empty: bool = False,
+        writer: ObjectWriter | None = None,
+        pipeline: str | None = None,
+    ) -> bytes | None:
+        """The one commit primitive (put, snapshot, rollback, merges and pipelines all end
+        here): check the write policy, write the commit object, make it and everything it
+        reaches durable (``writer.finish``: the flush barrier), move the branch from
+        ``expected`` by compare-and-swap (``BranchMoved`` if another writer moved it: nothing
+        is committed), then index the commit.
+
+        Returns None, committing nothing, when the commit would only repeat ``expected``: one
+        parent, that head, and the same root (unless ``allow_empty``: a pipeline's output
+        commit records new provenance even so). ``writer``: the session that wrote the root's
+        objects (else a new one)."""
+        self.check_writable(repo, pipeline)
+        single = parents == ((expected,) if expected else ())
+        if not allow_empty and single and self.unchanged(expected, root):
+            return None
         commit = Commit(
             repo,
             root,
@@ -477,11 +500,23 @@ class Repository:
             provenance or {},
         )
         encoded = commit.encode()
-        with self.writer() as w:
-            commit_id = w.put_commit(encoded)
-        self.move_branch(repo, branch, expected, commit_id)
+        if writer is None:
+            with self.writer() as w:
+                commit_id = w.put_commit(encoded)
+        else:
+            commit_id = writer.put_commit(encoded)
+            writer.finish()  # durable before the branch can point at it
+        self.refs.move_branch(repo, branch, expected, commit_id)
         self.index.add_commit(repo, commit_id, encoded)
+        log.info("committed %s to %s@%s", to_hex(commit_id)[:12], repo, branch)
         return commit_id
+
+    def unchanged(self, base: bytes | None, root: Entry) -> bool:
+        """Whether a commit of ``root`` onto ``base`` would change nothing a user can see:
+        the same content and metadata as the base's root (an empty branch: an empty root)."""
+        if base is None:  # (root's tree may not be durable yet: compare ids, read nothing)
+            return root.is_dir and root.content_id() in (None, EMPTY_TREE_ID)
+        return same_entry(self.root_of(base), root)
 
     # -- history -----------------------------------------------------------------------------
     def log_many(self, heads: list[bytes]) -> Iterator[tuple[bytes, Commit]]:
@@ -505,9 +540,12 @@ class Repository:
     def log(self, commit_id: bytes | None) -> Iterator[tuple[bytes, Commit]]:
         return self.log_many([commit_id] if commit_id else [])
 
-    def rollback(self, repo: str, branch: str, to: bytes, *, hard: bool = False) -> bytes:
+    def rollback(
+        self, repo: str, branch: str, to: bytes, *, hard: bool = False, pipeline: str | None = None
+    ) -> bytes | None:
         """Make a NEW commit whose tree is ``to``'s (history kept), or with ``hard`` move the
-        branch pointer itself. Returns the branch's new head."""
+        branch pointer itself. Returns the branch's new head, or None when the branch already
+        holds exactly ``to``'s content (no commit is made)."""
         head = self.branch_head(repo, branch)
         target = self.read_commit(to)
         if target.repo != repo:
@@ -515,7 +553,7 @@ class Repository:
                 f"commit {to_hex(to)[:12]} belongs to repo {target.repo}, not {repo}"
             )
         if hard:
-            self.move_branch(repo, branch, head, to)
+            self.move_branch(repo, branch, head, to, pipeline=pipeline)
             return to
         return self.commit_root(
             repo,
@@ -524,4 +562,5 @@ class Repository:
             f"rollback to {to_hex(to)[:12]}",
             parents=(head,) if head else (),
             expected=head,
+            pipeline=pipeline,
         )

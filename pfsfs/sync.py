@@ -74,10 +74,6 @@ def raw_store(store: ObjectStore) -> ObjectStore:
     return store.uncached()
 
 
-def _ref_value(commit_id: bytes | None) -> bytes:
-    return to_hex(commit_id).encode() if commit_id else b""
-
-
 # -- planning -------------------------------------------------------------------------------
 def plan(src: Repository, dst: Repository, repos: Iterable[str] | None) -> list[BranchPlan]:
     names = list(repos) if repos else [info.name for info in src.list_repos()]
@@ -85,7 +81,7 @@ def plan(src: Repository, dst: Repository, repos: Iterable[str] | None) -> list[
     for repo in names:
         src.repo_record(repo)  # NotFound for a repo the source lacks
         dst_branches: dict[str, bytes | None] = {}
-        if dst.store.get_ref(f"repos/{repo}") is not None:
+        if dst.refs.repo_raw(repo) is not None:
             dst_branches = dst.list_branches(repo)
         for branch, head in sorted(src.list_branches(repo).items()):
             p = BranchPlan(repo, branch, head, dst_branches.get(branch), branch in dst_branches)
@@ -102,7 +98,7 @@ def _have(src: Repository, dst: Repository, plans: list[BranchPlan]) -> set[byte
     """Source commits the destination already holds complete: ancestors of its heads."""
     heads: set[bytes] = set()
     for repo in {p.repo for p in plans}:
-        if dst.store.get_ref(f"repos/{repo}") is not None:
+        if dst.refs.repo_raw(repo) is not None:
             heads.update(c for c in dst.list_branches(repo).values() if c)
     known = {cid for p in plans for cid in p.history}
     return {cid for cid, _ in src.log_many([h for h in heads if h in known])}
@@ -259,13 +255,11 @@ def _describe(p: BranchPlan, force: bool) -> str:
 
 def _check_formats(src: Repository, dst: Repository, *, init: bool) -> None:
     """Initialise an empty destination store with the source's settings; refuse a mismatch."""
-    src_cfg = src.store.get_ref("config")
-    dst_cfg = dst.store.get_ref("config")
+    src_cfg = src.refs.config_raw()
+    dst_cfg = dst.refs.config_raw()
     if dst_cfg is None and src_cfg is not None and init:
-        try:
-            dst.store.set_ref("config", None, src_cfg)
-        except RefChanged:
-            dst_cfg = dst.store.get_ref("config")
+        if not dst.refs.create_config(src_cfg):
+            dst_cfg = dst.refs.config_raw()
     if src_cfg is None or dst_cfg is None:
         return
     a, b = codec.unpack_value(src_cfg), codec.unpack_value(dst_cfg)
@@ -276,17 +270,12 @@ def _check_formats(src: Repository, dst: Repository, *, init: bool) -> None:
 
 
 def _move(src: Repository, dst: Repository, p: BranchPlan) -> None:
-    record = src.store.get_ref(f"repos/{p.repo}")
+    record = src.refs.repo_raw(p.repo)
     if record is None:
         raise NotFound(f"repo {p.repo} was deleted from the source during the sync")
+    dst.refs.create_repo(p.repo, record)  # False: it exists, keep the destination's record
     try:
-        dst.store.set_ref(f"repos/{p.repo}", None, record)
-    except RefChanged:
-        pass  # it exists: keep the destination's record
-    ref = f"branches/{p.repo}/{p.branch}"
-    expected = _ref_value(p.dst_head) if p.dst_exists else None
-    try:
-        dst.store.set_ref(ref, expected, _ref_value(p.src_head))
+        dst.refs.set_branch(p.repo, p.branch, p.dst_exists, p.dst_head, p.src_head)
     except RefChanged:
         raise Conflict(
             f"{p.name} moved on the destination during the sync; run it again", [p.name]

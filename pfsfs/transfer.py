@@ -239,9 +239,12 @@ def ingest_tree(
     *,
     recursive: bool,
     progress: Progress = _no_progress,
+    contents: bool = False,
 ) -> int:
     """Stage ``src`` (any file type or, with ``recursive``, a directory) at ``dest``.
 
+    A directory replaces what ``dest`` held; with ``contents`` (rsync's ``dir/``) its entries
+    are put into the directory ``dest`` instead, next to what is already there.
     Returns the number of regular files staged. Non-UTF-8 names are kept byte for byte.
     """
     raw = os.fsencode(src)
@@ -255,7 +258,10 @@ def ingest_tree(
     if stat.S_ISDIR(st.st_mode):
         if not recursive:
             raise InvalidInput(f"{show_local(raw)} is a directory (use -r to put it recursively)")
-        changes.put(dest, dir_entry(st, _meta_extra(raw)))
+        if contents:
+            changes.mkdir(dest, dir_entry(st, _meta_extra(raw)))
+        else:
+            changes.put(dest, dir_entry(st, _meta_extra(raw)))
         for dirpath, dirnames, filenames in os.walk(raw, onerror=_walk_error):
             rel = os.path.relpath(dirpath, raw)
             base = dest + (tuple(rel.split(b"/")) if rel != b"." else ())

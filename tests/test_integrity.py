@@ -6,6 +6,7 @@ this machine's own records), and the temp files a ``put`` killed with SIGKILL le
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -248,10 +249,10 @@ def test_gc_removes_temp_blobs_of_a_killed_put(tmp_path: Path) -> None:
         if temps:
             break
     assert temps, "no put was caught mid-write"
-    assert out(run(home, "gc", "--grace", "3600")).count("temp files") == 0  # too young
+    assert "temp file" not in out(run(home, "gc", "--grace", "3600"))  # too young
     assert list((home / "store").rglob(".*.tmp"))
     report = out(run(home, "gc"))
-    assert "temp files of interrupted writes" in report
+    assert re.search(r"removed \d+ temp files? of interrupted writes", report), report
     assert not list((home / "store").rglob(".*.tmp"))
     run(home, "fsck", "--deep")
     run(home, "put", "r@master", "-f", str(big))  # the store works as before

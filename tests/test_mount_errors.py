@@ -30,8 +30,10 @@ def test_mount_errors(env: Env) -> None:
     assert "does not exist" in err
     err = env.fails("mount", "data@nosuch", str(env.mkdir("m2")))
     assert "does not exist" in err
-    err = env.fails("mount", "data@master", str(env.root / "missing"))
-    assert "not a directory" in err
+    err = env.fails("mount", "data@master", str(env.root / "missing"), code=3)
+    assert "missing does not exist (create it, or add --mkdir)" in err
+    write(env.root / "file", "x")
+    assert "not a directory" in env.fails("mount", "data@master", str(env.root / "file"))
     err = env.fails("mount", "bad name@x", str(env.mkdir("m3")))
     assert "invalid" in err or "malformed" in err
     with env.mounted("data@master") as mp:

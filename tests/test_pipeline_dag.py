@@ -307,3 +307,23 @@ def test_bad_transform_code_names_the_field(code: Any, error: str) -> None:
     with pytest.raises(InvalidInput) as exc:
         parse_spec_dict(raw)
     assert str(exc.value).startswith(error), str(exc.value)
+
+
+def test_transform_code_errors_are_reported_with_the_other_field_errors(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run(home, "repo", "create", "data")
+    spec = tmp_path / "p.json"
+    raw = {
+        "pipeline": {"name": "p"},
+        "input": {"cross": [{"pfs": {"repo": "data"}}, {"pfs": {"repo": "nope"}}]},
+        "transform": {"cmd": ["true"], "code": ["/pfs/cod/x", "/pfs/out/y"]},
+    }
+    spec.write_text(json.dumps(raw))
+    line = fails(home, "pipeline", "create", "-f", str(spec), code=2)
+    assert line == (
+        "pfsfs: error: 4 problems: input.cross[1].pfs.repo: repo 'nope' does not exist; "
+        "transform.code[0]: /pfs/cod/x: /pfs/cod is not an input (inputs: data, nope); "
+        "transform.code[1]: /pfs/out/y: /pfs/out is not an input (inputs: data, nope); "
+        "transform.image: required by the podman runner"
+    )
+    assert "pipeline" not in out(run(home, "repo", "list"))

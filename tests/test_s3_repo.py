@@ -343,7 +343,10 @@ def test_wrong_bucket_and_unreachable_endpoint_are_one_line_errors(
         s3_server.endpoint,
         code=7,
     )
-    assert line == f"pfsfs: error: bucket 'no-such-bucket' does not exist at {s3_server.endpoint}"
+    assert line == (
+        f"pfsfs: error: bucket 'no-such-bucket' does not exist at {s3_server.endpoint} "
+        "(--create-bucket creates it)"
+    )
     no_secrets(line)
     home = s3_home(tmp_path, "h2", s3_server.endpoint, s3_server.bucket, new_prefix())
     dead = f"http://127.0.0.1:{free_port()}"

@@ -316,7 +316,7 @@ def test_get_without_cap_mknod_warns_once_per_device_and_writes_the_rest(
     assert len(err) == 3, err
     assert "character device 1,3 not created" in err[1] and "null" in err[1]
     assert "block device 7,0 not created" in err[0] and "loop" in err[0]
-    assert err[2] == f"1 files written to {out} (2 device files not created)"
+    assert err[2] == f"1 file written to {out} (2 device files not created)"
     assert sorted(os.listdir(out)) == ["file", "sock"]
     assert stat.S_ISSOCK(os.lstat(out / "sock").st_mode)
     # Asked for one device by name, the refusal is an error (exit 7, one line).

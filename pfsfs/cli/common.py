@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 
+from ..display import plural as plural  # re-exported: the commands count with it
 from ..refspec import short_repr
 from ..repository import Repository
 
@@ -122,6 +123,9 @@ class PfsGroup(click.Group):
             raise
 
 
+NO_CHANGES = "no changes; nothing committed"
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
@@ -203,23 +207,63 @@ def human_time(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
 
 
+class Progress:
+    """A one-line progress report on stderr: bar, bytes done/total, rate and time left, as
+    tqdm shows them; redrawn at most 10 times a second, finished with a newline."""
+
+    WIDTH = 24
+    INTERVAL = 0.1
+
+    def __init__(self, total: int, label: str, *, clock: Callable[[], float] = time.monotonic):
+        self.total, self.label, self.clock = total, label, clock
+        self.done = 0
+        self.start = clock()
+        self.drawn_at = -math.inf
+        self.shown = 0  # characters of the last line, to blank what a shorter one leaves
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = self.clock()
+        if now - self.drawn_at >= self.INTERVAL:
+            self.draw(now)
+
+    def line(self, now: float) -> str:
+        elapsed = max(now - self.start, 1e-9)
+        done = min(self.done, self.total)
+        fraction = done / self.total if self.total else 1.0
+        filled = int(fraction * self.WIDTH)
+        rate = self.done / elapsed
+        left = (self.total - done) / rate if rate > 0 else math.inf
+        return (
+            f"{self.label} [{'#' * filled}{'-' * (self.WIDTH - filled)}] {fraction:4.0%}  "
+            f"{human_bytes(done)}/{human_bytes(self.total)}  {human_bytes(int(rate))}/s  "
+            f"{_clock(left)} left"
+        )
+
+    def draw(self, now: float, end: str = "") -> None:
+        text = self.line(now)
+        sys.stderr.write("\r" + text + " " * max(0, self.shown - len(text)) + end)
+        sys.stderr.flush()
+        self.shown, self.drawn_at = len(text), now
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--"
+    s = int(seconds + 0.5)
+    if s >= 3600:
+        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+    return f"{s // 60}:{s % 60:02d}"
+
+
 @contextmanager
 def progress_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A throttled progress bar on stderr, only when stderr is a terminal."""
+    """Progress of ``total`` bytes on stderr (``Progress``), only when stderr is a terminal."""
     if not sys.stderr.isatty() or total <= 0:
         yield lambda _n: None
         return
-    with click.progressbar(
-        length=total, label=label, file=sys.stderr, show_pos=False, update_min_steps=1
-    ) as bar:
-        last = [0.0, 0]
-
-        def update(n: int) -> None:
-            last[1] += n
-            now = time.monotonic()
-            if now - last[0] >= 0.1:  # redraw at most 10 times a second
-                bar.update(last[1])
-                last[0], last[1] = now, 0
-
-        yield update
-        bar.update(last[1])
+    bar = Progress(total, label)
+    try:
+        yield bar.update
+    finally:
+        bar.draw(bar.clock(), end="\n")

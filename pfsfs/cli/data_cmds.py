@@ -11,10 +11,10 @@ import click
 
 from ..changes import ChangeSet, split_path
 from ..display import json_name, show, show_local, show_path
-from ..errors import InvalidInput, NotFound, ReadOnly
+from ..errors import InvalidInput, NotFound
 from ..ids import to_hex
 from ..model import DIR, FIFO, FILE, SYMLINK, Entry
-from ..refspec import check_name, parse_ref
+from ..refspec import parse_ref
 from ..repository import Repository
 from ..transfer import (
     SPECIAL_FTYPES,
@@ -27,6 +27,7 @@ from ..transfer import (
     total_size,
 )
 from .common import (
+    NO_CHANGES,
     UTF8_TEXT,
     AppContext,
     emit_json,
@@ -34,29 +35,44 @@ from .common import (
     human_time,
     json_option,
     pass_app,
+    plural,
     progress_bar,
 )
+from .completion import complete_ref
 
 
 def writable_branch(repository: Repository, repo: str, branch: str) -> None:
-    """Refuse writes to pipeline output repos; create the branch on first write."""
-    record = repository.repo_record(repo)
-    if record.get("output_of"):
-        raise ReadOnly(
-            f"repo {repo} is the output of pipeline {record['output_of']}; it is read-only"
-        )
+    """Refuse writes to pipeline output repos; create the branch on first write (at the
+    default branch's head, like ``branch create``), saying so on stderr."""
+    repository.check_writable(repo)  # early, before any data is read
     if branch not in repository.list_branches(repo):
-        repository.create_branch(repo, check_name("branch", branch))
+        start = repository.start_branch(repo, branch)
+        click.echo(f"created branch {repo}@{branch} from {start}", err=True)
+
+
+def _is_contents(source: str) -> bool:
+    """rsync's convention: ``dir/`` means the directory's contents, ``dir`` the directory."""
+    return source.endswith("/") and source.rstrip("/") != ""
 
 
 @click.command()
-@click.argument("target", metavar="REPO@BRANCH[:/PATH]")
-@click.option("-f", "--file", "source", required=True, help="File, directory, or - for stdin.")
+@click.argument("target", metavar="REPO@BRANCH[:/PATH]", shell_complete=complete_ref)
+@click.option(
+    "-f",
+    "--file",
+    "source",
+    required=True,
+    help="File, directory, or - for stdin. DIR/ (trailing slash) puts DIR's contents, as rsync.",
+)
 @click.option("-r", "--recursive", is_flag=True, help="Put a directory and everything in it.")
 @click.option("-m", "--message", type=UTF8_TEXT, default=None, help="Commit message.")
 @pass_app
 def put(app: AppContext, target: str, source: str, recursive: bool, message: str | None) -> None:
-    """Add or replace files on a branch: one commit per call."""
+    """Add or replace files on a branch: one commit per call (none if nothing changed).
+
+    -f DIR -r puts the directory itself (at PATH, or into it when PATH ends in /); -f DIR/ -r
+    puts what DIR holds into the directory PATH (default: the root), keeping what is there.
+    """
     spec = parse_ref(target)
     if spec.back:
         raise InvalidInput(f"{target}: can only put to a branch head")
@@ -70,7 +86,7 @@ def put(app: AppContext, target: str, source: str, recursive: bool, message: str
                 raise InvalidInput(f"{target}: can only put to a branch, not a commit")
             except NotFound:
                 pass
-    writable_branch(repository, repo, branch)
+    contents = False
     if source == "-":
         if spec.path is None or spec.path.endswith("/"):
             raise InvalidInput("with -f -, give the destination path: repo@branch:/path/to/file")
@@ -79,15 +95,22 @@ def put(app: AppContext, target: str, source: str, recursive: bool, message: str
         src = Path(source)
         if not src.exists() and not src.is_symlink():
             raise NotFound(f"{show_local(source)} does not exist")
+        contents = _is_contents(source) and src.is_dir()
         base = os.fsencode(src.resolve().name if source in (".", "./") else src.name)
-        if spec.path is None:
+        if contents:
+            dest = split_path(spec.path or "/")
+        elif spec.path is None:
             dest = (base,)
         elif spec.path.endswith("/"):
             dest = split_path(spec.path) + (base,)
         else:
             dest = split_path(spec.path)
-    if not dest:
-        raise InvalidInput("cannot put onto the root itself; name a path inside the repo")
+    if not dest and not contents:
+        raise InvalidInput(
+            "cannot put onto the root itself; name a path inside the repo "
+            "(or put a directory's contents there: -f DIR/ -r)"
+        )
+    writable_branch(repository, repo, branch)
     changes = ChangeSet()
     with repository.writer() as writer:
         chunker = repository.chunker()
@@ -105,14 +128,16 @@ def put(app: AppContext, target: str, source: str, recursive: bool, message: str
                     chunker,
                     recursive=recursive,
                     progress=update,
+                    contents=contents,
                 )
-        shown = show_path(dest)
+        shown = show_path(dest) + ("/" if contents and dest else "")
         commit_id = repository.commit(
             repo, branch, changes, message or f"put {shown}", writer=writer, rebase=True
         )
-    click.echo(
-        f"{to_hex(commit_id)}  ({count} file{'s' if count != 1 else ''} -> {repo}@{branch}:{shown})"
-    )
+    if commit_id is None:
+        click.echo(f"{NO_CHANGES} ({repo}@{branch}:{shown} already holds this)", err=True)
+        return
+    click.echo(f"{to_hex(commit_id)}  ({plural(count, 'file')} -> {repo}@{branch}:{shown})")
 
 
 def _resolve_entry(repository: Repository, ref: str) -> tuple[Entry, str, tuple[bytes, ...]]:
@@ -123,7 +148,7 @@ def _resolve_entry(repository: Repository, ref: str) -> tuple[Entry, str, tuple[
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF:/PATH")
+@click.argument("ref", metavar="REPO@REF:/PATH", shell_complete=complete_ref)
 @click.option("-o", "--output", type=click.Path(), help="Write here instead of stdout.")
 @pass_app
 def get(app: AppContext, ref: str, output: str | None) -> None:
@@ -143,8 +168,9 @@ def get(app: AppContext, ref: str, output: str | None) -> None:
             raise InvalidInput(f"{show_local(out)} exists and is not a directory")
         with progress_bar(entry.size, "get") as update:
             stats = export_tree(repository, entry, out, update)
-        note = f" ({stats.skipped} device files not created)" if stats.skipped else ""
-        click.echo(f"{stats.files} files written to {show_local(out)}{note}", err=True)
+        note = f" ({plural(stats.skipped, 'device file')} not created)" if stats.skipped else ""
+        written = plural(stats.files, "file")
+        click.echo(f"{written} written to {show_local(out)}{note}", err=True)
         return
     if output is None:
         if entry.type != FILE:
@@ -179,7 +205,7 @@ def _shown(path: tuple[bytes, ...]) -> str:
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF:/PATH")
+@click.argument("ref", metavar="REPO@REF:/PATH", shell_complete=complete_ref)
 @pass_app
 def cat(app: AppContext, ref: str) -> None:
     """Print a file of a commit."""
@@ -198,7 +224,7 @@ def _mode_string(entry: Entry) -> str:
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF[:/PATH]")
+@click.argument("ref", metavar="REPO@REF[:/PATH]", shell_complete=complete_ref)
 @click.option("-l", "long", is_flag=True, help="Mode, size, mtime.")
 @click.option("-R", "recursive", is_flag=True, help="List subdirectories too.")
 @json_option

@@ -14,6 +14,7 @@ from ..model import Commit
 from ..refspec import parse_branch
 from .common import (
     COUNT,
+    NO_CHANGES,
     AppContext,
     emit_json,
     human_bytes,
@@ -21,6 +22,7 @@ from .common import (
     json_option,
     pass_app,
 )
+from .completion import complete_ref
 
 
 def commit_dict(app: AppContext, commit_id: bytes, c: Commit) -> dict[str, Any]:
@@ -41,7 +43,7 @@ def commit_dict(app: AppContext, commit_id: bytes, c: Commit) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF")
+@click.argument("ref", metavar="REPO@REF", shell_complete=complete_ref)
 @click.option("-n", "--limit", type=COUNT, default=None, help="Show at most N commits.")
 @json_option
 @pass_app
@@ -73,7 +75,7 @@ def inspect() -> None:
 
 
 @inspect.command("commit")
-@click.argument("ref", metavar="REPO@REF")
+@click.argument("ref", metavar="REPO@REF", shell_complete=complete_ref)
 @json_option
 @pass_app
 def inspect_commit(app: AppContext, ref: str, as_json: bool) -> None:
@@ -163,8 +165,8 @@ def inspect_commitset(app: AppContext, ident: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("old", metavar="REPO@A")
-@click.argument("new", metavar="REPO@B")
+@click.argument("old", metavar="REPO@A", shell_complete=complete_ref)
+@click.argument("new", metavar="REPO@B", shell_complete=complete_ref)
 @click.argument("path", required=False)
 @json_option
 @pass_app
@@ -200,13 +202,21 @@ def diff(app: AppContext, old: str, new: str, path: str | None, as_json: bool) -
 
 
 @click.command()
-@click.argument("target", metavar="REPO@BRANCH")
-@click.option("--to", "to_ref", required=True, metavar="REF", help="Commit to go back to.")
+@click.argument("target", metavar="REPO@BRANCH", shell_complete=complete_ref)
+@click.option(
+    "--to",
+    "to_ref",
+    required=True,
+    metavar="REF",
+    help="Commit to go back to.",
+    shell_complete=complete_ref,
+)
 @click.option("--hard", is_flag=True, help="Move the branch pointer instead (drops history).")
 @pass_app
 def rollback(app: AppContext, target: str, to_ref: str, hard: bool) -> None:
     """Make a new commit whose content is REF's (history kept), or --hard move the branch."""
     repo, branch = parse_branch(target)
+    app.repo.check_writable(repo)  # before resolving REF: the refusal is what matters
     to = app.repo.resolve(to_ref if "@" in to_ref else f"{repo}@{to_ref}")
     if to.commit is None:
         raise InvalidInput(f"{to_ref} has no commits")
@@ -217,6 +227,10 @@ def rollback(app: AppContext, target: str, to_ref: str, hard: bool) -> None:
             err=True,
         )
     head = app.repo.rollback(repo, branch, to.commit, hard=hard)
+    if head is None:
+        held = f"{repo}@{branch} already holds what {to_hex(to.commit)[:12]} holds"
+        click.echo(f"{NO_CHANGES} ({held})", err=True)
+        return
     click.echo(to_hex(head))
 
 

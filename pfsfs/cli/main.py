@@ -188,9 +188,9 @@ def _report_modes(home: Path, outside: Path | None, created: bool, shared_group:
 
 
 def _register() -> None:
-    from . import data_cmds, history_cmds, maint_cmds, repo_cmds
+    from . import completion, data_cmds, history_cmds, maint_cmds, repo_cmds
 
-    for module in (repo_cmds, data_cmds, history_cmds, maint_cmds):
+    for module in (repo_cmds, data_cmds, history_cmds, maint_cmds, completion):
         for command in module.COMMANDS:
             cli.add_command(command)
     # Optional command groups from higher layers (daemon, pipelines) register themselves here.

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from .. import maintenance
 from ..errors import Conflict, Corruption
 from ..home import is_shared
-from .common import SECONDS, AppContext, emit_json, human_bytes, json_option, pass_app
+from .common import (
+    SECONDS,
+    AppContext,
+    emit_json,
+    human_bytes,
+    json_option,
+    pass_app,
+    plural,
+)
 
 SHARED_GRACE = 3600.0
 
@@ -35,16 +45,17 @@ def gc(app: AppContext, dry_run: bool, grace: float | None, as_json: bool) -> No
         return
     verb = "would delete" if dry_run else "deleted"
     click.echo(
-        f"{verb} {report.deleted_blobs} objects, {human_bytes(report.deleted_bytes)} "
+        f"{verb} {plural(report.deleted_blobs, 'object')}, {human_bytes(report.deleted_bytes)} "
         f"{'reclaimable' if dry_run else 'reclaimed'}"
     )
     if report.temp_files:
         click.echo(
-            f"removed {report.temp_files} temp files of interrupted writes "
+            f"removed {plural(report.temp_files, 'temp file')} of interrupted writes "
             f"({human_bytes(report.temp_bytes)})"
         )
     if report.kept_young:
-        click.echo(f"kept {report.kept_young} unreachable objects younger than {grace:g}s")
+        kept = plural(report.kept_young, "unreachable object")
+        click.echo(f"kept {kept} younger than {grace:g}s")
 
 
 @click.command()
@@ -55,23 +66,29 @@ def gc(app: AppContext, dry_run: bool, grace: float | None, as_json: bool) -> No
     help="First rebuild the home's index from the store, keeping every record of this "
     "machine's own (pipelines, jobs, gc roots) still readable; then check.",
 )
+@json_option
 @pass_app
-def fsck(app: AppContext, deep: bool, rebuild_index: bool) -> None:
+def fsck(app: AppContext, deep: bool, rebuild_index: bool, as_json: bool) -> None:
     """Check that every ref and every reachable object is sound (with --deep: re-hashed from
     the store), and that the index serves nothing the store does not hold."""
     if rebuild_index:
-        _rebuild_index(app)
+        _rebuild_index(app, err=as_json)  # with --json, stdout holds only the JSON
     problems = maintenance.fsck(app.repo, deep=deep)
-    for p in problems:
-        click.echo(p)
+    if as_json:  # exit 6 all the same when there are problems (with one line on stderr)
+        emit_json({"ok": not problems, "deep": deep, "problems": problems})
+    else:
+        for p in problems:
+            click.echo(p)
     if problems:
-        raise Corruption(f"fsck found {len(problems)} problem(s)")
-    click.echo("ok: no problems found")
+        raise Corruption(f"fsck found {plural(len(problems), 'problem')}")
+    if not as_json:
+        click.echo("ok: no problems found")
 
 
-def _rebuild_index(app: AppContext) -> None:
+def _rebuild_index(app: AppContext, *, err: bool = False) -> None:
     """``fsck --rebuild-index``: refuse while another process serves this home, rebuild, say
-    what could not be recovered."""
+    what could not be recovered (on stderr when ``err``)."""
+    echo = functools.partial(click.echo, err=err)
     from ..daemon_client import DaemonClient
     from ..pipeline.scheduler import scheduler_pid
 
@@ -83,22 +100,22 @@ def _rebuild_index(app: AppContext) -> None:
     if pid is not None:
         raise Conflict(f"a pipeline scheduler (pid {pid}) uses this index: stop it first")
     report = maintenance.rebuild_index(home)
-    click.echo(
-        f"rebuilt the index at {home / 'index'}: {report.commits} commits and "
-        f"{report.objects} objects indexed from the store"
+    echo(
+        f"rebuilt the index at {home / 'index'}: {plural(report.commits, 'commit')} and "
+        f"{plural(report.objects, 'object')} indexed from the store"
     )
     for s in report.salvaged:
-        click.echo(f"  kept {s.describe()}" if s.complete else f"  LOST {s.describe()}")
+        echo(f"  kept {s.describe()}" if s.complete else f"  LOST {s.describe()}")
     if report.lost:
-        click.echo(
+        echo(
             "  lost records are this machine's own and exist nowhere else: re-create lost "
             "pipelines (`pipeline create`); a lost gc root of a running job or open mount "
             "comes back when it restarts (run no gc meanwhile)"
         )
     for problem in report.problems:
-        click.echo(f"  not indexed: {problem}")
+        echo(f"  not indexed: {problem}")
     if report.kept is not None:
-        click.echo(f"  the old index file is kept as {report.kept} (delete it when done)")
+        echo(f"  the old index file is kept as {report.kept} (delete it when done)")
 
 
 @click.command()

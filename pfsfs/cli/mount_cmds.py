@@ -16,9 +16,10 @@ from typing import Any
 import click
 
 from ..daemon_client import DaemonClient, mount_path
-from ..errors import Conflict, DaemonError, InvalidInput, PfsError
+from ..errors import Conflict, DaemonError, InvalidInput, NotFound, PfsError
 from ..repository import default_author
-from .common import UTF8_TEXT, AppContext, emit_json, json_option, pass_app
+from .common import NO_CHANGES, UTF8_TEXT, AppContext, emit_json, json_option, pass_app
+from .completion import complete_ref_or_dir
 
 
 def _client(app: AppContext, *, start: bool = True) -> DaemonClient:
@@ -66,13 +67,13 @@ def merge_options(fn: Any) -> Any:
     return fn
 
 
-def _print_results(results: list[dict[str, Any]], what: str) -> None:
+def _print_results(results: list[dict[str, Any]], after: str = "") -> None:
     made = [r for r in results if r.get("commit")]
     for r in made:
         merged = " (merged)" if r.get("merged") else ""
         click.echo(f"{r['commit']}{merged}" if len(results) == 1 else f"{r['repo']}: {r['commit']}")
     if not made:
-        click.echo(f"no changes; {what} made no commit", err=True)
+        click.echo(NO_CHANGES + after, err=True)
 
 
 # -- daemon ------------------------------------------------------------------------------------
@@ -159,9 +160,19 @@ def _daemon_lock_free(home: Path) -> bool:
 
 # -- mounts ------------------------------------------------------------------------------------
 @click.command()
-@click.argument("args", nargs=-1, required=True, metavar="[REF] DIR")
+@click.argument(
+    "args", nargs=-1, required=True, metavar="[REF] DIR", shell_complete=complete_ref_or_dir
+)
 @click.option("--read-only", is_flag=True, help="Mount read-only (commits always are).")
-@click.option("--create", is_flag=True, help="Create the repo or branch if missing.")
+@click.option(
+    "--create",
+    is_flag=True,
+    help="Create the repo or branch if missing (a new branch starts at master's head).",
+)
+@click.option(
+    "--from", "from_ref", metavar="REF", help="With --create: start a new branch at REF."
+)
+@click.option("--mkdir", is_flag=True, help="Create DIR (and its parents) if it does not exist.")
 @click.option(
     "--autosnapshot",
     type=click.FloatRange(min=0, min_open=True),
@@ -176,6 +187,8 @@ def mount(
     args: tuple[str, ...],
     read_only: bool,
     create: bool,
+    from_ref: str | None,
+    mkdir: bool,
     autosnapshot: float | None,
     repos: str | None,
     xattrs: bool,
@@ -192,10 +205,10 @@ def mount(
         if len(args) != 2:
             raise InvalidInput("usage: pfsfs mount REPO@REF DIR (or --repos a@b,c@d DIR)")
         refs, multi = [args[0]], False
+    if from_ref is not None and not create:
+        raise InvalidInput("--from goes with --create (it says where a new branch starts)")
     directory = args[-1]
-    mp = mount_path(directory)
-    if not os.path.isdir(mp):
-        raise InvalidInput(f"{directory} is not a directory")
+    mp = _mount_point_dir(directory, mkdir)
     info = _client(app).request(
         "mount",
         refs=refs,
@@ -204,9 +217,12 @@ def mount(
         read_only=read_only,
         create=create,
         autosnapshot=autosnapshot,
+        **({"from": from_ref} if from_ref else {}),
         xattrs=xattrs,
         author=default_author(),
     )
+    for line in info.get("created", []):
+        click.echo(line)
     for v in info.get("volumes", []):
         where = os.path.join(directory, v["repo"]) if multi else directory
         what = (
@@ -217,11 +233,35 @@ def mount(
         click.echo(f"mounted {what} at {where} ({mode}, base {base})")
 
 
+def _mount_point_dir(directory: str, mkdir: bool) -> str:
+    """The absolute mount point; a missing one is made with ``--mkdir``, else named as missing."""
+    mp = mount_path(directory)
+    try:
+        os.lstat(mp)
+        missing = False
+    except FileNotFoundError:
+        missing = True
+    except OSError:
+        missing = False  # a dead mount (ENOTCONN) exists; the daemon names what it is
+    if missing:
+        if not mkdir:
+            raise NotFound(f"{directory} does not exist (create it, or add --mkdir)")
+        try:
+            os.makedirs(mp, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"cannot create {directory}: {exc.strerror}") from None
+    if not missing and os.path.exists(mp) and not os.path.isdir(mp):
+        raise InvalidInput(f"{directory} is not a directory")
+    return mp
+
+
 @click.command()
 @click.argument("directory", metavar="DIR")
 @click.option("--discard", is_flag=True, help="Throw the uncommitted changes away.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before discarding.")
-@click.option("-m", "--message", type=UTF8_TEXT, default=None, help="Commit message.")
+@click.option(
+    "-m", "--message", type=UTF8_TEXT, default=None, help="Commit message (default: what changed)."
+)
 @merge_options
 @pass_app
 def unmount(
@@ -249,18 +289,24 @@ def unmount(
     if reply.get("discarded"):
         click.echo(f"unmounted {directory}; changes discarded", err=True)
         return
-    _print_results(reply.get("results", []), "unmount")
+    _print_results(reply.get("results", []), f"; {directory} unmounted")
 
 
 @click.command()
 @click.argument("directory", metavar="DIR")
-@click.option("-m", "--message", type=UTF8_TEXT, required=True, help="Commit message.")
+@click.option(
+    "-m",
+    "--message",
+    type=UTF8_TEXT,
+    default=None,
+    help='Commit message (default: what changed, "snapshot: 2 files changed (a, b)").',
+)
 @merge_options
 @pass_app
 def snapshot(
     app: AppContext,
     directory: str,
-    message: str,
+    message: str | None,
     ours: bool,
     theirs: bool,
     onto_branch: str | None,
@@ -273,7 +319,7 @@ def snapshot(
         author=default_author(),
         **_merge_options(ours, theirs, onto_branch),
     )
-    _print_results(reply.get("results", []), "snapshot")
+    _print_results(reply.get("results", []))
 
 
 @click.command("mounts")

@@ -22,6 +22,7 @@ from ..errors import Conflict, InvalidInput, PfsError
 from ..ids import to_hex
 from ..refspec import parse_ref
 from .common import SECONDS, UTF8_TEXT, AppContext, emit_json, human_time, json_option, pass_app
+from .completion import complete_ref
 
 
 def _state(app: AppContext) -> Any:
@@ -30,12 +31,14 @@ def _state(app: AppContext) -> Any:
     return PipelineState(app.repo.index)
 
 
-def _load(path: str) -> Any:
+def _load(app: AppContext, path: str) -> Any:
+    """The spec at ``path`` (- = stdin), every field error at once, missing repos included."""
     from ..pipeline.spec import load_spec, parse_spec, read_spec_text
 
+    repos = {r.name for r in app.repo.list_repos()}
     if path == "-":
-        return parse_spec(read_spec_text(sys.stdin.buffer, "stdin"))
-    return load_spec(path)
+        return parse_spec(read_spec_text(sys.stdin.buffer, "stdin"), repos=repos)
+    return load_spec(path, repos=repos)
 
 
 def _hint(app: AppContext, name: str) -> None:
@@ -122,7 +125,7 @@ def pipeline_create(app: AppContext, path: str) -> None:
     """Create a pipeline and its output repo (named like the pipeline)."""
     from ..pipeline.state import create_pipeline
 
-    spec = _load(path)
+    spec = _load(app, path)
     create_pipeline(app.repo, spec)
     click.echo(f"created pipeline {spec.name} (output repo {spec.name}@{spec.output_branch})")
     _hint(app, spec.name)
@@ -136,7 +139,7 @@ def pipeline_update(app: AppContext, path: str, reprocess: bool) -> None:
     """Replace a pipeline's spec; datums whose transform changed run again."""
     from ..pipeline.state import update_pipeline
 
-    spec = _load(path)
+    spec = _load(app, path)
     rec, changed = update_pipeline(app.repo, spec, reprocess=reprocess)
     if not changed:
         click.echo(f"pipeline {spec.name} is unchanged (version {rec.version})")
@@ -551,7 +554,7 @@ def _venance(app: AppContext, ref: str, as_json: bool, *, up: bool) -> None:
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF")
+@click.argument("ref", metavar="REPO@REF", shell_complete=complete_ref)
 @json_option
 @pass_app
 def provenance(app: AppContext, ref: str, as_json: bool) -> None:
@@ -560,7 +563,7 @@ def provenance(app: AppContext, ref: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF")
+@click.argument("ref", metavar="REPO@REF", shell_complete=complete_ref)
 @json_option
 @pass_app
 def subvenance(app: AppContext, ref: str, as_json: bool) -> None:
@@ -580,7 +583,7 @@ def start_node(app: AppContext, ref: str) -> Any:
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@COMMIT|ID")
+@click.argument("ref", metavar="REPO@COMMIT|ID", shell_complete=complete_ref)
 @click.option("--timeout", type=SECONDS, default=None, help="Give up after S seconds.")
 @json_option
 @pass_app
@@ -625,7 +628,7 @@ def wait(app: AppContext, ref: str, timeout: float | None, as_json: bool) -> Non
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF")
+@click.argument("ref", metavar="REPO@REF", shell_complete=complete_ref)
 @click.option("--dot", "fmt", flag_value="dot", help="Graphviz dot (the default).")
 @click.option("--mermaid", "fmt", flag_value="mermaid", help="Mermaid flowchart.")
 @pass_app
@@ -640,7 +643,7 @@ def lineage(app: AppContext, ref: str, fmt: str | None) -> None:
 
 
 @click.command()
-@click.argument("ref", metavar="REPO@REF:/PATH")
+@click.argument("ref", metavar="REPO@REF:/PATH", shell_complete=complete_ref)
 @json_option
 @pass_app
 def why(app: AppContext, ref: str, as_json: bool) -> None:
@@ -676,12 +679,41 @@ def why(app: AppContext, ref: str, as_json: bool) -> None:
         unread = [i for i in dd["inputs"] if traced and f"/pfs/{i['name']}{i['path']}" not in read]
         if unread:
             click.echo(f"  offered but not read: {len(unread)} file(s)")
-    first = d["datums"][0]["inputs"][0] if d["datums"] and d["datums"][0]["inputs"] else None
-    if first is not None:
-        click.echo(
-            f"  reproduce with that input: pfsfs mount {first['repo']}@{first['commit']} DIR "
-            f"(or pfsfs get {first['repo']}@{first['commit'][:12]}:{first['path']})"
-        )
+    for line in _reproduce(d["datums"]):
+        click.echo(line)
+
+
+def _reproduce(datums: list[dict[str, Any]]) -> list[str]:
+    """How to mount exactly the input commits the datums were given: every one of them (a
+    traced datum may have read none of an input, but the transform was offered it). The
+    `get` hint names a file the transform read when the reads were traced."""
+    commits: dict[tuple[str, str], str] = {}  # (repo, commit) -> a path read (or offered) there
+    read_there: set[tuple[str, str]] = set()
+    for dd in datums:
+        read = set(dd.get("read") or []) if dd.get("trace") == "ok" else set()
+        for i in dd["inputs"]:
+            key = (i["repo"], i["commit"])
+            if f"/pfs/{i['name']}{i['path']}" in read and key not in read_there:
+                read_there.add(key)
+                commits[key] = i["path"]
+            else:
+                commits.setdefault(key, i["path"])
+    if not commits:
+        return []
+    if len(commits) == 1:
+        [((repo, commit), path)] = commits.items()
+        return [
+            f"  reproduce with that input: pfsfs mount {repo}@{commit} DIR "
+            f"(or pfsfs get {repo}@{commit[:12]}:{path})"
+        ]
+    repos = [repo for repo, _ in commits]
+    if len(set(repos)) == len(repos):
+        refs = ",".join(f"{repo}@{commit}" for repo, commit in commits)
+        return [f"  reproduce with those inputs: pfsfs mount --repos {refs} DIR (DIR/<repo> each)"]
+    lines = ["  reproduce with those inputs (one mount each):"]
+    for n, (repo, commit) in enumerate(commits, 1):
+        lines.append(f"    pfsfs mount {repo}@{commit} DIR{n}")
+    return lines
 
 
 COMMANDS = [pipeline, job, datum, logs, provenance, subvenance, wait, lineage, why]

@@ -16,6 +16,7 @@ from .common import (
     json_option,
     pass_app,
 )
+from .completion import complete_ref, complete_repo
 
 
 @click.group()
@@ -69,7 +70,7 @@ def repo_list(app: AppContext, as_json: bool) -> None:
 
 
 @repo.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_repo)
 @click.option("--force", is_flag=True, help="Do not ask.")
 @pass_app
 def repo_delete(app: AppContext, name: str, force: bool) -> None:
@@ -87,25 +88,20 @@ def branch() -> None:
 
 
 @branch.command("create")
-@click.argument("target", metavar="REPO@BRANCH")
-@click.option("--from", "from_ref", metavar="REF", help="Start at this commit or branch.")
+@click.argument("target", metavar="REPO@BRANCH", shell_complete=complete_ref)
+@click.option(
+    "--from", "from_ref", metavar="REF", help="Start at this commit or branch (default: master)."
+)
 @pass_app
 def branch_create(app: AppContext, target: str, from_ref: str | None) -> None:
-    """Create a branch (empty, or at --from REF)."""
+    """Create a branch at the head of master, or at --from REF (like `git switch -c`)."""
     name, new = parse_branch(target)
-    head = None
-    if from_ref:
-        ref = from_ref if "@" in from_ref else f"{name}@{from_ref}"
-        resolved = app.repo.resolve(ref)
-        if resolved.repo != name:
-            raise click.BadParameter("--from must name a commit of the same repo")
-        head = resolved.commit
-    app.repo.create_branch(name, new, head)
-    click.echo(f"created branch {name}@{new}" + (f" at {to_hex(head)[:12]}" if head else ""))
+    start = app.repo.start_branch(name, new, from_ref)
+    click.echo(f"created branch {name}@{new} from {start}")
 
 
 @branch.command("list")
-@click.argument("name", metavar="REPO")
+@click.argument("name", metavar="REPO", shell_complete=complete_repo)
 @json_option
 @pass_app
 def branch_list(app: AppContext, name: str, as_json: bool) -> None:
@@ -120,7 +116,7 @@ def branch_list(app: AppContext, name: str, as_json: bool) -> None:
 
 
 @branch.command("delete")
-@click.argument("target", metavar="REPO@BRANCH")
+@click.argument("target", metavar="REPO@BRANCH", shell_complete=complete_ref)
 @pass_app
 def branch_delete(app: AppContext, target: str) -> None:
     """Delete a branch (its commits stay reachable from other branches, or go at gc)."""
@@ -130,7 +126,7 @@ def branch_delete(app: AppContext, target: str) -> None:
 
 
 @click.command()
-@click.argument("ref", metavar="REF")
+@click.argument("ref", metavar="REF", shell_complete=complete_ref)
 @json_option
 @pass_app
 def du(app: AppContext, ref: str, as_json: bool) -> None:

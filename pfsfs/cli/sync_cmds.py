@@ -18,7 +18,7 @@ from .. import remotes, sync
 from ..errors import InvalidInput
 from ..ids import to_hex
 from ..repository import Repository
-from .common import AppContext, emit_json, human_bytes, json_option, pass_app, progress_bar
+from .common import AppContext, emit_json, human_bytes, json_option, pass_app, plural, progress_bar
 
 endpoint_option = click.option("--endpoint-url", help="S3 endpoint of an s3:// remote.")
 region_option = click.option("--region", help="S3 region of an s3:// remote.")
@@ -186,7 +186,8 @@ def refresh(app: AppContext, repos: tuple[str, ...], as_json: bool) -> None:
         return
     for name, head in heads.items():
         click.echo(f"{name:<30} {head[:12] if head else '-'}")
-    click.echo(f"{commits} commits indexed; {len(stale)} stale index entries dropped")
+    dropped = plural(len(stale), "stale index entry", "stale index entries")
+    click.echo(f"{plural(commits, 'commit')} indexed; {dropped} dropped")
 
 
 COMMANDS = [push, pull, remote, refresh]

@@ -36,11 +36,13 @@ import blake3
 import trio
 
 from ..changes import ChangeSet, check_name, split_path
+from ..display import plural
 from ..errors import BranchMoved, PfsError
 from ..ids import to_hex
 from ..model import FILE, SYMLINK, Entry, Locator
 from ..repository import Repository
 from ..transfer import export_file, file_entry, store_chunks
+from ..treediff import same_entry
 from .commitsets import job_origins
 from .datums import Datum, compute_datums, datum_hash, missing_code, select_code
 from .inputs import InputCommit, InputFile
@@ -711,7 +713,7 @@ class _JobRun:
         self._declare_roots()
         counts = self.job.counts
         message = (
-            f"job {self.job.id}: {counts.get(PROCESSED, 0)} datums processed, "
+            f"job {self.job.id}: {plural(counts.get(PROCESSED, 0), 'datum')} processed, "
             f"{counts.get(SKIPPED, 0)} reused"
         )
         provenance = {
@@ -728,12 +730,14 @@ class _JobRun:
             if not on_branch(self.repository, i["repo"], i["branch"], i["commit"]):
                 raise PfsError(_gone(i))
         if branch not in self.repository.list_branches(repo):
-            self.repository.create_branch(repo, branch)
+            self.repository.create_branch(repo, branch, pipeline=self.spec.name)
         for _ in range(5):
             base = self.repository.branch_head(repo, branch)
             changes = output_changes(self.repository, base, desired)
             try:
-                return self.repository.commit(
+                # Committed even when the output is unchanged: the commit records which input
+                # commits were processed (provenance; what `pfsfs wait` looks for).
+                commit_id = self.repository.commit(
                     repo,
                     branch,
                     changes,
@@ -741,7 +745,11 @@ class _JobRun:
                     parent=base,
                     author=f"pipeline:{self.spec.name}",
                     provenance=provenance,
+                    allow_empty=True,
+                    pipeline=self.spec.name,
                 )
+                assert commit_id is not None
+                return commit_id
             except BranchMoved:
                 log.info("job %s: %s@%s moved; committing again", self.job.id, repo, branch)
         raise BranchMoved(f"{repo}@{branch} keeps moving; the job's output was not committed")
@@ -886,7 +894,7 @@ def output_changes(
         if not any(parent in gone for parent in _parents(path)):
             changes.delete(split_path(path))
     for path in sorted(desired):
-        if old_files.get(path) != desired[path]:
+        if not same_entry(old_files.get(path), desired[path]):
             changes.put(split_path(path), desired[path])
     return changes
 

@@ -12,16 +12,18 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import blake3
 import yaml
 
 from ..errors import InvalidInput
 from .inputs import BranchKey, GlobError, compile_glob, template_groups
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -497,19 +499,20 @@ def code_paths(transform: Transform) -> dict[str, list[tuple[int, str]]]:
     return out
 
 
-def _check_code(transform: Transform, input_: Input, runner: str) -> None:
-    """Every code path names a pfs input of the spec; `image` needs an image."""
+def _check_code(transform: Transform, input_: Input, runner: str, problems: _Problems) -> None:
+    """Every code path names a pfs input of the spec; `image` needs an image. Each bad entry
+    is one problem, reported with the spec's other field errors."""
     names = {p.name for _, p in iter_pfs(input_)}
     for i, text in enumerate(transform.code):
         where = "transform.code" + (f"[{i}]" if len(transform.code) > 1 else "")
         if text == CODE_IMAGE:
             if transform.image is None:
-                raise _bad(where, f"'image' but the {runner} runner has no transform.image")
+                problems.add(where, f"'image' but the {runner} runner has no transform.image")
             continue
         name, _ = split_code_path(text)
         if name not in names:
             known = ", ".join(sorted(names))
-            raise _bad(where, f"{text}: /pfs/{name} is not an input (inputs: {known})")
+            problems.add(where, f"{text}: /pfs/{name} is not an input (inputs: {known})")
 
 
 _TOP_FIELDS = (
@@ -527,57 +530,130 @@ _TOP_FIELDS = (
 )
 
 
-def parse_spec_dict(raw: Any) -> PipelineSpec:
-    """Validate a decoded spec (a dict) and build the `PipelineSpec`."""
-    f = _Fields(raw, "", _TOP_FIELDS)
+class _Problems:
+    """Field errors collected while parsing, so that one ``create`` names every one of them
+    (a missing repo and a missing image at once, not one per try)."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def attempt(self, fn: Callable[..., T], *args: Any, default: T) -> T:
+        try:
+            return fn(*args)
+        except InvalidInput as e:
+            self.messages.append(e.message)
+            return default
+
+    def add(self, path: str, message: str) -> None:
+        self.messages.append(f"{path}: {message}")
+
+    def raise_any(self) -> None:
+        if len(self.messages) == 1:
+            raise InvalidInput(self.messages[0])
+        if self.messages:
+            raise InvalidInput(f"{len(self.messages)} problems: " + "; ".join(self.messages))
+
+
+def _pipeline_name(raw: Any) -> str:
+    p = _Fields(raw, "pipeline", ("name",))
+    return _check_name(p.text("name", required=True) or "", "pipeline.name", "pipeline name")
+
+
+def _parse_spec_input(raw: Any) -> Input:
+    node = _parse_input(raw, "input")
+    _check_names(node, "input")
+    return node
+
+
+def parse_spec_dict(raw: Any, *, repos: Collection[str] | None = None) -> PipelineSpec:
+    """Validate a decoded spec (a dict) and build the `PipelineSpec`; with ``repos`` (the
+    repos that exist) also check that every input repo is one of them. Every independent
+    field error is reported, in one line: "2 problems: input.pfs.repo: ...; transform...".
+    """
+    if not isinstance(raw, dict):
+        raise _bad("spec", f"must be a mapping, not {_typename(raw)}")
+    problems = _Problems()
+    for key in raw:
+        if key not in _TOP_FIELDS:
+            problems.add(str(key), "unknown field")
+    f = _Fields({k: v for k, v in raw.items() if k in _TOP_FIELDS}, "", _TOP_FIELDS)
+    name = ""
     if not f.has("pipeline"):
-        raise _bad("pipeline.name", "required")
-    p = _Fields(raw["pipeline"], "pipeline", ("name",))
-    name = _check_name(p.text("name", required=True) or "", "pipeline.name", "pipeline name")
+        problems.add("pipeline.name", "required")
+    else:
+        name = problems.attempt(_pipeline_name, raw["pipeline"], default="")
+    input_: Input | None = None
     if not f.has("input"):
-        raise _bad("input", "required")
-    input_ = _parse_input(raw["input"], "input")
-    _check_names(input_, "input")
+        problems.add("input", "required")
+    else:
+        input_ = problems.attempt(_parse_spec_input, raw["input"], default=None)
+    if input_ is not None and repos is not None:
+        for path, pfs in iter_pfs(input_):
+            if pfs.repo not in repos and pfs.repo != name:  # its own output: check_dag says
+                problems.add(f"{path}.repo", f"repo {pfs.repo!r} does not exist")
+    transform: Transform | None = None
     if not f.has("transform"):
-        raise _bad("transform.cmd", "required")
-    transform = _parse_transform(raw["transform"], "transform")
-    runner = f.text("runner", "podman") or ""
+        problems.add("transform.cmd", "required")
+    else:
+        transform = problems.attempt(_parse_transform, raw["transform"], "transform", default=None)
+    runner = problems.attempt(f.text, "runner", "podman", default="podman") or ""
     if runner not in RUNNERS:
-        raise _bad("runner", f"unknown runner {runner!r} (one of {', '.join(RUNNERS)})")
-    _check_code(transform, input_, runner)
-    if runner == "podman" and transform.image is None:
-        raise _bad("transform.image", "required by the podman runner")
+        problems.add("runner", f"unknown runner {runner!r} (one of {', '.join(RUNNERS)})")
+    if transform is not None and input_ is not None:
+        _check_code(transform, input_, runner, problems)
+    if runner == "podman" and transform is not None and transform.image is None:
+        problems.add("transform.image", "required by the podman runner")
+    parallelism = problems.attempt(_parallelism, f, raw, default=1)
+    limits = problems.attempt(_limits, f, raw, default=ResourceLimits())
+    description = problems.attempt(f.text, "description", "", default="") or ""
+    output_branch = problems.attempt(
+        lambda: _check_name(f.text("output_branch", "master") or "", "output_branch", "branch"),
+        default="master",
+    )
+    datum_tries = problems.attempt(f.integer, "datum_tries", 3, 1, MAX_DATUM_TRIES, default=3)
+    timeout = raw.get("datum_timeout")
+    datum_timeout = (
+        problems.attempt(parse_duration, timeout, "datum_timeout", default=None)
+        if timeout is not None
+        else None
+    )
+    problems.raise_any()
+    assert input_ is not None and transform is not None
+    return PipelineSpec(
+        name=name,
+        input=input_,
+        transform=transform,
+        description=description,
+        output_branch=output_branch,
+        parallelism=parallelism,
+        datum_tries=datum_tries,
+        datum_timeout=datum_timeout,
+        resource_limits=limits,
+        runner=runner,
+    )
+
+
+def _parallelism(f: _Fields, raw: dict[str, Any]) -> int:
     parallelism = f.integer("parallelism", 1, 1, MAX_PARALLELISM)
     if f.has("parallelism_spec"):
         if f.has("parallelism"):
             raise _bad("parallelism_spec", "give parallelism or parallelism_spec, not both")
         ps = _Fields(raw["parallelism_spec"], "parallelism_spec", ("constant",))
         parallelism = ps.integer("constant", 1, 1, MAX_PARALLELISM)
-    limits = ResourceLimits()
-    if f.has("resource_limits"):
-        r = _Fields(raw["resource_limits"], "resource_limits", ("cpu", "memory"))
-        cpu = parse_cpu(raw["resource_limits"]["cpu"], r.at("cpu")) if r.has("cpu") else None
-        mem = raw["resource_limits"].get("memory")
-        limits = ResourceLimits(cpu, parse_memory(mem, r.at("memory")) if mem is not None else None)
-    timeout = raw.get("datum_timeout")
-    return PipelineSpec(
-        name=name,
-        input=input_,
-        transform=transform,
-        description=f.text("description", "") or "",
-        output_branch=_check_name(
-            f.text("output_branch", "master") or "", "output_branch", "branch"
-        ),
-        parallelism=parallelism,
-        datum_tries=f.integer("datum_tries", 3, 1, MAX_DATUM_TRIES),
-        datum_timeout=parse_duration(timeout, "datum_timeout") if timeout is not None else None,
-        resource_limits=limits,
-        runner=runner,
-    )
+    return parallelism
 
 
-def parse_spec(text: str) -> PipelineSpec:
-    """Parse a YAML or JSON spec (JSON is YAML)."""
+def _limits(f: _Fields, raw: dict[str, Any]) -> ResourceLimits:
+    if not f.has("resource_limits"):
+        return ResourceLimits()
+    r = _Fields(raw["resource_limits"], "resource_limits", ("cpu", "memory"))
+    cpu = parse_cpu(raw["resource_limits"]["cpu"], r.at("cpu")) if r.has("cpu") else None
+    mem = raw["resource_limits"].get("memory")
+    return ResourceLimits(cpu, parse_memory(mem, r.at("memory")) if mem is not None else None)
+
+
+def parse_spec(text: str, *, repos: Collection[str] | None = None) -> PipelineSpec:
+    """Parse a YAML or JSON spec (JSON is YAML); ``repos``: see ``parse_spec_dict``."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -591,7 +667,7 @@ def parse_spec(text: str) -> PipelineSpec:
         raise InvalidInput(f"spec: not a usable value: {str(e).split(':')[0]}") from None
     if raw is None:
         raise InvalidInput("spec: empty")
-    return parse_spec_dict(raw)
+    return parse_spec_dict(raw, repos=repos)
 
 
 def read_spec_text(stream: BinaryIO, name: str) -> str:
@@ -608,14 +684,14 @@ def read_spec_text(stream: BinaryIO, name: str) -> str:
         ) from None
 
 
-def load_spec(path: str | Path) -> PipelineSpec:
-    """Read and parse a spec file."""
+def load_spec(path: str | Path, *, repos: Collection[str] | None = None) -> PipelineSpec:
+    """Read and parse a spec file (``repos``: see ``parse_spec_dict``)."""
     try:
         with open(path, "rb") as f:
             text = read_spec_text(f, str(path))
     except OSError as e:
         raise InvalidInput(f"{path}: cannot read spec: {e.strerror or e}") from None
-    return parse_spec(text)
+    return parse_spec(text, repos=repos)
 
 
 # --- serialising and hashing ---------------------------------------------------------------------

@@ -432,7 +432,7 @@ def create_pipeline(repository: Repository, spec: PipelineSpec) -> PipelineRecor
         description = spec.description or f"output of pipeline {spec.name}"
         repository.create_repo(spec.name, description, output_of=spec.name)
     if spec.output_branch not in repository.list_branches(spec.name):
-        repository.create_branch(spec.name, spec.output_branch)
+        repository.create_branch(spec.name, spec.output_branch, pipeline=spec.name)
     rec = PipelineRecord(spec.name, spec_to_dict(spec), spec_hash(spec), created_ns=time.time_ns())
     state.put_pipeline(rec)
     return rec
@@ -457,6 +457,6 @@ def update_pipeline(
         rec.version += 1
         rec.spec, rec.hash = spec_to_dict(spec), new_hash
     if spec.output_branch not in repository.list_branches(spec.name):
-        repository.create_branch(spec.name, spec.output_branch)
+        repository.create_branch(spec.name, spec.output_branch, pipeline=spec.name)
     state.put_pipeline(rec)
     return rec, True
