@@ -108,6 +108,62 @@ def inspect_commit(app: AppContext, ref: str, as_json: bool) -> None:
         click.echo(f"{key + ':':<12}{value}")
 
 
+@inspect.command("commitset")
+@click.argument("ident", metavar="ID")
+@json_option
+@pass_app
+def inspect_commitset(app: AppContext, ident: str, as_json: bool) -> None:
+    """A commit set: the commit that started it, and every job and output commit of the
+    pipelines downstream (ID: a commit id or a unique prefix)."""
+    from ..pipeline.commitsets import find_commitset
+    from ..pipeline.lineage import Node, wait_status
+    from ..pipeline.state import PipelineState
+
+    repo, branch, commit = find_commitset(app.repo, ident)
+    status = wait_status(app.repo, PipelineState(app.repo.index), Node(repo, commit, branch))
+    d = {
+        "id": commit,
+        "origin": {"repo": repo, "branch": branch, "commit": commit},
+        "commits": [{"repo": repo, "branch": branch, "commit": commit, "job": None}]
+        + [
+            {"repo": j.pipeline, "branch": None, "commit": j.output, "job": j.id}
+            for j in status.jobs
+            if j.output
+        ],
+        "jobs": [
+            {
+                "id": j.id,
+                "pipeline": j.pipeline,
+                "state": j.state,
+                "commitset": j.commitset,
+                "counts": j.counts,
+                "output": j.output,
+            }
+            for j in status.jobs
+        ],
+        "waiting": status.waiting,
+        "unchanged": status.unchanged,
+        "stalled": status.stalled,
+        "done": status.done,
+    }
+    if as_json:
+        emit_json(d)
+        return
+    click.echo(f"commit set {commit}")
+    click.echo(f"  origin  {repo}@{commit} ({branch})")
+    for j in status.jobs:
+        c = j.counts or {}
+        datums = f"{c.get('processed', 0)} processed, {c.get('skipped', 0)} skipped"
+        output = f"{j.pipeline}@{j.output}" if j.output else "no output"
+        click.echo(f"  job {j.id}  {j.pipeline:<16} {j.state:<8} {datums:<24} {output}")
+    for name in status.waiting:
+        click.echo(f"  waiting {name}")
+    for name in status.unchanged:
+        click.echo(f"  unchanged {name} (its declared code and inputs did not change)")
+    for note in status.stalled:
+        click.echo(f"  stalled {note}")
+
+
 @click.command()
 @click.argument("old", metavar="REPO@A", shell_complete=complete_ref)
 @click.argument("new", metavar="REPO@B", shell_complete=complete_ref)

@@ -96,6 +96,9 @@ def _job_dict(job: Any) -> dict[str, Any]:
         "finished": human_time(job.finished_ns) if job.finished_ns else None,
         "duration": job.duration(),
         "restarts": job.restarts,
+        "commitset": job.commitset,
+        "origins": job.origins,
+        "warnings": job.warnings,
     }
 
 
@@ -376,9 +379,12 @@ def job_inspect(app: AppContext, job_id: str, as_json: bool) -> None:
     click.echo(f"{'output:':<10} {d['pipeline'] + '@' + d['output'] if d['output'] else '-'}")
     if d["restarts"]:
         click.echo(f"{'restarts:':<10} {d['restarts']}")
+    click.echo(f"{'commitset:':<10} {d['commitset'] or '-'}")
     click.echo("inputs:")
     for i in d["inputs"]:
         click.echo(f"  {i['repo']}@{i['commit']} ({i['branch']})")
+    for w in d["warnings"]:
+        click.echo(f"warning: {w}")
 
 
 @click.group()
@@ -409,6 +415,41 @@ def datum_list(app: AppContext, job_id: str, as_json: bool) -> None:
         if r.error:
             line += f"  [{r.error}]"
         click.echo(line)
+
+
+@datum.command("inspect")
+@click.argument("job_id", metavar="JOB")
+@click.argument("datum_id", metavar="DATUM")
+@json_option
+@pass_app
+def datum_inspect(app: AppContext, job_id: str, datum_id: str, as_json: bool) -> None:
+    """One datum: its state, the input files offered, the ones the transform read (traced),
+    and the files it wrote."""
+    from dataclasses import asdict
+
+    state = _state(app)
+    job_rec = state.find_job(job_id)
+    r = state.find_datum(job_rec.id, datum_id)
+    d = asdict(r)
+    d["offered"] = [f"/pfs/{n}{p}" for n, _repo, _c, p, _cid in r.inputs]
+    d["wrote"] = [f"/pfs/out{o[0]}" for o in r.outputs]
+    if as_json:
+        emit_json(d)
+        return
+    click.echo(f"{'datum:':<9} {r.id}")
+    click.echo(f"{'job:':<9} {job_rec.id} ({job_rec.pipeline})")
+    reused = f", output reused from job {r.from_job}" if r.from_job else ""
+    click.echo(f"{'state:':<9} {r.state}{reused}")
+    if r.error:
+        click.echo(f"{'error:':<9} {r.error}")
+    click.echo(f"{'trace:':<9} {r.trace or 'off'}")
+    read = set(r.read)
+    click.echo("offered (* = read):")
+    for path in d["offered"]:
+        click.echo(f"  {'*' if path in read else ' '} {path}")
+    click.echo("wrote:")
+    for path in d["wrote"]:
+        click.echo(f"    {path}")
 
 
 @click.command()
@@ -530,18 +571,29 @@ def subvenance(app: AppContext, ref: str, as_json: bool) -> None:
     _venance(app, ref, as_json, up=False)
 
 
+def start_node(app: AppContext, ref: str) -> Any:
+    """The commit ``REPO@REF``, or the origin commit of commit set ``ID`` (no '@')."""
+    from ..pipeline.commitsets import find_commitset
+    from ..pipeline.lineage import Node
+
+    if "@" in ref:
+        return _node(app, ref)
+    repo, branch, commit = find_commitset(app.repo, ref)
+    return Node(repo, commit, branch)
+
+
 @click.command()
-@click.argument("ref", metavar="REPO@COMMIT", shell_complete=complete_ref)
+@click.argument("ref", metavar="REPO@COMMIT|ID", shell_complete=complete_ref)
 @click.option("--timeout", type=SECONDS, default=None, help="Give up after S seconds.")
 @json_option
 @pass_app
 def wait(app: AppContext, ref: str, timeout: float | None, as_json: bool) -> None:
-    """Block until every downstream pipeline has processed a commit; print the output
-    commits (Pachyderm's flush)."""
+    """Block until every downstream pipeline has processed a commit (or commit set ID) and
+    print each output commit once (Pachyderm's flush)."""
     from ..pipeline.lineage import wait_status
     from ..pipeline.scheduler import scheduler_pid
 
-    start = _node(app, ref)
+    start = start_node(app, ref)
     state = _state(app)
     deadline = None if timeout is None else time.monotonic() + timeout
     hinted = False
@@ -615,21 +667,37 @@ def why(app: AppContext, ref: str, as_json: bool) -> None:
         return
     for dd in d["datums"]:
         reused = f", output reused from job {dd['from_job']}" if dd["from_job"] != d["job"] else ""
-        click.echo(f"  datum {dd['id'][:12]} ({dd['state']}{reused}) read:")
+        traced = dd.get("trace") == "ok"
+        what = "read (traced)" if traced else "was offered (reads not traced)"
+        click.echo(f"  datum {dd['id'][:12]} ({dd['state']}{reused}) {what}:")
+        read = set(dd.get("read") or [])
         for i in dd["inputs"]:
-            click.echo(
-                f"    /pfs/{i['name']}{i['path']}  <-  {i['repo']}@{i['commit'][:12]}:{i['path']}"
-            )
+            shown = f"/pfs/{i['name']}{i['path']}"
+            if traced and shown not in read:
+                continue
+            click.echo(f"    {shown}  <-  {i['repo']}@{i['commit'][:12]}:{i['path']}")
+        unread = [i for i in dd["inputs"] if traced and f"/pfs/{i['name']}{i['path']}" not in read]
+        if unread:
+            click.echo(f"  offered but not read: {len(unread)} file(s)")
     for line in _reproduce(d["datums"]):
         click.echo(line)
 
 
 def _reproduce(datums: list[dict[str, Any]]) -> list[str]:
-    """How to mount exactly the input commits the datums read: every one of them."""
-    commits: dict[tuple[str, str], str] = {}  # (repo, commit) -> the first path read there
+    """How to mount exactly the input commits the datums were given: every one of them (a
+    traced datum may have read none of an input, but the transform was offered it). The
+    `get` hint names a file the transform read when the reads were traced."""
+    commits: dict[tuple[str, str], str] = {}  # (repo, commit) -> a path read (or offered) there
+    read_there: set[tuple[str, str]] = set()
     for dd in datums:
+        read = set(dd.get("read") or []) if dd.get("trace") == "ok" else set()
         for i in dd["inputs"]:
-            commits.setdefault((i["repo"], i["commit"]), i["path"])
+            key = (i["repo"], i["commit"])
+            if f"/pfs/{i['name']}{i['path']}" in read and key not in read_there:
+                read_there.add(key)
+                commits[key] = i["path"]
+            else:
+                commits.setdefault(key, i["path"])
     if not commits:
         return []
     if len(commits) == 1:

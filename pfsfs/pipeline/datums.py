@@ -9,7 +9,9 @@ datum per `group_by` value). Ordering is deterministic. Datums without files are
 datums (same id) are kept once.
 
 `Datum.id` names the data (input names, paths and content ids); `datum_hash` adds the transform,
-so an unchanged datum under unchanged code can reuse its previous output.
+so an unchanged datum under unchanged code can reuse its previous output. With
+`transform.code`, a code input contributes only the declared files to its datums (and so to
+their ids and hashes): editing another file of the code repo changes nothing here.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .spec import (
     Transform,
     UnionInput,
     canonical_json,
+    code_paths,
     transform_to_dict,
 )
 
@@ -129,10 +132,49 @@ def _under(files: Sequence[InputFile], paths: Sequence[str], entry: str) -> tupl
     return tuple(files[lo:hi])
 
 
-def pfs_datums(pfs: PfsInput, commit: InputCommit) -> list[tuple[DatumInput, re.Match[str]]]:
-    """The datums of one pfs input, sorted by matched path, with the glob's match."""
+def select_code(files: Sequence[InputFile], paths: Sequence[str]) -> list[InputFile]:
+    """The files of a code input that `transform.code` declares (each path a file or a
+    directory, "/" = all), in path order."""
+    if "/" in paths:
+        return sorted(files, key=lambda f: f.path)
+    wanted = set(paths)
+    prefixes = tuple(p + "/" for p in paths)
+    return sorted(
+        (f for f in files if f.path in wanted or f.path.startswith(prefixes)),
+        key=lambda f: f.path,
+    )
+
+
+def missing_code(
+    transform: Transform, pfs_inputs: Sequence[PfsInput], commits: Mapping[BranchKey, InputCommit]
+) -> str | None:
+    """A one-line error naming the first `transform.code` path with no file in its input's
+    commit, or None when every declared path exists."""
+    by_name = {p.name: p for p in pfs_inputs}
+    for name, declared in code_paths(transform).items():
+        pfs = by_name[name]
+        commit = commits.get((pfs.repo, pfs.branch))
+        if commit is None:
+            continue
+        for i, path in declared:
+            if not select_code(commit.files, [path]):
+                where = "transform.code" + (f"[{i}]" if len(transform.code) > 1 else "")
+                return (
+                    f"{where}: {transform.code[i]} does not exist in "
+                    f"{pfs.repo}@{commit.commit_id[:12]} ({pfs.branch})"
+                )
+    return None
+
+
+def pfs_datums(
+    pfs: PfsInput, commit: InputCommit, code: Sequence[str] | None = None
+) -> list[tuple[DatumInput, re.Match[str]]]:
+    """The datums of one pfs input, sorted by matched path, with the glob's match. For a code
+    input, `code` is its declared paths: the other files are not part of any datum."""
     regex, _ = compile_glob(pfs.glob)
     files = sorted(commit.files, key=lambda f: f.path)
+    if code is not None:
+        files = select_code(files, code)
     paths = [f.path for f in files]
 
     def part(entry: str, chosen: tuple[InputFile, ...]) -> DatumInput:
@@ -162,17 +204,21 @@ def _commit(pfs: PfsInput, commits: Mapping[BranchKey, InputCommit]) -> InputCom
         raise ValueError(f"no input commit given for {pfs.repo}@{pfs.branch}") from None
 
 
+Code = Mapping[str, Sequence[str]]
+"""Input name -> the paths `transform.code` declares in it."""
+
+
 def _keyed(
-    pfs: PfsInput, template: str, commits: Mapping[BranchKey, InputCommit]
+    pfs: PfsInput, template: str, commits: Mapping[BranchKey, InputCommit], code: Code
 ) -> dict[str, list[DatumInput]]:
     keyed: dict[str, list[DatumInput]] = {}
-    for di, m in pfs_datums(pfs, _commit(pfs, commits)):
+    for di, m in pfs_datums(pfs, _commit(pfs, commits), code.get(pfs.name)):
         keyed.setdefault(expand_template(template, m), []).append(di)
     return keyed
 
 
-def _join(node: JoinInput, commits: Mapping[BranchKey, InputCommit]) -> list[Part]:
-    per_input = [_keyed(p, p.join_on or "", commits) for p in node.inputs]
+def _join(node: JoinInput, commits: Mapping[BranchKey, InputCommit], code: Code) -> list[Part]:
+    per_input = [_keyed(p, p.join_on or "", commits, code) for p in node.inputs]
     out: list[Part] = []
     for key in sorted(set().union(*per_input)):
         present = [i for i, keyed in enumerate(per_input) if key in keyed]
@@ -196,35 +242,38 @@ def _merge(parts: Sequence[DatumInput]) -> DatumInput:
     )
 
 
-def _group(node: GroupInput, commits: Mapping[BranchKey, InputCommit]) -> list[Part]:
-    per_input = [_keyed(p, p.group_by or "", commits) for p in node.inputs]
+def _group(node: GroupInput, commits: Mapping[BranchKey, InputCommit], code: Code) -> list[Part]:
+    per_input = [_keyed(p, p.group_by or "", commits, code) for p in node.inputs]
     out: list[Part] = []
     for key in sorted(set().union(*per_input)):
         out.append(tuple(_merge(keyed[key]) for keyed in per_input if key in keyed))
     return out
 
 
-def _parts(node: Input, commits: Mapping[BranchKey, InputCommit]) -> list[Part]:
+def _parts(node: Input, commits: Mapping[BranchKey, InputCommit], code: Code) -> list[Part]:
     if isinstance(node, PfsInput):
-        return [(di,) for di, _ in pfs_datums(node, _commit(node, commits))]
+        return [(di,) for di, _ in pfs_datums(node, _commit(node, commits), code.get(node.name))]
     if isinstance(node, CrossInput):
-        children = [_parts(c, commits) for c in node.inputs]
+        children = [_parts(c, commits, code) for c in node.inputs]
         return [tuple(itertools.chain.from_iterable(p)) for p in itertools.product(*children)]
     if isinstance(node, UnionInput):
-        return [p for c in node.inputs for p in _parts(c, commits)]
+        return [p for c in node.inputs for p in _parts(c, commits, code)]
     if isinstance(node, JoinInput):
-        return _join(node, commits)
+        return _join(node, commits, code)
     if isinstance(node, GroupInput):
-        return _group(node, commits)
+        return _group(node, commits, code)
     raise TypeError(f"not an input: {node!r}")
 
 
-def compute_datums(tree: Input, commits: Mapping[BranchKey, InputCommit]) -> list[Datum]:
+def compute_datums(
+    tree: Input, commits: Mapping[BranchKey, InputCommit], code: Code | None = None
+) -> list[Datum]:
     """All datums of a pipeline's input tree, given the commit of every `(repo, branch)` it
-    reads (see `PipelineSpec.input_branches`)."""
+    reads (see `PipelineSpec.input_branches`). `code` (input name -> declared paths, from
+    `transform.code`) narrows code inputs to the files the transform declares."""
     datums: list[Datum] = []
     seen: set[str] = set()
-    for part in _parts(tree, commits):
+    for part in _parts(tree, commits, code or {}):
         if not any(di.files for di in part):
             continue
         datum = Datum.of(part)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import blake3
 import trio
 
 from ..changes import ChangeSet, check_name, split_path
@@ -42,10 +43,11 @@ from ..model import FILE, SYMLINK, Entry, Locator
 from ..repository import Repository
 from ..transfer import export_file, file_entry, store_chunks
 from ..treediff import same_entry
-from .datums import Datum, compute_datums, datum_hash
+from .commitsets import job_origins
+from .datums import Datum, compute_datums, datum_hash, missing_code, select_code
 from .inputs import InputCommit, InputFile
 from .runners import DatumContext, DatumResult, PodmanRunner, Runner, make_runner, run_datum_async
-from .spec import PipelineSpec, parse_spec_dict
+from .spec import PipelineSpec, canonical_json, code_paths, parse_spec_dict
 from .state import (
     CANCELLED,
     FAILED,
@@ -62,6 +64,7 @@ from .state import (
     PipelineState,
     new_job_id,
 )
+from .trace import OFF, Tracer, unread_inputs
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,8 @@ class EngineOptions:
     flush_interval: float = 2.0
     watch_interval: float = 0.5
     keep_datum_dirs: bool = False
+    trace_reads: bool = True
+    """Record which input files each datum's transform opened (``trace``: inotify)."""
     runner_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
@@ -92,8 +97,11 @@ def gc_owner(job_id: str) -> str:
 
 
 def input_heads(repository: Repository, spec: PipelineSpec) -> list[dict[str, str]] | None:
-    """The current head of every input branch, or None if one has no commit (or is gone)."""
+    """The current head of every input branch, or None if one has no commit (or is gone). A
+    branch read only as code (``transform.code``) also gets ``code``: the digest of the
+    declared files, which is what triggers a job (see ``state.trigger_key``)."""
     out = []
+    code = code_branches(spec)
     for repo, branch in spec.input_branches():
         try:
             head = repository.branch_head(repo, branch)
@@ -102,8 +110,81 @@ def input_heads(repository: Repository, spec: PipelineSpec) -> list[dict[str, st
             return None
         if head is None:
             return None
-        out.append({"repo": repo, "branch": branch, "commit": to_hex(head)})
+        item = {"repo": repo, "branch": branch, "commit": to_hex(head)}
+        if (repo, branch) in code:
+            item["code"] = code_digest(repository, repo, branch, head, code[(repo, branch)])
+        out.append(item)
     return out
+
+
+def code_branches(spec: PipelineSpec) -> dict[tuple[str, str], tuple[str, ...]]:
+    """``(repo, branch)`` → declared code paths, for branches that every pfs input reading
+    them reads as code (a branch also read as data triggers on any commit)."""
+    declared = code_paths(spec.transform)
+    by_branch: dict[tuple[str, str], list[str]] = {}
+    data: set[tuple[str, str]] = set()
+    for pfs in spec.pfs_inputs():
+        key = (pfs.repo, pfs.branch)
+        if pfs.name in declared:
+            by_branch.setdefault(key, []).extend(p for _, p in declared[pfs.name])
+        else:
+            data.add(key)
+    return {k: tuple(sorted(set(v))) for k, v in by_branch.items() if k not in data}
+
+
+_CODE_DIGESTS: dict[tuple[bytes, tuple[str, ...]], str] = {}
+
+
+def code_digest(
+    repository: Repository, repo: str, branch: str, head: bytes, paths: tuple[str, ...]
+) -> str:
+    """BLAKE3 of the (path, content id) of the declared files at ``head`` (cached: commits
+    never change). A declared path with no file counts too, so adding it triggers a job."""
+    key = (head, paths)
+    if key not in _CODE_DIGESTS:
+        commit, _ = load_input_commit(repository, repo, branch, head)
+        rows = [[f.path, f.content_id] for f in select_code(commit.files, paths)]
+        rows += [["missing", p] for p in paths if not select_code(commit.files, [p])]
+        if len(_CODE_DIGESTS) > 4096:
+            _CODE_DIGESTS.clear()
+        _CODE_DIGESTS[key] = blake3.blake3(b"pfsfs-code-v1\0" + canonical_json(rows)).hexdigest()
+    return _CODE_DIGESTS[key]
+
+
+def load_input_commit(
+    repository: Repository, repo: str, branch: str, commit_id: bytes
+) -> tuple[InputCommit, dict[str, Entry]]:
+    """The files of one input commit, and their entries by path."""
+    files, entries = [], {}
+    for path, entry in repository.walk(repository.root_of(commit_id)):
+        if entry.type != FILE:
+            continue
+        name = os.fsdecode(path)
+        content = entry.content_id()
+        files.append(InputFile(name, to_hex(content) if content else "", entry.size))
+        entries[name] = entry
+    return InputCommit.of(repo, branch, to_hex(commit_id), files), entries
+
+
+def on_branch(repository: Repository, repo: str, branch: str, commit: str) -> bool:
+    """True if ``commit`` is still in the history of ``repo@branch`` (not deleted with the
+    repo or branch, not dropped by a hard rollback)."""
+    try:
+        head = repository.branch_head(repo, branch)
+    except PfsError:
+        return False
+    if head is None:
+        return False
+    try:
+        created = repository.read_commit(bytes.fromhex(commit)).time_ns
+    except PfsError:
+        return False
+    for cid, c in repository.log(head):
+        if to_hex(cid) == commit:
+            return True
+        if c.time_ns < created:
+            return False
+    return False
 
 
 class Engine:
@@ -161,6 +242,10 @@ class Engine:
             log.warning("job %s was interrupted; running it again", job.id)
         job.state, job.reason, job.pid = RUNNING, "", os.getpid()
         job.started_ns, job.finished_ns = time.time_ns(), 0
+        try:
+            await self.repo_call(self._set_origins, job)
+        except PfsError as exc:
+            return self.finish_job(job, FAILURE, exc.message)
         self.state.put_job(job)
         self.state.clear_datums(job.id)
         run = _JobRun(self, job, parse_spec_dict(rec.spec))
@@ -197,6 +282,16 @@ class Engine:
             self.finish_job(job, CANCELLED, f"{reason}; its output was not committed")
         else:
             self.finish_job(job, KILLED, reason)
+
+    def _set_origins(self, job: JobRecord) -> None:
+        """The job's commit set and origins (see ``commitsets``); raises on a cycle or an
+        input commit that no longer exists."""
+        if job.commitset:
+            return
+        last = self.state.last_job(job.pipeline, frozenset({SUCCESS, FAILURE}))
+        previous = last.origins if last is not None else None
+        origins, job.commitset = job_origins(self.repository, job.pipeline, job.inputs, previous)
+        job.origins = origins.origins
 
     def finish_job(self, job: JobRecord, state: str, reason: str) -> JobRecord:
         job.state, job.reason, job.finished_ns = state, reason, time.time_ns()
@@ -240,6 +335,7 @@ class _JobRun:
         self.pending_cache: dict[str, CacheEntry] = {}
         self.roots: list[Locator] = []
         self.runner: Runner = engine.make_runner(spec.runner)
+        self.tracer: Tracer | None = None
         self._writer_cm: Any = None
         self._writer: Any = None
         self._chunker: Any = None
@@ -272,14 +368,20 @@ class _JobRun:
             len(todo),
         )
         slots = trio.Semaphore(self.spec.parallelism)
+        self.tracer = self._open_tracer() if todo else None
         async with trio.open_nursery() as nursery:
             flusher = trio.CancelScope()
             nursery.start_soon(self._flusher, flusher)
+            drainer = trio.CancelScope()
+            if self.tracer is not None:  # read events as they come: the queue is bounded
+                nursery.start_soon(_drain_events, self.tracer, drainer)
             async with trio.open_nursery() as datum_nursery:
                 for datum, dhash in todo:
                     datum_nursery.start_soon(self._process, datum, dhash, slots)
             flusher.cancel()
+            drainer.cancel()
         await self._flush()
+        self._trace_warnings()
         failed = [r for r in self.records.values() if r.state == FAILED]
         if failed:
             first = failed[0]
@@ -309,6 +411,18 @@ class _JobRun:
         self.pending_records = []
         self._update_counts(self.job.counts.get("total", len(self.records)))
 
+    def _trace_warnings(self) -> None:
+        """Warn about each input that no datum run by this job opened a file of."""
+        ran = [r for r in self.records.values() if r.state == PROCESSED and r.trace]
+        offered: dict[str, int] = {}
+        for r in ran:
+            for name, *_rest in r.inputs:
+                offered[name] = offered.get(name, 0) + 1
+        names = sorted({p.name for p in self.spec.pfs_inputs()})
+        self.job.warnings = unread_inputs(names, [(r.read, r.trace) for r in ran], offered)
+        for w in self.job.warnings:
+            log.warning("job %s of %s: %s", self.job.id, self.job.pipeline, w)
+
     def _update_counts(self, total: int) -> None:
         counts = {"total": total, PROCESSED: 0, SKIPPED: 0, FAILED: 0}
         for r in self.records.values():
@@ -322,6 +436,9 @@ class _JobRun:
             remove_job_containers(self.runner, self.job.id)
 
     def _cleanup(self) -> None:
+        if self.tracer is not None:
+            self.tracer.close()
+            self.tracer = None
         if not self.options.keep_datum_dirs:
             shutil.rmtree(self.dir / "datums", ignore_errors=True)
 
@@ -342,21 +459,18 @@ class _JobRun:
     def _load_datums(self) -> list[Datum]:
         commits = {}
         for i in self.job.inputs:
-            commit_id = bytes.fromhex(i["commit"])
-            files, entries = [], {}
-            root = self.repository.root_of(commit_id)
-            for path, entry in self.repository.walk(root):
-                if entry.type != FILE:
-                    continue
-                name = os.fsdecode(path)
-                content = entry.content_id()
-                files.append(InputFile(name, to_hex(content) if content else "", entry.size))
-                entries[name] = entry
-            self.entries[(i["repo"], i["commit"])] = entries
-            commits[(i["repo"], i["branch"])] = InputCommit.of(
-                i["repo"], i["branch"], i["commit"], files
+            if not on_branch(self.repository, i["repo"], i["branch"], i["commit"]):
+                raise PfsError(_gone(i))
+            commit, entries = load_input_commit(
+                self.repository, i["repo"], i["branch"], bytes.fromhex(i["commit"])
             )
-        return compute_datums(self.spec.input, commits)
+            self.entries[(i["repo"], i["commit"])] = entries
+            commits[(i["repo"], i["branch"])] = commit
+        error = missing_code(self.spec.transform, self.spec.pfs_inputs(), commits)
+        if error:
+            raise PfsError(error)
+        code = {n: [p for _, p in v] for n, v in code_paths(self.spec.transform).items()}
+        return compute_datums(self.spec.input, commits, code)
 
     def _reuse(self, datums: list[Datum], image_id: str | None) -> list[tuple[Datum, str]]:
         """Record the datums whose output can be reused; return the others with their hash.
@@ -378,9 +492,11 @@ class _JobRun:
                 self.outputs[datum.id] = outputs  # type: ignore[assignment]
                 self.roots.extend(Locator.from_wire(w) for w in hit.locs)
                 if hit.job == self.job.id:  # done before this job was interrupted
-                    self._record(datum, dhash, PROCESSED, outputs)  # type: ignore[arg-type]
+                    rec = self._record(datum, dhash, PROCESSED, outputs)  # type: ignore[arg-type]
+                    rec.read, rec.trace = list(hit.read), hit.trace
                     continue
                 rec = self._record(datum, dhash, SKIPPED, outputs)  # type: ignore[arg-type]
+                rec.read, rec.trace = list(hit.read), hit.trace
                 rec.from_job = hit.job
                 rec.logs = f"../{hit.job}/logs/{hit.datum[:16]}"
             else:
@@ -419,7 +535,13 @@ class _JobRun:
                 rec = self._record(datum, dhash, FAILED)
                 rec.error = f"cannot materialise the inputs: {exc}"
                 return
-            result, stopped = await self._run_watched(ctx)
+            tracer = self.tracer
+            if tracer is not None:
+                tracer.watch(datum.id, ctx.inputs)
+            try:
+                result, stopped = await self._run_watched(ctx)
+            finally:
+                read, trace = tracer.finish(datum.id) if tracer is not None else ([], OFF)
             rec_error = ""
             outputs: list[Output] = []
             if stopped:
@@ -433,6 +555,7 @@ class _JobRun:
                     rec_error = f"cannot store /pfs/out: {exc}"
             rec = self._record(datum, dhash, FAILED if rec_error else PROCESSED, outputs)
             rec.error, rec.attempts, rec.duration = rec_error, result.attempts, result.duration
+            rec.read, rec.trace = read, trace
             if not rec_error:
                 self.outputs[datum.id] = outputs
                 self.pending_cache[dhash] = CacheEntry(
@@ -440,6 +563,8 @@ class _JobRun:
                     datum.id,
                     [e.to_wire(p) for p, e, _ in outputs],
                     [loc.to_wire() for _, _, locs in outputs for loc in locs],
+                    read,
+                    trace,
                 )
             else:
                 log.info("job %s: datum %s failed: %s", self.job.id, datum.id[:12], rec_error)
@@ -466,6 +591,16 @@ class _JobRun:
                     made.add(parent)
                 export_file(self.repository.iter_file(entry), entry, target)
         return ctx
+
+    def _open_tracer(self) -> Tracer | None:
+        """The job's tracer of reads (None: not traced, or inotify is unavailable)."""
+        if not self.options.trace_reads:
+            return None
+        try:
+            return Tracer()
+        except OSError as exc:
+            log.warning("job %s: reads are not traced: %s", self.job.id, exc)
+            return None
 
     async def _run_watched(self, ctx: DatumContext) -> tuple[DatumResult, str]:
         """Run with retries; a watchdog stops the datum if the disk fills or the output grows
@@ -586,8 +721,14 @@ class _JobRun:
             "spec": self.job.spec_hash,
             "version": self.job.version,
             "job": self.job.id,
-            "inputs": [dict(i) for i in self.job.inputs],
+            "inputs": [{k: i[k] for k in ("repo", "branch", "commit")} for i in self.job.inputs],
+            "commitset": self.job.commitset,
+            "origins": dict(self.job.origins),
+            "upstream": sorted(self._upstream()),
         }
+        for i in self.job.inputs:  # deleted (repo, branch, hard rollback) while we ran?
+            if not on_branch(self.repository, i["repo"], i["branch"], i["commit"]):
+                raise PfsError(_gone(i))
         if branch not in self.repository.list_branches(repo):
             self.repository.create_branch(repo, branch, pipeline=self.spec.name)
         for _ in range(5):
@@ -613,8 +754,30 @@ class _JobRun:
                 log.info("job %s: %s@%s moved; committing again", self.job.id, repo, branch)
         raise BranchMoved(f"{repo}@{branch} keeps moving; the job's output was not committed")
 
+    def _upstream(self) -> set[str]:
+        """Every repo the output descends from (for cycle checks through commit sets)."""
+        repos: set[str] = set()
+        for i in self.job.inputs:
+            repos.add(i["repo"])
+            prov = self.repository.read_commit(bytes.fromhex(i["commit"])).provenance
+            repos.update(prov.get("upstream") or ())
+        return repos
+
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _gone(i: Mapping[str, str]) -> str:
+    return (
+        f"input commit {i['repo']}@{i['commit'][:12]} ({i['branch']}) was deleted while the job ran"
+    )
+
+
+async def _drain_events(tracer: Tracer, scope: trio.CancelScope) -> None:
+    with scope:
+        while True:
+            await trio.lowlevel.wait_readable(tracer.fd)
+            tracer.drain()
 
 
 def is_stop(exc: BaseException) -> bool:

@@ -22,7 +22,8 @@ from typing import Any
 from ..errors import InvalidInput, NotFound
 from ..ids import to_hex
 from ..repository import Repository
-from .engine import input_heads
+from .commitsets import commit_origins, origin_key
+from .engine import input_heads, on_branch
 from .spec import PipelineSpec, parse_spec_dict
 from .state import (
     FAILURE,
@@ -148,79 +149,126 @@ class Ancestry:
 
 @dataclass
 class WaitStatus:
-    """Where a commit stands in the DAG below it."""
+    """Where a commit stands in the DAG below it (its commit set)."""
 
     outputs: list[Node] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     stalled: list[str] = field(default_factory=list)
+    jobs: list[JobRecord] = field(default_factory=list)
+    """The job of each downstream pipeline that processed the commit, in DAG order."""
+    unchanged: list[str] = field(default_factory=list)
+    """Downstream pipelines the commit does not concern (only undeclared code changed)."""
 
     @property
     def done(self) -> bool:
         return not self.waiting and not self.stalled
 
 
+def branches_holding(repository: Repository, node: Node) -> list[str]:
+    """The branches of ``node.repo`` whose history holds ``node.commit``."""
+    if node.branch is not None:
+        return [node.branch]
+    try:
+        branches = repository.list_branches(node.repo)
+    except NotFound:
+        return []
+    return [b for b in sorted(branches) if on_branch(repository, node.repo, b, node.commit)]
+
+
+def targets_of(repository: Repository, node: Node) -> dict[str, str]:
+    """The origins a downstream job must have processed to have processed ``node``: the commit
+    itself if no pipeline made it, else the origins recorded in its provenance."""
+    prov = repository.read_commit(bytes.fromhex(node.commit)).provenance
+    if prov.get("job"):
+        branch = node.branch or prov.get("branch") or "master"
+        return commit_origins(repository, node.repo, branch, node.commit).origins
+    return {origin_key(node.repo, b): node.commit for b in branches_holding(repository, node)}
+
+
+def _covers(job: JobRecord, targets: dict[str, str], ancestry: Ancestry) -> bool:
+    for key, commit in targets.items():
+        repo, _, branch = key.partition("@")
+        got = job.origins.get(key) or job.input_commit(repo, branch)
+        if got is None or not ancestry.is_ancestor(commit, got):
+            return False
+    return True
+
+
 def wait_status(repository: Repository, state: PipelineState, start: Node) -> WaitStatus:
-    """Which downstream pipelines processed ``start`` (output commits), failed on it, are yet
-    to process it, or are stopped."""
+    """Which pipelines downstream of ``start`` processed it (their job and output commit),
+    failed on it, are yet to process it, are stopped, or are not concerned by it (a
+    ``transform.code`` input whose declared files it did not change). Pipelines are visited in
+    DAG order; a pipeline is concerned if it reads ``start``'s branch or the output of a
+    concerned pipeline that made a commit for it."""
+    from .scheduler import topological, upstream_of
+
     status = WaitStatus()
     ancestry = Ancestry(repository)
-    pipelines = [(rec, parse_spec_dict(rec.spec)) for rec in state.list_pipelines()]
-    seen = {_key(start)}
-    queue = deque([start])
-    while queue:
-        node = queue.popleft()
-        for rec, spec in pipelines:
-            for repo, branch in spec.input_branches():
-                if repo != node.repo:
-                    continue
-                try:
-                    head = repository.branch_head(repo, branch)
-                except NotFound:
-                    continue
-                if head is None or not ancestry.is_ancestor(node.commit, to_hex(head)):
-                    continue  # the commit is not on the branch this pipeline reads
-                done, covering = _first_covering(state, ancestry, rec.name, repo, branch, node)
-                if done is not None:
-                    assert done.output is not None
-                    out = Node(rec.name, done.output, spec.output_branch)
-                    # Reached once per path (two inputs on one repo, a diamond DAG): list once.
-                    if _key(out) not in seen:
-                        seen.add(_key(out))
-                        status.outputs.append(out)
-                        queue.append(out)
-                elif rec.state != RUNNING:
-                    _add(status.stalled, f"pipeline {rec.name} is stopped")
-                elif _settled_failure(repository, state, rec, spec, covering):
-                    last = covering[-1]
-                    failed = f"job {last.id} of pipeline {rec.name} failed: {last.reason}"
-                    _add(status.failures, failed)
-                else:
-                    _add(status.waiting, rec.name)
+    records = state.list_pipelines()
+    specs = {r.name: parse_spec_dict(r.spec) for r in records}
+    upstream = upstream_of(specs)
+    targets = targets_of(repository, start)
+    start_branches = set(branches_holding(repository, start))
+    changed: set[str] = set()
+    settled: set[str] = set()
+    seen_outputs: set[tuple[str, str]] = set()
+    for rec in topological(records):
+        spec = specs[rec.name]
+        direct = any(r == start.repo and b in start_branches for r, b in spec.input_branches())
+        via = {u for u in upstream[rec.name] if u in changed and u in spec.input_repos()}
+        if not direct and not via:
+            continue
+        covering = [
+            j
+            for j in state.jobs_of(rec.name)
+            if j.state in (SUCCESS, FAILURE) and _covers(j, targets, ancestry)
+        ]
+        done = next((j for j in covering if j.state == SUCCESS and j.output), None)
+        if done is not None:
+            assert done.output is not None
+            status.jobs.append(done)
+            changed.add(rec.name)
+            settled.add(rec.name)
+            out = Node(rec.name, done.output, spec.output_branch)
+            if _key(out) not in seen_outputs:
+                seen_outputs.add(_key(out))
+                status.outputs.append(out)
+            continue
+        failed = [j for j in covering if j.state == FAILURE]
+        if rec.state != RUNNING:
+            status.stalled.append(f"pipeline {rec.name} is stopped")
+        elif failed and _settled_failure(repository, state, rec, spec, failed):
+            last = failed[-1]
+            status.jobs.append(last)
+            settled.add(rec.name)
+            status.failures.append(f"job {last.id} of pipeline {rec.name} failed: {last.reason}")
+        elif _unconcerned(repository, state, rec, spec, upstream[rec.name], settled, changed):
+            settled.add(rec.name)
+            status.unchanged.append(rec.name)
+        else:
+            status.waiting.append(rec.name)
     return status
 
 
-def _add(items: list[str], item: str) -> None:
-    if item not in items:
-        items.append(item)
-
-
-def _first_covering(
-    state: PipelineState, ancestry: Ancestry, name: str, repo: str, branch: str, node: Node
-) -> tuple[JobRecord | None, list[JobRecord]]:
-    """The oldest successful job of pipeline ``name`` whose input ``repo@branch`` commit is
-    ``node`` or a descendant, and the failed such jobs before it (oldest first)."""
-    failed = []
-    for job in state.jobs_of(name):
-        if job.state not in (SUCCESS, FAILURE):
-            continue
-        commit = job.input_commit(repo, branch)
-        if commit is None or not ancestry.is_ancestor(node.commit, commit):
-            continue
-        if job.state == SUCCESS and job.output:
-            return job, failed
-        failed.append(job)
-    return None, failed
+def _unconcerned(
+    repository: Repository,
+    state: PipelineState,
+    rec: PipelineRecord,
+    spec: PipelineSpec,
+    upstream: set[str],
+    settled: set[str],
+    changed: set[str],
+) -> bool:
+    """No job covers the commit, yet none will come: everything concerned above is done and
+    the pipeline's current input triggers nothing (its last job's trigger is current)."""
+    if any(u in changed and u not in settled for u in upstream):
+        return False
+    heads = input_heads(repository, spec)
+    last = state.last_job(rec.name, frozenset({SUCCESS, FAILURE}))
+    if heads is None or last is None:
+        return False
+    return last.trigger_key() == trigger_key(heads, rec.hash, rec.epoch)
 
 
 def _settled_failure(
@@ -345,6 +393,8 @@ def why(repository: Repository, state: PipelineState, node: Node, path: str) -> 
                 "from_job": d.from_job or job_id,
                 "desc": d.desc,
                 "outputs": [o[0] for o in hits],
+                "read": list(d.read),
+                "trace": d.trace,
                 "inputs": [
                     {"name": n, "repo": r, "commit": c, "path": p, "content_id": cid}
                     for n, r, c, p, cid in d.inputs

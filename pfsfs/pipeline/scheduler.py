@@ -127,6 +127,70 @@ def topological(records: list[PipelineRecord]) -> list[PipelineRecord]:
     return out
 
 
+def upstream_of(specs: dict[str, PipelineSpec]) -> dict[str, set[str]]:
+    """Pipeline name → every pipeline upstream of it (transitively: whose output it reads,
+    directly or through other pipelines)."""
+    direct = {n: {r for r in s.input_repos() if r in specs} for n, s in specs.items()}
+    out: dict[str, set[str]] = {}
+
+    def visit(name: str, path: tuple[str, ...]) -> set[str]:
+        if name in out:
+            return out[name]
+        found: set[str] = set()
+        for up in direct.get(name, ()):
+            if up not in path:
+                found |= {up} | visit(up, (*path, name))
+        out[name] = found
+        return found
+
+    for name in specs:
+        visit(name, ())
+    return out
+
+
+@dataclass(frozen=True)
+class Decided:
+    """The last decided job of a pipeline, as far as readiness cares."""
+
+    key: tuple[Any, ...] | None
+    state: str
+    job: str
+
+
+def decided(engine: Engine, name: str) -> Decided | None:
+    last = engine.state.last_job(name, DECIDED)
+    return Decided(last.trigger_key(), last.state, last.id) if last is not None else None
+
+
+def blocker(
+    name: str,
+    upstream: dict[str, set[str]],
+    records: dict[str, PipelineRecord],
+    heads: dict[str, list[dict[str, str]] | None],
+    last: dict[str, Decided | None],
+    busy: set[str],
+) -> str | None:
+    """Why pipeline ``name`` must not start a job yet, or None. A pipeline runs once its
+    upstream has settled: every running pipeline above it has processed its current input
+    (so all its inputs come from one consistent commit set; a burst of commits upstream is
+    coalesced into one job here) and none failed on it (no output from half a DAG)."""
+    for up in sorted(upstream.get(name, ())):
+        rec = records.get(up)
+        if rec is None or rec.state != RUNNING:
+            continue
+        if up in busy:
+            return f"upstream pipeline {up} is running a job"
+        inputs = heads.get(up)
+        if inputs is None:
+            continue
+        done = last.get(up)
+        if done is None or done.key != trigger_key(inputs, rec.hash, rec.epoch):
+            return f"upstream pipeline {up} has input to process"
+        if done.state == FAILURE:
+            return f"upstream pipeline {up} failed on its current input (job {done.job})"
+    return None
+
+
 def claim_job(
     engine: Engine, rec: PipelineRecord, inputs: list[dict[str, str]] | None
 ) -> JobRecord | None:
@@ -198,7 +262,18 @@ async def run_pending(
     else:
         records = [r for r in engine.state.list_pipelines() if r.state == RUNNING]
     jobs = []
+    every = {r.name: r for r in engine.state.list_pipelines()}
+    upstream = upstream_of({n: parse_spec_dict(r.spec) for n, r in every.items()})
     for rec in topological(records) if not names else records:
+        ups = upstream.get(rec.name, set())
+        failed = [
+            d for u in sorted(ups) if (d := decided(engine, u)) is not None and d.state == FAILURE
+        ]
+        if failed and every[rec.name].state == RUNNING:
+            why = await engine.repo_call(_blocked_by_failure, engine, rec.name, every, upstream)
+            if why:
+                notify(f"pipeline {rec.name}: not run: {why}")
+                continue
         lock = pipeline_lock(home, rec.name)
         before = engine.state.last_job(rec.name, DECIDED)
         before_id = before.id if before is not None else None
@@ -218,6 +293,19 @@ async def run_pending(
         finally:
             lock.release()
     return jobs
+
+
+def _blocked_by_failure(
+    engine: Engine, name: str, every: dict[str, PipelineRecord], upstream: dict[str, set[str]]
+) -> str | None:
+    """The `blocker` of ``name`` if it is an upstream failure (``pipeline run`` runs the DAG in
+    order, so only a failure can still be in the way)."""
+    ups = upstream.get(name, set())
+    specs = {u: parse_spec_dict(every[u].spec) for u in ups}
+    heads = _heads(engine, specs)
+    last = {u: decided(engine, u) for u in ups}
+    why = blocker(name, upstream, every, heads, last, set())
+    return why if why is not None and "failed" in why else None
 
 
 @dataclass
@@ -244,6 +332,7 @@ class Scheduler:
         self.active: dict[str, _Active] = {}
         self._specs: dict[str, PipelineSpec] = {}
         self._settled: dict[str, tuple[Any, ...]] = {}
+        self._decided: dict[str, Decided | None] = {}
         self._next_full_check = 0.0
 
     def _spec(self, rec: PipelineRecord) -> PipelineSpec:
@@ -273,21 +362,27 @@ class Scheduler:
                 active.cancel("the pipeline was stopped")
             elif rec.hash != active.job.spec_hash or rec.epoch != active.job.epoch:
                 active.cancel(f"the pipeline was updated to version {rec.version}")
-        idle = {
-            name: self._spec(rec)
-            for name, rec in records.items()
-            if rec.state == RUNNING and name not in self.active
-        }
+        running = {n: self._spec(r) for n, r in records.items() if r.state == RUNNING}
+        idle = {name: spec for name, spec in running.items() if name not in self.active}
         if not idle:
             return
-        heads = await self.engine.repo_call(_heads, self.engine, idle)
+        heads = await self.engine.repo_call(_heads, self.engine, running)
         full = time.monotonic() >= self._next_full_check
         if full:  # look for interrupted jobs (a `pipeline run` that died) now and then
             self._next_full_check = time.monotonic() + FULL_CHECK_INTERVAL
+            self._decided.clear()
+        upstream = upstream_of({n: self._spec(r) for n, r in records.items()})
+        for name in running:
+            if name not in self._decided:
+                self._decided[name] = decided(self.engine, name)
         for name in idle:
             rec, inputs = records[name], heads[name]
             key = trigger_key(inputs, rec.hash, rec.epoch) if inputs else None
             if not full and name in self._settled and key == self._settled[name]:
+                continue
+            why = blocker(name, upstream, records, heads, self._decided, set(self.active))
+            if why is not None:
+                log.debug("pipeline %s waits: %s", name, why)
                 continue
             lock = pipeline_lock(self.home, name)
             if not lock.try_acquire(f"scheduler pid {os.getpid()}"):
@@ -312,6 +407,7 @@ class Scheduler:
         except Exception:
             log.exception("job %s crashed", active.job.id)
         finally:
+            self._decided.pop(active.job.pipeline, None)  # reread at the next poll
             active.lock.release()
             self.active.pop(active.job.pipeline, None)
 

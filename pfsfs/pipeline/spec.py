@@ -97,6 +97,10 @@ class Transform:
     working_dir: str | None = None
     user: str | None = None
     network: bool = False
+    code: tuple[str, ...] = ()
+    """What the transform's code is (`transform.code`): `/pfs/<input>/<path>` files or
+    directories of a code input (only those are given to the transform, and only their content
+    goes into datum hashes), or `image` (the image is the code). Empty: not declared."""
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -399,7 +403,9 @@ def _check_names(node: Input, path: str) -> dict[str, tuple[str, str]]:
 
 
 def _parse_transform(raw: Any, path: str) -> Transform:
-    f = _Fields(raw, path, ("image", "cmd", "stdin", "env", "working_dir", "user", "network"))
+    f = _Fields(
+        raw, path, ("image", "cmd", "stdin", "env", "working_dir", "user", "network", "code")
+    )
     stdin = _str_list(raw["stdin"], f.at("stdin")) if f.has("stdin") else ()
     if f.has("cmd"):
         cmd = _str_list(raw["cmd"], f.at("cmd"))
@@ -438,7 +444,75 @@ def _parse_transform(raw: Any, path: str) -> Transform:
         working_dir=working_dir,
         user=user,
         network=f.flag("network"),
+        code=_parse_code(raw.get("code"), f.at("code")),
     )
+
+
+# --- transform.code --------------------------------------------------------------------------
+
+CODE_IMAGE = "image"
+"""`transform.code: image`: the transform's code is its image (no code input)."""
+
+
+def _parse_code(raw: Any, path: str) -> tuple[str, ...]:
+    """`transform.code`: one string or a list; each `image` or an absolute `/pfs/<input>/...`
+    path (a file or a directory), normalised without a trailing '/'."""
+    if raw is None:
+        return ()
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items:
+        raise _bad(path, "must be a path like /pfs/code/run.py, a list of them, or 'image'")
+    out: list[str] = []
+    for i, item in enumerate(items):
+        where = f"{path}[{i}]" if isinstance(raw, list) else path
+        if not isinstance(item, str):
+            raise _bad(where, f"must be a string, not {_typename(item)}")
+        if item == CODE_IMAGE:
+            out.append(item)
+            continue
+        text = item.rstrip("/") if item != "/" else item
+        parts = text.split("/")
+        if not text.startswith("/pfs/") or len(parts) < 3 or "" in parts[1:] or ".." in parts:
+            raise _bad(where, f"{item!r} is not a path in an input (e.g. /pfs/code/run.py)")
+        if text in out:
+            raise _bad(where, f"{item!r} is listed twice")
+        out.append(text)
+    if CODE_IMAGE in out and len(out) > 1:
+        raise _bad(path, "'image' cannot be combined with code paths")
+    return tuple(out)
+
+
+def split_code_path(text: str) -> tuple[str, str]:
+    """`/pfs/code/scripts/a.py` -> (`code`, `/scripts/a.py`); `/pfs/code` -> (`code`, `/`)."""
+    rest = text[len("/pfs/") :]
+    name, _, below = rest.partition("/")
+    return name, "/" + below
+
+
+def code_paths(transform: Transform) -> dict[str, list[tuple[int, str]]]:
+    """Input name -> `(index in transform.code, path inside the input)` of its declared code."""
+    out: dict[str, list[tuple[int, str]]] = {}
+    for i, text in enumerate(transform.code):
+        if text != CODE_IMAGE:
+            name, below = split_code_path(text)
+            out.setdefault(name, []).append((i, below))
+    return out
+
+
+def _check_code(transform: Transform, input_: Input, runner: str, problems: _Problems) -> None:
+    """Every code path names a pfs input of the spec; `image` needs an image. Each bad entry
+    is one problem, reported with the spec's other field errors."""
+    names = {p.name for _, p in iter_pfs(input_)}
+    for i, text in enumerate(transform.code):
+        where = "transform.code" + (f"[{i}]" if len(transform.code) > 1 else "")
+        if text == CODE_IMAGE:
+            if transform.image is None:
+                problems.add(where, f"'image' but the {runner} runner has no transform.image")
+            continue
+        name, _ = split_code_path(text)
+        if name not in names:
+            known = ", ".join(sorted(names))
+            problems.add(where, f"{text}: /pfs/{name} is not an input (inputs: {known})")
 
 
 _TOP_FIELDS = (
@@ -525,6 +599,8 @@ def parse_spec_dict(raw: Any, *, repos: Collection[str] | None = None) -> Pipeli
     runner = problems.attempt(f.text, "runner", "podman", default="podman") or ""
     if runner not in RUNNERS:
         problems.add("runner", f"unknown runner {runner!r} (one of {', '.join(RUNNERS)})")
+    if transform is not None and input_ is not None:
+        _check_code(transform, input_, runner, problems)
     if runner == "podman" and transform is not None and transform.image is None:
         problems.add("transform.image", "required by the podman runner")
     parallelism = problems.attempt(_parallelism, f, raw, default=1)
@@ -645,6 +721,8 @@ def transform_to_dict(t: Transform) -> dict[str, Any]:
         if getattr(t, key) is not None:
             d[key] = getattr(t, key)
     d["network"] = t.network
+    if t.code:  # absent when not declared: older specs keep their hash
+        d["code"] = list(t.code)
     return d
 
 

@@ -14,14 +14,16 @@ Named databases (opened through ``Index.db``; values are msgpack via ``codec.pac
                    (``created``/``running``/``success``/``failure``/``killed``/``cancelled``),
                    ``reason``, ``counts`` (``total``/``processed``/``skipped``/``failed``),
                    ``output`` (commit hex or None), times, ``restarts``, ``pid`` of the
-                   process running it.
+                   process running it, ``commitset`` and ``origins`` (see ``commitsets``),
+                   ``warnings`` (from traced reads).
                    Job ids start with the creation time in hex, so they sort by age.
 ``pipeline_jobs``  pipeline + NUL + job id → b"". The jobs of one pipeline, oldest first.
 ``datums``         job id + NUL + datum id → ``DatumRecord`` map: ``state``
                    (``processed``/``skipped``/``failed``), ``hash``, ``attempts``, ``duration``,
                    ``error``, ``desc``, ``inputs`` (``[[name, repo, commit, path, content id]]``),
                    ``outputs`` (``[[path, content id, size]]``), ``logs`` (dir relative to the
-                   job dir), ``from_job`` (the job that ran it, for a reused datum).
+                   job dir), ``from_job`` (the job that ran it, for a reused datum),
+                   ``read`` (input files the transform opened) and ``trace`` (its status).
 ``datum_cache``    pipeline + NUL + datum hash → ``{job, datum, outputs, locs}``: the output of a
                    datum that succeeded (``outputs``: entry wires named by their full path;
                    ``locs``: the chunk locators under them, for gc roots). Written only after
@@ -46,7 +48,15 @@ from typing import TYPE_CHECKING, Any
 from .. import codec
 from ..errors import AlreadyExists, InvalidInput, NotFound
 from ..index import Index
-from .spec import PipelineSpec, check_dag, iter_pfs, parse_spec_dict, spec_hash, spec_to_dict
+from .spec import (
+    PipelineSpec,
+    check_dag,
+    code_paths,
+    iter_pfs,
+    parse_spec_dict,
+    spec_hash,
+    spec_to_dict,
+)
 
 if TYPE_CHECKING:
     from ..repository import Repository
@@ -99,6 +109,12 @@ class JobRecord:
     finished_ns: int = 0
     restarts: int = 0
     pid: int = 0
+    commitset: str = ""
+    """The commit set: the origin commit this job's run started from (see ``commitsets``)."""
+    origins: dict[str, str] = field(default_factory=dict)
+    """``"repo@branch"`` → the origin commits its inputs descend from."""
+    warnings: list[str] = field(default_factory=list)
+    """What the traced reads say about the transform (an input it never read...)."""
 
     @property
     def finished(self) -> bool:
@@ -122,8 +138,10 @@ class JobRecord:
 
 
 def trigger_key(inputs: list[dict[str, str]], spec_hash: str, epoch: int) -> tuple[Any, ...]:
+    """A code input (``transform.code``) counts by the digest of its declared files, not its
+    commit: a commit that changes only other files of the code repo triggers nothing."""
     return (
-        tuple(sorted((i["repo"], i["branch"], i["commit"]) for i in inputs)),
+        tuple(sorted((i["repo"], i["branch"], i.get("code") or i["commit"]) for i in inputs)),
         spec_hash,
         epoch,
     )
@@ -142,6 +160,10 @@ class DatumRecord:
     outputs: list[list[Any]] = field(default_factory=list)
     logs: str = ""
     from_job: str = ""
+    read: list[str] = field(default_factory=list)
+    """The input files the transform opened (``/pfs/<name>/<path>``), from the trace."""
+    trace: str = ""
+    """``ok``, ``off`` (not traced) or why the trace is incomplete."""
 
 
 @dataclass
@@ -150,6 +172,8 @@ class CacheEntry:
     datum: str
     outputs: list[list[Any]]
     locs: list[list[Any]]
+    read: list[str] = field(default_factory=list)
+    trace: str = ""
 
 
 def new_job_id() -> str:
@@ -364,6 +388,30 @@ def _check_inputs(repository: Repository, spec: PipelineSpec) -> None:
     for path, pfs in iter_pfs(spec.input):
         if pfs.repo not in known:
             raise InvalidInput(f"{path}.repo: repo {pfs.repo!r} does not exist")
+    _check_code_exists(repository, spec)
+
+
+def _check_code_exists(repository: Repository, spec: PipelineSpec) -> None:
+    """Every ``transform.code`` path exists in its input branch's head (when it has one; a
+    later commit that drops it fails the job, naming the field)."""
+    from .datums import missing_code
+    from .engine import load_input_commit
+
+    names = {name for name, _ in code_paths(spec.transform).items()}
+    pfs_inputs = [p for p in spec.pfs_inputs() if p.name in names]
+    commits = {}
+    for pfs in pfs_inputs:
+        try:
+            head = repository.branch_head(pfs.repo, pfs.branch)
+        except NotFound:
+            continue
+        if head is not None:
+            commits[(pfs.repo, pfs.branch)] = load_input_commit(
+                repository, pfs.repo, pfs.branch, head
+            )[0]
+    error = missing_code(spec.transform, pfs_inputs, commits)
+    if error:
+        raise InvalidInput(error)
 
 
 def create_pipeline(repository: Repository, spec: PipelineSpec) -> PipelineRecord:
