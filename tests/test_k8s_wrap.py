@@ -159,8 +159,10 @@ def test_sigterm_is_forwarded_and_nothing_committed(shell: list[str], ctl: Path)
     side.start()
     script = ctl.parent / "pfsfs-wrap"
     protocol.install_wrapper(script)
-    cmd = f"trap 'echo got-term > {ctl}/term; exit 5' TERM; touch {ctl}/started; " \
+    cmd = (
+        f"trap 'echo got-term > {ctl}/term; exit 5' TERM; touch {ctl}/started; "
         "while :; do sleep 0.1; done"
+    )
     proc = subprocess.Popen(
         [*shell, str(script), "--", "sh", "-c", cmd],
         env={"PATH": os.environ["PATH"], "PFSFS_CTL": str(ctl)},

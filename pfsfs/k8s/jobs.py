@@ -146,18 +146,14 @@ def _user_container(spec: PipelineSpec, job_id: str, mode: str) -> dict[str, Any
     return container
 
 
-def _sidecar(
-    spec: PipelineSpec, job_id: str, mode: str, cluster: ClusterConfig
-) -> dict[str, Any]:
+def _sidecar(spec: PipelineSpec, job_id: str, mode: str, cluster: ClusterConfig) -> dict[str, Any]:
     env = [
         {"name": "PFSFS_STORE", "value": cluster.store_url},
         {"name": "PFSFS_HOME", "value": HOME},
         {"name": "PFSFS_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {
             "name": "JOB_COMPLETION_INDEX",
-            "valueFrom": {
-                "fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}
-            },
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}},
         },
     ]
     if cluster.endpoint_url:

@@ -107,8 +107,12 @@ class Plan:
             "mode": self.mode,
             "shards": self.shards,
             "datums": [
-                [d.id, d.hash, d.desc, [[i.name, i.repo, i.commit, list(i.files), i.whole]
-                                        for i in d.inputs]]
+                [
+                    d.id,
+                    d.hash,
+                    d.desc,
+                    [[i.name, i.repo, i.commit, list(i.files), i.whole] for i in d.inputs],
+                ]
                 for d in self.datums
             ],
         }
@@ -118,8 +122,12 @@ class Plan:
         if w.get("v") != PLAN_VERSION:
             raise PfsError(f"job plan version {w.get('v')!r} is not {PLAN_VERSION}")
         datums = tuple(
-            PlanDatum(d[0], d[1], d[2], tuple(PlanInput(i[0], i[1], i[2], tuple(i[3]), i[4])
-                                              for i in d[3]))
+            PlanDatum(
+                d[0],
+                d[1],
+                d[2],
+                tuple(PlanInput(i[0], i[1], i[2], tuple(i[3]), i[4]) for i in d[3]),
+            )
             for d in w["datums"]
         )
         return cls(w["job"], w["pipeline"], w["mode"], int(w["shards"]), datums)
@@ -219,8 +227,13 @@ def ingest(repository: Repository, out_dir: Path, warn: Callable[[str], None]) -
             elif stat.S_ISLNK(st.st_mode):
                 target = os.readlink(path)
                 entry = Entry(
-                    SYMLINK, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns,
-                    len(target), target=target,
+                    SYMLINK,
+                    stat.S_IMODE(st.st_mode),
+                    st.st_uid,
+                    st.st_gid,
+                    st.st_mtime_ns,
+                    len(target),
+                    target=target,
                 )
                 outputs.append((rel, entry, []))
             else:
