@@ -578,6 +578,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:  # the home or a directory cannot be made (permissions, full disk)
+        print(f"pfsfs: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        sys.exit(7)
     sys.exit(sidecar.exit_code)
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -182,8 +184,10 @@ class Cluster:
         out = []
         for j in self.json("job", "list"):
             out.append(f"job {j['id']} {j['state']}: {j['reason']}")
-            out += [f"  datum {d['id'][:12]} {d['state']}: {d['error']}"
-                    for d in self.json("datum", "list", j["id"])]
+            out += [
+                f"  datum {d['id'][:12]} {d['state']}: {d['error']}"
+                for d in self.json("datum", "list", j["id"])
+            ]
             out.append(self.pfsfs("logs", j["id"], code=None).stdout[-3000:])
         for (_ns, pod, container), data in self.kube.logs.items():
             out.append(f"--- {pod} {container}\n{data.decode(errors='replace')[-2000:]}")
@@ -272,3 +276,168 @@ def test_fruit_stand_as_a_kubernetes_job(cluster: Cluster, tmp_path: Path) -> No
     pprov = other.json("inspect", "commit", "sum@master")["provenance"]
     assert sorted(pprov) == sorted(prov)
     assert [i["repo"] for i in pprov["inputs"]] == ["data"]
+
+
+def per_file_spec(cmd: str, **extra: Any) -> dict[str, Any]:
+    """glob /*: one datum per sales file; each writes /pfs/out/<file>.total."""
+    return fruit_spec(
+        input={"pfs": {"repo": "data", "glob": "/*"}},
+        transform={"image": "pfsfs/busybox", "cmd": ["sh", "-c", cmd]},
+        **extra,
+    )
+
+
+SUM_ONE = (
+    "for f in /pfs/data/*; do awk '{ s += $2 } END { print s }' \"$f\" "
+    '> "/pfs/out/$(basename "$f").total"; done'
+)
+
+
+def test_copy_mode_two_shards(cluster: Cluster) -> None:
+    c = cluster
+    c.create(per_file_spec(SUM_ONE, parallelism=2, kubernetes={"mode": "copy"}))
+    proc = c.pfsfs("pipeline", "run", code=None)
+    assert proc.returncode == 0, c.explain()
+    assert c.pfsfs("ls", "sum@master").stdout.split() == ["sales.total", "sales2.total"]
+    assert c.pfsfs("cat", "sum@master:/sales2.total").stdout == "16\n"
+    (kjob,) = c.kube.list("jobs", NS)
+    assert kjob["spec"]["completions"] == 2
+    pods = c.kube.list("pods", NS)
+    assert len(pods) == 2
+    for pod in pods:  # copy mode: nothing privileged, no propagation
+        for ctr in pod["spec"]["initContainers"] + pod["spec"]["containers"]:
+            assert not (ctr.get("securityContext") or {}).get("privileged")
+            assert "Bidirectional" not in json.dumps(ctr)
+    (job,) = c.json("job", "list", "--pipeline", "sum")
+    assert job["counts"]["processed"] == 2
+
+
+def test_failing_datum_fails_the_job_and_commits_nothing(cluster: Cluster) -> None:
+    c = cluster
+    cmd = SUM_ONE + '; if [ -e /pfs/data/sales2 ]; then echo "bad sales2" >&2; exit 3; fi'
+    c.create(per_file_spec(cmd, parallelism=2, datum_tries=2))
+    proc = c.pfsfs("pipeline", "run", code=None)
+    assert proc.returncode != 0
+    (job,) = c.json("job", "list", "--pipeline", "sum")
+    assert job["state"] == "failure"
+    assert "1 of 2 datums failed" in job["reason"]
+    assert "container user Error (exit code 3)" in job["reason"], job["reason"]
+    datums = {d["desc"]: d for d in c.json("datum", "list", job["id"])}
+    bad = next(d for desc, d in datums.items() if "sales2" in desc)
+    assert bad["state"] == "failed" and bad["attempts"] == 2  # datum_tries pods for its index
+    assert c.pfsfs("log", "sum@master", code=None).returncode != 0 or not c.json(
+        "log", "sum@master"
+    )  # the output branch has no commit
+    logs = c.pfsfs("logs", job["id"]).stdout
+    assert "bad sales2" in logs and "pfsfs: " in logs
+    assert len([p for p in c.kube.list("pods", NS) if p["status"]["phase"] == "Failed"]) == 2
+
+
+def wait_for(what: str, check: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_user_pod(c: Cluster) -> dict[str, Any] | None:
+    for pod in c.kube.list("pods", NS):
+        if pod["status"].get("phase") == "Running" and not pod["metadata"].get("killed"):
+            return pod
+    return None
+
+
+SLOW_SUM = "sleep 4; " + fruit_spec()["transform"]["cmd"][2]
+
+
+def run_in_background(c: Cluster) -> tuple[threading.Thread, list[Any]]:
+    result: list[Any] = []
+    t = threading.Thread(target=lambda: result.append(c.pfsfs("pipeline", "run", code=None)))
+    t.start()
+    return t, result
+
+
+def test_killed_sidecar_fails_the_attempt_and_the_retry_commits(cluster: Cluster) -> None:
+    c = cluster
+    spec = fruit_spec()
+    spec["transform"]["cmd"][2] = SLOW_SUM
+    c.create(spec)
+    t, result = run_in_background(c)
+    pod = wait_for("a running pod", lambda: running_user_pod(c))
+    podman("kill", f"k8s-{pod['metadata']['name']}-pfsfs", check=True)  # SIGKILL the sidecar
+    t.join(300)
+    assert result[0].returncode == 0, c.explain()
+    assert totals(c) == FRUIT_TOTALS
+    pods = c.kube.list("pods", NS)
+    assert [p["status"]["phase"] for p in pods].count("Failed") == 1
+    failed = next(p for p in pods if p["status"]["phase"] == "Failed")
+    user = next(s for s in failed["status"]["containerStatuses"] if s["name"] == "user")
+    assert user["state"]["terminated"]["exitCode"] in (75, 1, 2)  # ENOTCONN or "not stored"
+    assert len(c.json("log", "sum@master")) == 1
+
+
+def test_pod_deleted_mid_run_is_replaced(cluster: Cluster) -> None:
+    c = cluster
+    spec = fruit_spec()
+    spec["transform"]["cmd"][2] = SLOW_SUM
+    c.create(spec)
+    t, result = run_in_background(c)
+    pod = wait_for("a running pod", lambda: running_user_pod(c))
+    c.kube.delete("pods", NS, pod["metadata"]["name"])
+    t.join(300)
+    assert result[0].returncode == 0, c.explain()
+    assert totals(c) == FRUIT_TOTALS
+    assert len(c.json("log", "sum@master")) == 1
+    (kjob,) = c.kube.list("jobs", NS)
+    assert kjob["status"]["failed"] == 1 and kjob["status"]["succeeded"] == 1
+
+
+def test_missing_image_fails_with_the_reason(cluster: Cluster) -> None:
+    c = cluster
+    spec = fruit_spec()
+    spec["transform"]["image"] = "localhost/pfsfs/no-such-image"
+    c.create(spec)
+    assert c.pfsfs("pipeline", "run", code=None).returncode != 0
+    (job,) = c.json("job", "list", "--pipeline", "sum")
+    assert job["state"] == "failure"
+    assert "ImagePullBackOff" in job["reason"] and "no-such-image" in job["reason"]
+    assert c.kube.list("jobs", NS) == []  # given up: the Job is deleted
+    assert "ImagePullBackOff" in c.pfsfs("logs", job["id"]).stdout
+
+
+def test_old_cluster_is_refused(cluster: Cluster) -> None:
+    c = cluster
+    c.kube.version = (1, 28)
+    c.create(fruit_spec())
+    assert c.pfsfs("pipeline", "run", code=None).returncode != 0
+    (job,) = c.json("job", "list", "--pipeline", "sum")
+    assert "needs 1.29 or newer (native sidecars" in job["reason"]
+    assert c.posts() == 0
+
+
+def test_api_errors_are_retried_and_a_restarted_scheduler_adopts(cluster: Cluster) -> None:
+    c = cluster
+    c.kube.inject("POST", r"/jobs$", 500)
+    c.kube.inject("GET", r"/jobs/[^/?]+$", 429, times=2, retry_after="1")
+    c.kube.inject("GET", r"watch=true", 410)
+    spec = fruit_spec()
+    spec["transform"]["cmd"][2] = SLOW_SUM
+    c.create(spec)
+    proc = subprocess.Popen(
+        [PFSFS, "--home", str(c.home), "pipeline", "run"],
+        env=c.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for("a running pod", lambda: running_user_pod(c))
+    proc.kill()  # the scheduler dies mid-job; its Job runs on
+    proc.wait(30)
+    result = c.pfsfs("pipeline", "run", code=None)
+    assert result.returncode == 0, c.explain()
+    assert totals(c) == FRUIT_TOTALS
+    assert c.posts() == 2  # the injected 500, then the one Job: the restart adopted it
+    assert len(c.kube.list("jobs", NS)) == 1
+    assert len(c.json("log", "sum@master")) == 1

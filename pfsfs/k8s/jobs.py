@@ -32,7 +32,8 @@ LABEL_JOB = "pfsfs.io/job"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 CTL = "/run/pfsfs"
 PFS = "/pfs"
-HOME = "/var/lib/pfsfs"
+HOME_VOLUME = "/var/lib/pfsfs"
+HOME = f"{HOME_VOLUME}/home"  # a directory the sidecar creates: it owns it, whatever its uid
 WRAPPER = f"{CTL}/pfsfs-wrap"
 DEFAULT_UID = 1000
 SIDECAR = "pfsfs"
@@ -178,7 +179,7 @@ def _sidecar(spec: PipelineSpec, job_id: str, mode: str, cluster: ClusterConfig)
         "volumeMounts": [
             {"name": "pfs", "mountPath": PFS},
             {"name": "pfsfs-ctl", "mountPath": CTL},
-            {"name": "pfsfs-home", "mountPath": HOME},
+            {"name": "pfsfs-home", "mountPath": HOME_VOLUME},
         ],
     }
     if cluster.store_secret:
