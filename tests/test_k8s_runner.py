@@ -13,6 +13,7 @@ Every Job the runner generates is validated with kubernetes-validate and pfsfs.k
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -220,7 +221,7 @@ def cluster(tmp_path: Path, s3_server: MotoServer, image: str) -> Iterator[Clust
             "PFSFS_K8S_NAMESPACE": NS,
             "PFSFS_K8S_IMAGE": image,
             "PFSFS_K8S_HOST_NETWORK": "1",
-            "PFSFS_K8S_PENDING_TIMEOUT": "3",
+            "PFSFS_K8S_PENDING_TIMEOUT": "2",
         }
         c = Cluster(kube, kubeconfig, kl, home, env)
         store = f"s3://{s3_server.bucket}/k8s-{uuid.uuid4().hex[:10]}"
@@ -350,7 +351,7 @@ def running_user_pod(c: Cluster) -> dict[str, Any] | None:
     return None
 
 
-SLOW_SUM = "sleep 4; " + fruit_spec()["transform"]["cmd"][2]
+SLOW_SUM = "sleep 3; " + fruit_spec()["transform"]["cmd"][2]
 
 
 def run_in_background(c: Cluster) -> tuple[threading.Thread, list[Any]]:
@@ -367,6 +368,8 @@ def test_killed_sidecar_fails_the_attempt_and_the_retry_commits(cluster: Cluster
     c.create(spec)
     t, result = run_in_background(c)
     pod = wait_for("a running pod", lambda: running_user_pod(c))
+    ctl = c.kubelet.root / "pods" / pod["metadata"]["uid"] / "volumes" / "pfsfs-ctl"
+    wait_for("the datum offered", lambda: (ctl / "datum.1").exists())  # a datum in flight
     podman("kill", f"k8s-{pod['metadata']['name']}-pfsfs", check=True)  # SIGKILL the sidecar
     t.join(300)
     assert result[0].returncode == 0, c.explain()
@@ -441,3 +444,34 @@ def test_api_errors_are_retried_and_a_restarted_scheduler_adopts(cluster: Cluste
     assert c.posts() == 2  # the injected 500, then the one Job: the restart adopted it
     assert len(c.kube.list("jobs", NS)) == 1
     assert len(c.json("log", "sum@master")) == 1
+
+
+def test_missing_client_is_one_clear_line(tmp_path: Path) -> None:
+    """Without the optional `kubernetes` package the job fails with one line saying what to
+    install (the package is imported only when a kubernetes job runs)."""
+    blocker = tmp_path / "block" / "kubernetes"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('not installed')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent), "PFSFS_NO_DAEMON": "1"}
+    home = tmp_path / "home"
+
+    def pfsfs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PFSFS, "--home", str(home), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    assert pfsfs("repo", "create", "data").returncode == 0
+    assert pfsfs("put", "data@master:/sales", "-f", str(FRUIT / "sales")).returncode == 0
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(fruit_spec()))
+    assert pfsfs("pipeline", "create", "-f", str(spec)).returncode == 0
+    proc = pfsfs("pipeline", "run")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    (job,) = json.loads(pfsfs("job", "list", "--json").stdout)
+    assert job["reason"] == (
+        "runner kubernetes needs the kubernetes client: pip install 'pfsfs[kubernetes]'"
+    )
