@@ -28,6 +28,17 @@ and ``pfsfs mounts`` work inside the pod — without the pipeline scheduler, and
 
 A mount that dies while the sidecar runs (a crashed worker) stops the sidecar with exit 1, so
 the kubelet restarts it and the restart in place brings the mount back.
+
+``--job JOB --ctl DIR --pfs DIR`` is the sidecar of a pod of a pipeline's Kubernetes Job
+(``JobSidecar``): it reads the job's plan from the store, takes the datums of its shard
+(``JOB_COMPLETION_INDEX``), and for each one prepares ``/pfs/<input>`` (a read-only FUSE mount
+of the input commit when the datum is the whole commit, else the datum's files copied; always
+copied in copy mode) and an empty ``/pfs/out``, offers it to ``pfsfs-wrap`` and, when the
+wrapper asks, stores the output and writes the datum's record (``pfsfs.k8s.protocol``). It never
+moves a branch. Datums that already have a record (an earlier attempt of the pod) are skipped;
+a restart finds its predecessor's datum in flight and answers ``failed`` for it (the inputs it
+read may have broken mid-way), so the pod fails and Kubernetes retries the index.
+``--install-wrapper PATH`` copies the wrapper there (the pod's first init container).
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +58,7 @@ import trio
 
 from pfsfs.errors import DaemonError, InvalidInput, PfsError
 from pfsfs.home import HomeConfig, default_home, read_config
+from pfsfs.k8s import protocol
 from pfsfs.refspec import parse_ref
 from pfsfs.repository import Repository
 
@@ -302,6 +315,184 @@ class Sidecar(Daemon):
         print(f"pfsfs: error: {message}", file=sys.stderr, flush=True)
 
 
+class JobSidecar(Sidecar):
+    """The sidecar of one pod of a pipeline's Kubernetes Job (see the module docstring)."""
+
+    POLL = 0.05
+
+    def __init__(
+        self,
+        home: Path,
+        job_id: str,
+        ctl: Path,
+        pfs: Path,
+        shard: int,
+        *,
+        pod: str = "",
+        grace: float = DEFAULT_GRACE,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(home, [], ready_file=ctl / protocol.READY, grace=grace, verbose=verbose)
+        self.job_id = job_id
+        self.ctl = ctl
+        self.pfs = pfs
+        self.shard = shard
+        self.pod = pod
+        self.inputs: protocol.InputFiles | None = None
+        self.datum_mounts: list[Mount] = []
+
+    async def started(self) -> None:
+        assert self.repo is not None
+        remove_ready(self.ready_file)
+        self.ctl.mkdir(parents=True, exist_ok=True)
+        plan = await trio.to_thread.run_sync(protocol.get_plan, self.repo.store, self.job_id)
+        if plan.mode not in protocol.MODES:
+            raise InvalidInput(f"job {self.job_id}: unknown mode {plan.mode!r}")
+        self.inputs = protocol.InputFiles(self.repo)
+        seq = protocol.ctl_sequence(self.ctl)
+        in_flight = seq > 0 and not protocol.ctl_settled(self.ctl, seq)
+        if in_flight:
+            log.warning("datum %d was in flight when the previous sidecar ended: failing it", seq)
+            protocol.ctl_put(
+                self.ctl,
+                f"failed.{seq}",
+                "the pfsfs sidecar restarted during this datum; its output was not stored",
+            )
+        await trio.to_thread.run_sync(self._clear_pfs)
+        write_ready(self.ctl / protocol.READY, [])
+        log.info(
+            "job %s shard %d of %d (%s mode): %d datum(s)",
+            self.job_id,
+            self.shard,
+            plan.shards,
+            plan.mode,
+            len(plan.shard(self.shard)),
+        )
+        if not in_flight:
+            self.manager.nursery.start_soon(self._work, plan, seq)
+
+    def _clear_pfs(self) -> None:
+        """Detach a predecessor's dead mounts below /pfs and empty it."""
+        self.pfs.mkdir(parents=True, exist_ok=True)
+        for child in self.pfs.iterdir():
+            recovery.clean_stale(str(child))
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+                if child.exists():  # still a live mount: not ours to remove
+                    raise DaemonError(f"{child} is busy (a mount that is not this sidecar's?)")
+            else:
+                child.unlink()
+
+    async def _work(self, plan: protocol.Plan, seq: int) -> None:
+        assert self.repo is not None
+        stored = 0
+        for datum in plan.shard(self.shard):
+            if await trio.to_thread.run_sync(
+                protocol.has_record, self.repo.store, self.job_id, datum.id
+            ):
+                log.info("datum %s has a record already; skipping it", datum.id[:12])
+                continue
+            seq += 1
+            if not await self._one(plan, datum, seq):
+                return  # the wrapper exits with the datum's failure; SIGTERM follows
+            stored += 1
+        protocol.ctl_put(self.ctl, protocol.DONE, f"{stored}")
+        log.info("job %s shard %d: done, %d datum(s) stored", self.job_id, self.shard, stored)
+
+    async def _one(self, plan: protocol.Plan, datum: protocol.PlanDatum, seq: int) -> bool:
+        """Offer one datum and store its output; False if it failed (nothing was recorded)."""
+        assert self.repo is not None
+        try:
+            await self._prepare(plan, datum)
+        except (PfsError, OSError) as exc:
+            message = f"cannot prepare the inputs: {getattr(exc, 'message', None) or exc}"
+            log.error("datum %s: %s", datum.id[:12], message)
+            await self._cleanup()
+            protocol.ctl_put(self.ctl, f"failed.{seq}", message)
+            return False
+        protocol.ctl_put(self.ctl, f"datum.{seq}", protocol.env_lines(self._env(datum)))
+        self._forget(seq - 1)  # after: the highest datum.N always names the current exchange
+        started = trio.current_time()
+        while True:
+            if (self.ctl / f"request.{seq}").exists():
+                break
+            if (self.ctl / f"abort.{seq}").exists():
+                why = (self.ctl / f"abort.{seq}").read_text().strip()
+                log.info("datum %s aborted by the wrapper: %s", datum.id[:12], why)
+                await self._cleanup()
+                return False
+            await trio.sleep(self.POLL)
+        duration = trio.current_time() - started
+        try:
+            key = await trio.to_thread.run_sync(
+                lambda: protocol.store_datum(
+                    self.repo,  # type: ignore[arg-type]
+                    self.job_id,
+                    datum,
+                    self.pfs / "out",
+                    pod=self.pod,
+                    duration=duration,
+                    warn=lambda m: log.warning("datum %s: %s", datum.id[:12], m),
+                )
+            )
+        except (PfsError, OSError) as exc:
+            message = f"cannot store /pfs/out: {getattr(exc, 'message', None) or exc}"
+            log.error("datum %s: %s", datum.id[:12], message)
+            protocol.ctl_put(self.ctl, f"failed.{seq}", message)
+            await self._cleanup()
+            return False
+        log.info("datum %s stored: %s", datum.id[:12], key)
+        protocol.ctl_put(self.ctl, f"committed.{seq}", key)
+        await self._cleanup()
+        return True
+
+    def _env(self, datum: protocol.PlanDatum) -> dict[str, str]:
+        return protocol.datum_env(datum, self.job_id, str(self.pfs))
+
+    def _forget(self, seq: int) -> None:
+        """Remove the control files of an exchange that is over (the ctl volume is small)."""
+        for what in ("datum", "request", "committed", "failed", "abort"):
+            try:
+                (self.ctl / f"{what}.{seq}").unlink()
+            except FileNotFoundError:
+                pass
+
+    async def _prepare(self, plan: protocol.Plan, datum: protocol.PlanDatum) -> None:
+        assert self.inputs is not None
+        out = self.pfs / "out"
+        out.mkdir(parents=True, exist_ok=True)
+        os.chmod(out, 0o777)  # the user container runs as another uid
+        for item in datum.inputs:
+            target = self.pfs / item.name
+            target.mkdir(parents=True, exist_ok=True)
+            if plan.mode == protocol.FUSE and item.whole:
+                self.datum_mounts.append(await self._mount_input(item, target))
+            else:
+                await trio.to_thread.run_sync(self.inputs.copy, item, target)
+
+    async def _mount_input(self, item: protocol.PlanInput, target: Path) -> Mount:
+        start: dict[str, Any] = {
+            "op": "start",
+            "mode": "mount",
+            "mountpoint": str(target),
+            "refs": [f"{item.repo}@{item.commit}"],
+            "read_only": True,
+            "create": False,
+            "autosnapshot": None,
+            "allow_other": True,
+            "open_to_pod": True,
+        }
+        m = await self.manager.start(secrets.token_hex(6), start)
+        await self._answers(m.mountpoint)
+        return m
+
+    async def _cleanup(self) -> None:
+        mounts, self.datum_mounts = self.datum_mounts, []
+        for m in mounts:
+            await self.manager._shutdown_one(m)
+        await trio.to_thread.run_sync(self._clear_pfs)
+
+
 # -- entry point -------------------------------------------------------------------------------
 def _positive(text: str) -> float:
     try:
@@ -316,12 +507,25 @@ def _positive(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pfsfs sidecar", description=__doc__)
     parser.add_argument("--home")
+    parser.add_argument("--job", help="be the sidecar of this pfsfs job's Kubernetes pod")
+    parser.add_argument("--ctl", type=Path, default=Path("/run/pfsfs"))
+    parser.add_argument("--pfs", type=Path, default=Path("/pfs"))
+    parser.add_argument("--install-wrapper", type=Path, metavar="PATH")
     parser.add_argument("--mount", action="append", default=[], metavar="REF:DIR[:ro|:rw]")
     parser.add_argument("--ready-file", type=Path)
     parser.add_argument("--grace", type=_positive, default=DEFAULT_GRACE)
     parser.add_argument("--autosnapshot", type=_positive)
     parser.add_argument("-v", "--verbose", action="count", default=0)
     return parser
+
+
+def _shard_index(environ: dict[str, str] | os._Environ[str]) -> int:
+    text = environ.get("JOB_COMPLETION_INDEX", "")
+    if not text.isdigit():
+        raise InvalidInput(
+            f"JOB_COMPLETION_INDEX={text!r}: --job needs the pod's index of an Indexed Job"
+        )
+    return int(text)
 
 
 def _single(exc: BaseException) -> BaseException:
@@ -337,18 +541,34 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s pfsfs-sidecar %(levelname)s %(name)s: %(message)s",
     )
     home = Path(args.home).expanduser().absolute() if args.home else default_home().absolute()
+    if args.install_wrapper is not None:
+        protocol.install_wrapper(args.install_wrapper)
+        sys.exit(0)
     try:
-        specs = [parse_mount(text) for text in args.mount]
-        check_specs(specs)
-        prepare_home(home, store_from_env(os.environ))
-        sidecar = Sidecar(
-            home,
-            specs,
-            ready_file=args.ready_file.absolute() if args.ready_file else None,
-            grace=args.grace,
-            autosnapshot=args.autosnapshot,
-            verbose=args.verbose,
-        )
+        if args.job is not None:
+            prepare_home(home, store_from_env(os.environ))
+            sidecar: Sidecar = JobSidecar(
+                home,
+                args.job,
+                args.ctl.absolute(),
+                args.pfs.absolute(),
+                _shard_index(os.environ),
+                pod=os.environ.get("PFSFS_POD", ""),
+                grace=args.grace,
+                verbose=args.verbose,
+            )
+        else:
+            specs = [parse_mount(text) for text in args.mount]
+            check_specs(specs)
+            prepare_home(home, store_from_env(os.environ))
+            sidecar = Sidecar(
+                home,
+                specs,
+                ready_file=args.ready_file.absolute() if args.ready_file else None,
+                grace=args.grace,
+                autosnapshot=args.autosnapshot,
+                verbose=args.verbose,
+            )
         try:
             trio.run(sidecar.main)
         except BaseException as exc:  # noqa: BLE001 - unwrap trio's one-error groups
@@ -358,6 +578,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:  # the home or a directory cannot be made (permissions, full disk)
+        print(f"pfsfs: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        sys.exit(7)
     sys.exit(sidecar.exit_code)
 
 

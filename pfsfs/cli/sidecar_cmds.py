@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
+from ..errors import InvalidInput
 from .common import AppContext, pass_app
 
 POSITIVE = click.FloatRange(min=0, min_open=True)
@@ -20,10 +22,21 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
     "--mount",
     "mounts",
     multiple=True,
-    required=True,
     metavar="REF:DIR[:ro|:rw]",
     help="Mount REF at DIR (repeatable): inputs with :ro; at most one read-write output.",
 )
+@click.option(
+    "--job",
+    "job_id",
+    metavar="JOB",
+    help="Be the sidecar of a pod of this pipeline job's Kubernetes Job (datums from its plan).",
+)
+@click.option("--ctl", metavar="DIR", default="/run/pfsfs", show_default=True,
+              help="With --job: the control directory shared with pfsfs-wrap.")
+@click.option("--pfs", metavar="DIR", default="/pfs", show_default=True,
+              help="With --job: where /pfs/<input> and /pfs/out are prepared.")
+@click.option("--install-wrapper", metavar="PATH",
+              help="Copy the pfsfs-wrap script to PATH and exit (a Job pod's init container).")
 @click.option("--ready-file", metavar="PATH", help="Written once every mount answers.")
 @click.option(
     "--grace",
@@ -44,6 +57,10 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 def sidecar(
     app: AppContext,
     mounts: tuple[str, ...],
+    job_id: str | None,
+    ctl: str,
+    pfs: str,
+    install_wrapper: str | None,
     ready_file: str | None,
     grace: float,
     autosnapshot: float | None,
@@ -56,7 +73,18 @@ def sidecar(
     snapshots and unmounts within --grace seconds; on overrun it exits 1 and what was staged
     stays recoverable (`pfsfs recover`, or the next sidecar run resumes it).
     """
+    if install_wrapper:
+        from ..k8s.protocol import install_wrapper as install
+
+        install(Path(install_wrapper))
+        return
+    if not mounts and not job_id:
+        raise InvalidInput("give --mount REF:DIR (repeatable) or --job JOB")
+    if mounts and job_id:
+        raise InvalidInput("--job prepares its own mounts; do not give --mount with it")
     argv = [sys.executable, "-m", "pfsfsd.sidecar", "--home", str(app.home_path.absolute())]
+    if job_id:
+        argv += ["--job", job_id, "--ctl", ctl, "--pfs", pfs]
     for m in mounts:
         argv += ["--mount", m]
     if ready_file:

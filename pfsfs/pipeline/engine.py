@@ -367,6 +367,10 @@ class _JobRun:
             len(datums) - len(todo),
             len(todo),
         )
+        batch = getattr(self.runner, "run_batch", None)
+        if batch is not None:  # the runner runs the whole job elsewhere (kubernetes)
+            await batch(self, todo)
+            todo = []
         slots = trio.Semaphore(self.spec.parallelism)
         self.tracer = self._open_tracer() if todo else None
         async with trio.open_nursery() as nursery:

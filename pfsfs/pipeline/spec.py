@@ -27,8 +27,11 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-RUNNERS = ("podman", "local")
-"""Accepted `runner:` values; a `kubernetes` runner gets added here when it exists."""
+RUNNERS = ("podman", "local", "kubernetes")
+"""Accepted `runner:` values."""
+K8S_MODES = ("fuse", "copy")
+"""`kubernetes.mode`: inputs through the sidecar's FUSE mounts, or copied (no privileges)."""
+DEFAULT_K8S_TTL = 86400.0
 
 #: Bounds that keep a spec's values storable (msgpack: 64-bit integers) and sane.
 MAX_SPEC_BYTES = 1 << 20
@@ -116,6 +119,17 @@ class ResourceLimits:
 
 
 @dataclass(frozen=True)
+class KubernetesOptions:
+    """The `kubernetes:` section, read by the kubernetes runner only (other runners ignore it,
+    so one spec runs anywhere by changing `runner:` alone)."""
+
+    mode: str = "fuse"
+    job_timeout: float | None = None
+    """The Job's activeDeadlineSeconds (default: derived from datum_timeout, if set)."""
+    ttl_after_finished: float = DEFAULT_K8S_TTL
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     """A validated pipeline. `name` is also the output repo."""
 
@@ -129,6 +143,7 @@ class PipelineSpec:
     datum_timeout: float | None = None
     resource_limits: ResourceLimits = field(default_factory=ResourceLimits)
     runner: str = "podman"
+    kubernetes: KubernetesOptions = field(default_factory=KubernetesOptions)
 
     def pfs_inputs(self) -> list[PfsInput]:
         """Every pfs input, in spec order."""
@@ -527,7 +542,24 @@ _TOP_FIELDS = (
     "datum_timeout",
     "resource_limits",
     "runner",
+    "kubernetes",
 )
+
+
+def _parse_kubernetes(raw: Any) -> KubernetesOptions:
+    f = _Fields(raw, "kubernetes", ("mode", "job_timeout", "ttl_after_finished"))
+    mode = f.text("mode", "fuse") or ""
+    if mode not in K8S_MODES:
+        raise _bad(f.at("mode"), f"unknown mode {mode!r} (one of {', '.join(K8S_MODES)})")
+    timeout = raw.get("job_timeout")
+    ttl = raw.get("ttl_after_finished")
+    return KubernetesOptions(
+        mode=mode,
+        job_timeout=parse_duration(timeout, f.at("job_timeout")) if timeout is not None else None,
+        ttl_after_finished=(
+            parse_duration(ttl, f.at("ttl_after_finished")) if ttl is not None else DEFAULT_K8S_TTL
+        ),
+    )
 
 
 class _Problems:
@@ -601,8 +633,13 @@ def parse_spec_dict(raw: Any, *, repos: Collection[str] | None = None) -> Pipeli
         problems.add("runner", f"unknown runner {runner!r} (one of {', '.join(RUNNERS)})")
     if transform is not None and input_ is not None:
         _check_code(transform, input_, runner, problems)
-    if runner == "podman" and transform is not None and transform.image is None:
-        problems.add("transform.image", "required by the podman runner")
+    if runner in ("podman", "kubernetes") and transform is not None and transform.image is None:
+        problems.add("transform.image", f"required by the {runner} runner")
+    kubernetes = (
+        problems.attempt(_parse_kubernetes, raw["kubernetes"], default=None)
+        if f.has("kubernetes")
+        else None
+    )
     parallelism = problems.attempt(_parallelism, f, raw, default=1)
     limits = problems.attempt(_limits, f, raw, default=ResourceLimits())
     description = problems.attempt(f.text, "description", "", default="") or ""
@@ -630,6 +667,7 @@ def parse_spec_dict(raw: Any, *, repos: Collection[str] | None = None) -> Pipeli
         datum_timeout=datum_timeout,
         resource_limits=limits,
         runner=runner,
+        kubernetes=kubernetes or KubernetesOptions(),
     )
 
 
@@ -743,6 +781,9 @@ def spec_to_dict(spec: PipelineSpec) -> dict[str, Any]:
     limits = {k: v for k, v in vars(spec.resource_limits).items() if v is not None}
     if limits:
         d["resource_limits"] = limits
+    if spec.kubernetes != KubernetesOptions():  # absent from older specs: their hash stays
+        k8s = {k: v for k, v in vars(spec.kubernetes).items() if v is not None}
+        d["kubernetes"] = k8s
     return d
 
 

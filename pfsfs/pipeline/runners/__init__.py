@@ -1,6 +1,7 @@
 """Transform runners: run one datum in a sandbox and report how it went.
 
-`make_runner(kind)` builds one by its spec name (`podman`, `local`); `run_with_retries` applies
+`make_runner(kind)` builds one by its spec name (`podman`, `local`, `kubernetes`: whole jobs
+as Kubernetes Jobs, through `run_batch`); `run_with_retries` applies
 `datum_tries`; `run_datum_async` runs a datum from trio in a worker thread and kills it when the
 surrounding scope is cancelled.
 """
@@ -17,6 +18,7 @@ import trio
 
 from ...errors import InvalidInput
 from .base import DatumContext, DatumResult, Runner
+from .kubernetes import KubernetesRunner
 from .local import LocalRunner
 from .podman import CONTAINERS_CONF, PodmanRunner
 
@@ -26,6 +28,7 @@ __all__ = [
     "CONTAINERS_CONF",
     "DatumContext",
     "DatumResult",
+    "KubernetesRunner",
     "LocalRunner",
     "PodmanRunner",
     "Runner",
@@ -34,7 +37,11 @@ __all__ = [
     "run_with_retries",
 ]
 
-RUNNER_CLASSES: dict[str, Any] = {"podman": PodmanRunner, "local": LocalRunner}
+RUNNER_CLASSES: dict[str, Any] = {
+    "podman": PodmanRunner,
+    "local": LocalRunner,
+    "kubernetes": KubernetesRunner,
+}
 
 
 def make_runner(kind: str, **options: Any) -> Runner:
