@@ -498,3 +498,44 @@ def test_shared_group_needs_a_local_store_outside_the_home(tmp_path: Path) -> No
     )
     assert "must be UTF-8" in refused(tmp_path / "h", "init", "--store", b"/tmp/\xff")
     assert "must be UTF-8" in refused(tmp_path / "h", "--home", b"/tmp/\xff", "repo", "list")
+
+
+def _catches_sigterm(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_signal_while_pfsfs_starts_up_is_one_line(tmp_path: Path, sig: signal.Signals) -> None:
+    """Importing the commands is slow on a loaded machine: a signal then is one line and
+    128 + N, never a KeyboardInterrupt traceback or a silent death (a fixed-delay signal test
+    saw both under CI load). The console script users run catches signals from its first line
+    (``pfsfs/cli/entry.py``); the interpreter's own start, before any pfsfs code, is not ours:
+    the signal is sent from the moment the script catches SIGTERM, at several delays into the
+    imports."""
+    script = Path(sys.executable).with_name("pfsfs")
+    env = {**os.environ, "PFSFS_HOME": str(tmp_path / "home")}
+    for delay in (0.0, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08):
+        proc = subprocess.Popen(  # reads stdin, which never ends: it is still running
+            [str(script), "put", "r@master:/x", "-f", "-"],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=env,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not _catches_sigterm(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            time.sleep(delay)
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        lines = err.decode().strip().splitlines()
+        assert proc.returncode == 128 + sig, (delay, proc.returncode, lines)
+        assert len(lines) == 1 and "Traceback" not in lines[0], (delay, lines)

@@ -383,6 +383,24 @@ def test_kill_9_of_a_mount_worker(plain: tuple[Env, Path]) -> None:
 INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
+def wait_until_working(proc: subprocess.Popen[str], target: str, timeout: float = 60) -> None:
+    """Until ``proc`` has ``target`` open (a path, or "socket:" for any socket)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+        except OSError:
+            fds = []
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{proc.pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link == target or (target == "socket:" and link.startswith("socket:")):
+                return
+        time.sleep(0.005)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
 @pytest.mark.parametrize("command", ["put", "snapshot"])
 def test_signal_of_a_long_command(
@@ -400,7 +418,9 @@ def test_signal_of_a_long_command(
             shutil.copyfile(env.root / "new", mp / "f")
             args = ["snapshot", str(mp), "-m", "interrupted"]
         proc = pfsfs_popen(env, *args)
-        time.sleep(0.3)
+        # the command is under way once it reads the file (put) or talks to the daemon
+        # (snapshot): a fixed sleep sent the signal during start-up on a loaded machine
+        wait_until_working(proc, str(env.root / "new") if command == "put" else "socket:")
         assert proc.poll() is None, "the command ended before the signal"
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
