@@ -219,6 +219,36 @@ class StoreContract:
         assert store.get("chunk/9999999999999903", 1000, 10) == data[1000:1010]
         store.flush()
 
+    def test_listing_while_others_write(self, store: ObjectStore) -> None:
+        """A listing runs while other threads put and delete: it fails for none of them and
+        shows every blob that was there before it started and stayed."""
+        for i in range(10):
+            store.put(f"chunk/bbbbbbbbbbbbbb{i:02d}", b"kept")
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def churn() -> None:
+            n = 0
+            try:
+                while not stop.is_set():
+                    key = f"chunk/cccccccccccccc{n % 20:02d}"
+                    store.put(key, b"churn")
+                    store.delete(key)
+                    n += 1
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                errors.append(exc)
+
+        worker = threading.Thread(target=churn)
+        worker.start()
+        try:
+            for _ in range(5):
+                listed = {b.key for b in store.list("chunk/")}
+                assert {f"chunk/bbbbbbbbbbbbbb{i:02d}" for i in range(10)} <= listed
+        finally:
+            stop.set()
+            worker.join()
+        assert errors == []
+
     def test_deleted_refs_are_not_listed(self, store: ObjectStore) -> None:
         store.set_ref("branches/c/master", None, b"1")
         store.set_ref("branches/c/dev", None, b"2")

@@ -27,7 +27,7 @@ from pathlib import Path
 import lmdb
 
 from ..errors import Corruption, NotFound, RefChanged, StoreError, StoreFull
-from .base import BlobInfo, ObjectStore, check_blob_key, check_key
+from .base import BlobInfo, ObjectStore, StoreProperties, check_blob_key, check_key
 from .uploads import UploadQueue
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,10 @@ def _alive(pid: int) -> bool:
 
 class LocalObjectStore(ObjectStore):
     """Files on a local filesystem; refs in LMDB."""
+
+    #: Not remote, not a read cache, and (as ever for local stores, group-shared ones too) not
+    #: ``shared``: writers skip the dedup re-validation that S3 stores get.
+    properties = StoreProperties()
 
     def __init__(self, root: str | os.PathLike[str], *, background_writes: bool = True) -> None:
         self.root = Path(root)

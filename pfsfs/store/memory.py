@@ -6,9 +6,9 @@ move only by compare-and-swap and a lost race is ``RefChanged``. Nothing survive
 so ``flush`` has nothing to make durable; every call is atomic under one lock, which makes the
 store safe to share between threads (the mount's and the writers' alike).
 
-``Repository(MemoryObjectStore(), index)`` is a whole repository without a store on disk; the
-home's ``config.json`` can also name it (``{"type": "memory"}``), which only makes sense
-within one process (a test), since the next process starts with an empty store.
+``Repository(home, config, MemoryObjectStore(), Index(...))`` is a whole repository without a
+store on disk (``tests/store_backends.memory_repository``). A home's ``config.json`` cannot
+name it: the next process would find an empty store, and every commit of the last one gone.
 """
 
 from __future__ import annotations
