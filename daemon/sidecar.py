@@ -148,9 +148,7 @@ def prepare_home(home: Path, store: dict[str, Any] | None) -> None:
         )
     repo = Repository.init(home, HomeConfig(store))
     try:
-        check = getattr(repo.store, "check", None)
-        if check is not None:
-            check()  # wrong credentials or a missing bucket fail now, in one line
+        repo.store.check()  # wrong credentials or a missing bucket fail now, in one line
     finally:
         repo.close()
     log.info("initialised %s for store %s", home, _where(store))

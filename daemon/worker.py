@@ -167,7 +167,7 @@ class Worker:
     # -- setup ---------------------------------------------------------------------------------
     def chunk_cache(self, repo: Repository) -> ChunkCache:
         """The chunk cache the mount reads committed files through, tuned to the store."""
-        if repo.config.store.get("type") == "local":
+        if not repo.store.properties.remote:
             return ChunkCache(repo.reader)
         # A remote store: more kernel read-ahead in flight, and chunks verified further ahead
         # (16 chunks, about a pack) by two threads (BLAKE3 releases the GIL). On 2 cores with
@@ -178,7 +178,7 @@ class Worker:
         cache_dir = None
         # A remote store without a local cache of its own gets one here; a store that already
         # caches (S3 behind CachingStore) must not be cached twice (twice the disk writes).
-        if repo.store.uncached() is repo.store:
+        if not repo.store.properties.caches_reads:
             cache_dir = self.home / "cache" / "chunks"
         return ChunkCache(repo.reader, disk_dir=cache_dir, read_ahead=16, read_ahead_workers=2)
 

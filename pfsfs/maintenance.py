@@ -214,11 +214,9 @@ def _remove_temp(repo: Repository, cutoff: float, report: GcReport) -> None:
     """Temp files older than the grace period: what a writer killed mid-``put`` left. Under
     the gc lock no writer of this home is running; the store keeps those of live writers of
     other homes (see ``LocalObjectStore.remove_temp``)."""
-    remove = getattr(repo.store.uncached(), "remove_temp", None)
-    # S3 writes are atomic PUTs; a killed multipart upload is expired by a bucket lifecycle
-    # rule (AbortIncompleteMultipartUpload), not here.
-    if remove is not None:
-        report.temp_files, report.temp_bytes = remove(cutoff)
+    # S3 writes are atomic PUTs (none to remove); a killed multipart upload is expired by a
+    # bucket lifecycle rule (AbortIncompleteMultipartUpload), not here.
+    report.temp_files, report.temp_bytes = repo.store.uncached().remove_temp(cutoff)
 
 
 def fsck(repo: Repository, *, deep: bool = False) -> list[str]:

@@ -214,10 +214,9 @@ class ObjectReader:
         key = model.blob_key(loc)
         data = self._get_verified(self.store, key, loc)
         if data is None:
-            truth = self.store.uncached()
-            if truth is not self.store:
+            if self.store.properties.caches_reads:
                 self.store.discard(key, loc.offset, loc.length)
-                data = self._get_verified(truth, key, loc)
+                data = self._get_verified(self.store.uncached(), key, loc)
                 if data is not None:
                     log.warning(
                         "object %s in %s: the read cache's copy was bad or short (or a bad "
@@ -242,7 +241,7 @@ class ObjectReader:
             else:
                 data = store.get(key)
         except NotFound:
-            if store.uncached() is not store:
+            if store.properties.caches_reads:
                 return None  # the cache may be short of it: the store may not
             raise Corruption(
                 f"object {loc.hex[:16]} is missing from the store ({key}); run `pfsfs fsck`"

@@ -1,9 +1,16 @@
-"""The Repository API directly: change sets, O(changes) commits, CAS on branches, packing."""
+"""The Repository API directly: change sets, O(changes) commits, CAS on branches, packing.
+
+The core runs on the memory twin (``store_backends.memory_repository``: no store on disk);
+packing and two processes committing at once run on the local store too, since those are
+about what lands in a store on disk and about ref CAS across processes.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +19,10 @@ from pfsfs.changes import ChangeSet
 from pfsfs.errors import BranchMoved, InvalidInput
 from pfsfs.model import DIR, FILE, SYMLINK, Entry, ManifestChunk
 from pfsfs.repository import Repository
+from pfsfs.store.local import LocalObjectStore
+from pfsfs.store.memory import MemoryObjectStore
+
+from .store_backends import memory_repository
 
 
 def file_entry(repo: Repository, data: bytes, mtime: int = 1) -> Entry:
@@ -28,8 +39,23 @@ def read(repo: Repository, ref: str) -> bytes:
 
 
 @pytest.fixture
-def repo(tmp_path: Path):  # type: ignore[no-untyped-def]
-    with Repository.open(tmp_path / "home") as r:
+def repo(tmp_path: Path) -> Iterator[Repository]:
+    """A repository ``r`` on the memory twin."""
+    with memory_repository(tmp_path) as r:
+        assert isinstance(r.store, MemoryObjectStore)
+        r.create_repo("r")
+        yield r
+
+
+@pytest.fixture(params=["memory", "local"])
+def any_repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
+    """A repository ``r`` on the memory twin, then on a local store in a home on disk."""
+    if request.param == "memory":
+        opened = memory_repository(tmp_path)
+    else:
+        opened = Repository.open(tmp_path / "home")
+        assert isinstance(opened.store, LocalObjectStore)
+    with opened as r:
         r.create_repo("r")
         yield r
 
@@ -133,7 +159,8 @@ def test_concurrent_commits_from_two_processes_lose_none(tmp_path: Path) -> None
         assert root.nfiles == 80
 
 
-def test_small_files_are_packed(repo: Repository, tmp_path: Path) -> None:
+def test_small_files_are_packed(any_repo: Repository) -> None:
+    repo = any_repo
     cs = ChangeSet()
     with repo.writer() as w:
         for i in range(500):
@@ -157,19 +184,21 @@ def test_empty_file_and_empty_dir(repo: Repository) -> None:
 
 
 def test_shared_store_revalidates_old_dedup_hits(
-    repo: Repository, monkeypatch: pytest.MonkeyPatch
+    any_repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a shared store another machine's gc may delete an object our index still lists; an
     old dedup hit is re-checked, and a vanished object is written again, never referenced."""
     import pfsfs.objects
 
+    repo = any_repo
     data = os.urandom(600 * 1024)
     cs = ChangeSet()
     cs.put("/f", file_entry(repo, data))
     repo.commit("r", "master", cs)
     for blob in repo.store.list("chunk/"):
         repo.store.delete(blob.key)  # "another machine's gc"
-    monkeypatch.setattr(repo.store, "shared", True)
+    shared = dataclasses.replace(repo.store.properties, shared=True)
+    monkeypatch.setattr(repo.store, "properties", shared)
     monkeypatch.setattr(pfsfs.objects, "REVALIDATE_AFTER", -1.0)
     cs = ChangeSet()
     cs.put("/g", file_entry(repo, data))

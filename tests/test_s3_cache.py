@@ -1,10 +1,10 @@
-"""``CachingStore`` over S3 (moto over HTTP): the store contract, and what the cache promises.
+"""``CachingStore`` over S3 (moto over HTTP): what the cache promises beyond the store contract.
 
-The whole contract suite of ``test_store_contract.py`` runs again here with ``store`` bound to a
-``CachingStore`` in front of a fresh S3 prefix. Then: a metadata pack is fetched once, whole; a
-data pack only in blocks; refs are never cached; a corrupted cache file is dropped and fetched
-again; eviction keeps the cache under its size; background uploads are read back before they
-land and a failed one surfaces at ``flush``.
+(The contract itself runs on the caching store in ``test_store_contract.py``,
+``TestCachedS3Store``.) A metadata pack is fetched once, whole; a data pack only in blocks;
+refs are never cached; a corrupted cache file is dropped and fetched again; eviction keeps
+the cache under its size; background uploads are read back before they land and a failed one
+surfaces at ``flush``.
 """
 
 from __future__ import annotations
@@ -24,31 +24,12 @@ from pfsfs.ids import hash_bytes
 from pfsfs.model import DATA_PACK, META_PACK, Locator, new_pack_name, pack_key
 from pfsfs.objects import ObjectReader
 from pfsfs.store import cachewriter
-from pfsfs.store.base import ObjectStore
 from pfsfs.store.cache import DIGEST, CachingStore
 from pfsfs.store.retry import RetryPolicy
 from pfsfs.store.s3 import S3ObjectStore
 
 from .pagecache import DIRECT_IO_FILESYSTEMS, filesystem_of, resident_bytes
 from .s3server import MotoServer, free_port
-from .test_store_contract import (  # noqa: F401 - re-run the contract on the caching store
-    test_concurrent_cas_loses_no_update,
-    test_delete,
-    test_empty_blob,
-    test_flush_is_safe_to_call,
-    test_get_missing_raises_not_found,
-    test_get_range,
-    test_invalid_keys_rejected,
-    test_large_blob,
-    test_list_by_prefix,
-    test_list_refs,
-    test_put_get_roundtrip,
-    test_put_is_idempotent,
-    test_ref_cas_with_stale_value_fails,
-    test_ref_create_read_update_delete,
-    test_ref_create_twice_fails,
-    test_ref_update_of_missing_ref_fails,
-)
 
 
 def s3_store(server: MotoServer, **kwargs: object) -> S3ObjectStore:
@@ -68,12 +49,6 @@ def cached(s3_server: MotoServer, tmp_path: Path) -> Iterator[CachingStore]:
         yield store
     finally:
         store.close()
-
-
-@pytest.fixture
-def store(cached: CachingStore) -> ObjectStore:
-    """Overrides conftest's ``store``: the contract tests above run on the caching store."""
-    return cached
 
 
 def requests(store: CachingStore) -> int:

@@ -103,9 +103,7 @@ def init(
         if store.get("type") == "s3" and not create_bucket and "does not exist" in exc.message:
             raise StoreError(f"{exc.message} (--create-bucket creates it)") from None
         raise
-    check = getattr(repo.store, "check", None)
-    if check is not None:
-        check()
+    repo.store.check()
     repo.close()
     click.echo(f"initialised {home} (store: {repo.store.location})")
     _report_modes(home, outside, created, shared_group)

@@ -91,9 +91,7 @@ def _run(
     target = remotes.resolve(app.home_path, spec, endpoint_url, region)
     here = app.repo
     with remotes.open_remote(app.home_path, target) as there:
-        check = getattr(there.store, "check", None)
-        if check is not None:
-            check()  # a wrong bucket or endpoint fails here, in one line
+        there.store.check()  # a wrong bucket or endpoint fails here, in one line
         src, dst = (here, there) if direction == "push" else (there, here)
         _same_store(src, dst)
         with _bar(direction) as start:

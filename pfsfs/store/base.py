@@ -11,6 +11,17 @@ Two kinds of state:
 
 Keys are ``/``-separated, made of ``[A-Za-z0-9._-]`` components; backends may map them to
 fan-out directories or prefixes as they see fit. Ref names follow the same rule.
+
+What differs between stores is stated as facts, not discovered by probing: every store has a
+``properties`` value (``StoreProperties``) that callers branch on — whether requests are
+remote, whether other machines share the store, whether this object is a read cache in front
+of the store itself. The read path's hints (``prefetch``, ``prefetch_ranges``,
+``cached_view``, ``discard``, ``put_owned``) are optional methods with do-nothing defaults,
+so a caller never asks whether a store has them; a read cache (``cache.CachingStore``)
+overrides them.
+
+Every implementation passes the one contract suite, ``tests/test_store_contract.py``
+(memory, local, S3 over HTTP, and the read cache in front of S3).
 """
 
 from __future__ import annotations
@@ -32,6 +43,40 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_blob_key(key: str) -> str:
+    """``check_key``, and keys under ``refs/`` are reserved for refs (S3 keeps refs there, the
+    local store its ref table): no blob may shadow them."""
+    check_key(key)
+    if key == "refs" or key.startswith("refs/"):
+        raise ValueError(f"store key {key!r} is reserved for refs")
+    return key
+
+
+@dataclass(frozen=True)
+class StoreProperties:
+    """Facts about a store that its callers act on (instead of testing its type or identity).
+
+    * ``remote`` — every request is a network round trip (S3): readers prefetch ahead, a mount
+      keeps a local cache of verified chunks, ``pfsfs init`` and ``sync`` validate the store
+      early with ``check``.
+    * ``shared`` — other machines may write to (and gc) this store at the same time. Writers
+      then re-validate old dedup hits with ``touch`` and gc re-checks each blob before
+      deleting it.
+    * ``pack_large_chunks`` — every request has a high fixed cost (S3): writers then pack
+      *all* file chunks, large ones too, into data packs of ~16 MiB, so a big file moves in a
+      few large requests instead of one per ~1 MiB chunk; readers fetch ranges of those packs.
+    * ``caches_reads`` — this object is a local read cache in front of ``uncached()``: what
+      it returns may be short or wrong (a torn cache file, a bad response kept) and a miss is
+      not proof of absence, so a reader that finds bad bytes ``discard``s them and asks
+      ``uncached()``; fsck and copies read ``uncached()`` directly. False for the store itself.
+    """
+
+    remote: bool = False
+    shared: bool = False
+    pack_large_chunks: bool = False
+    caches_reads: bool = False
+
+
 @dataclass(frozen=True)
 class BlobInfo:
     """What ``list`` reports of one blob."""
@@ -46,13 +91,23 @@ class ObjectStore(abc.ABC):
 
     #: A short human description, e.g. ``/home/x/.local/share/pfsfs/store`` or ``s3://b/p``.
     location: str = ""
-    #: True when other machines may write to (and gc) this store at the same time. Writers then
-    #: re-validate old dedup hits with ``touch`` and gc re-checks each blob before deleting it.
-    shared: bool = False
-    #: True when every request has a high fixed cost (S3): writers then pack *all* file chunks,
-    #: large ones too, into data packs of ~16 MiB, so a big file moves in a few large requests
-    #: instead of one per ~1 MiB chunk; readers fetch ranges of those packs.
-    pack_large_chunks: bool = False
+    #: What callers may rely on (see ``StoreProperties``); a class sets its own.
+    properties: StoreProperties = StoreProperties()
+
+    @property
+    def shared(self) -> bool:
+        """``properties.shared``: other machines write to and collect this store too."""
+        return self.properties.shared
+
+    @property
+    def pack_large_chunks(self) -> bool:
+        """``properties.pack_large_chunks``: writers pack big files' chunks too."""
+        return self.properties.pack_large_chunks
+
+    def check(self) -> None:  # noqa: B027 - optional hook: nothing to validate by default
+        """Validate early that the store is reachable and usable (a remote store: bucket,
+        endpoint, credentials), raising one ``StoreError`` naming the problem. Stores with
+        nothing to check (local, memory) do nothing."""
 
     # -- blobs -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -68,6 +123,15 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """Return the blob (or ``length`` bytes from ``offset``). Raises ``NotFound``."""
+
+    def get_upto(self, key: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset``: fewer at the end of the blob, none past it.
+        Raises ``NotFound`` only if the blob is missing. (A read cache fetches spans of packs
+        this way; a remote store does it in one request.)"""
+        try:
+            return bytes(self.get(key, offset, length))
+        except NotFound:
+            return bytes(self.get(key, offset))[:length]  # short: the rest, or NotFound
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool:
@@ -138,10 +202,16 @@ class ObjectStore(abc.ABC):
         corrupt (stores without a cache have nothing to forget)."""
 
     def uncached(self) -> ObjectStore:
-        """The store below any local read cache (fsck --deep and copies must read the truth;
-        a read cache's data-pack ranges are checked only by their readers, see
-        ``ObjectReader.read_raw``)."""
+        """The store below any local read cache: ``self`` unless ``properties.caches_reads``
+        (fsck --deep and copies must read the truth; a read cache's data-pack ranges are
+        checked only by their readers, see ``ObjectReader.read_raw``)."""
         return self
+
+    def remove_temp(self, older_than: float) -> tuple[int, int]:
+        """Delete the temp files writers killed mid-``put`` left, last modified before
+        ``older_than`` (epoch seconds); return (files, bytes). Only a store whose ``put`` is a
+        temp file and a rename has any (local); others' writes are atomic: (0, 0)."""
+        return 0, 0
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (connections, environments)."""

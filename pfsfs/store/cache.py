@@ -49,6 +49,7 @@ fetched waits for that fetch instead of issuing a second request.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -65,7 +66,7 @@ from ..errors import NotFound, StoreError
 from ..heldbytes import HeldBytes, owner_of
 from ..ids import hash_bytes
 from ..model import is_meta_pack_key
-from .base import BlobInfo, ObjectStore, check_key
+from .base import BlobInfo, ObjectStore, StoreProperties, check_blob_key, check_key
 from .cachewriter import CacheWriter
 from .directio import DirectFileWriter
 
@@ -152,6 +153,7 @@ class CachingStore(ObjectStore):
     ) -> None:
         self.inner = inner
         self.location = inner.location
+        self._properties = dataclasses.replace(inner.properties, caches_reads=True)
         self.root = Path(cache_dir)
         self._data_blocks = self.root / "data-blocks"  # bare files, no digest (see above)
         # Blocks with a digest, as releases before data-blocks/ wrote them: never read now.
@@ -185,11 +187,14 @@ class CachingStore(ObjectStore):
     def __repr__(self) -> str:
         return f"CachingStore({self.inner!r}, cache={str(self.root)!r})"
 
+    @property
+    def properties(self) -> StoreProperties:  # type: ignore[override]
+        """The inner store's, and: this is a read cache (see ``StoreProperties``)."""
+        return self._properties
+
     def check(self) -> None:
-        """The inner store's early validation (bucket, endpoint, credentials), if it has one."""
-        check = getattr(self.inner, "check", None)
-        if check is not None:
-            check()
+        """The inner store's early validation (bucket, endpoint, credentials)."""
+        self.inner.check()
 
     # -- blobs: writes and metadata go to the inner store -----------------------------------
     def put(self, key: str, data: bytes | memoryview) -> None:
@@ -210,14 +215,6 @@ class CachingStore(ObjectStore):
 
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)
-
-    @property
-    def shared(self) -> bool:  # type: ignore[override]
-        return self.inner.shared
-
-    @property
-    def pack_large_chunks(self) -> bool:  # type: ignore[override]
-        return self.inner.pack_large_chunks
 
     def head(self, key: str) -> BlobInfo | None:
         return self.inner.head(key)
@@ -250,7 +247,7 @@ class CachingStore(ObjectStore):
         *not* checked here (its blocks carry no digest): the caller verifies the chunks in it
         against their ids and ``discard``s the range on a mismatch (``ObjectReader`` does),
         or reads ``uncached()``."""
-        check_key(key)
+        check_blob_key(key)
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
         if key.startswith("pack/") and not is_meta_pack_key(key):
@@ -488,14 +485,7 @@ class CachingStore(ObjectStore):
     def _fetch_span(self, key: str, start: int, nbytes: int) -> bytes:
         """Up to ``nbytes`` of ``key`` from ``start`` in one request (fewer at the pack's end,
         none past it); ``NotFound`` if the pack is missing."""
-        upto = getattr(self.inner, "get_upto", None)
-        if upto is not None:
-            data: bytes = upto(key, start, nbytes)
-        else:
-            try:
-                data = self.inner.get(key, start, nbytes)
-            except NotFound:
-                data = self.inner.get(key, start)  # the last, short span
+        data = self.inner.get_upto(key, start, nbytes)
         if not data and not self.inner.exists(key):
             raise NotFound(f"object {key} is missing from {self.location}")
         return data

@@ -20,13 +20,14 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import lmdb
 
 from ..errors import Corruption, NotFound, RefChanged, StoreError, StoreFull
-from .base import BlobInfo, ObjectStore, check_key
+from .base import BlobInfo, ObjectStore, StoreProperties, check_blob_key, check_key
 from .uploads import UploadQueue
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,10 @@ def _alive(pid: int) -> bool:
 class LocalObjectStore(ObjectStore):
     """Files on a local filesystem; refs in LMDB."""
 
+    #: Not remote, not a read cache, and (as ever for local stores, group-shared ones too) not
+    #: ``shared``: writers skip the dedup re-validation that S3 stores get.
+    properties = StoreProperties()
+
     def __init__(self, root: str | os.PathLike[str], *, background_writes: bool = True) -> None:
         self.root = Path(root)
         self.location = str(self.root)
@@ -82,7 +87,7 @@ class LocalObjectStore(ObjectStore):
 
     # -- paths -------------------------------------------------------------------------------
     def _path(self, key: str) -> Path:
-        check_key(key)
+        check_blob_key(key)
         head, _, name = key.rpartition("/")
         fan = name[:2] if len(name) > 8 else "_"
         return self.root / head / fan / name if head else self.root / fan / name
@@ -123,6 +128,8 @@ class LocalObjectStore(ObjectStore):
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(key)
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
         queued = self._uploads.pending(key) if self._uploads is not None else None
         if queued is not None:
             return queued[offset:] if length is None else queued[offset : offset + length]
@@ -145,6 +152,8 @@ class LocalObjectStore(ObjectStore):
         return self._path(key).exists()
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        if self._uploads is not None:
+            self._uploads.drain()  # a listing shows every put that returned
         # Walk from the deepest directory the prefix names, then filter by key.
         if not self.root.exists():
             return
@@ -199,8 +208,12 @@ class LocalObjectStore(ObjectStore):
         return removed, freed
 
     def head(self, key: str) -> BlobInfo | None:
+        path = self._path(key)
+        queued = self._uploads.pending(key) if self._uploads is not None else None
+        if queued is not None:
+            return BlobInfo(key, len(queued), time.time())
         try:
-            st = self._path(key).stat()
+            st = path.stat()
         except FileNotFoundError:
             return None
         return BlobInfo(key, st.st_size, st.st_mtime)

@@ -65,7 +65,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, IncompleteReadError
 
 from ..errors import InvalidInput, NotFound, PfsError, RefChanged, StoreError
-from .base import BlobInfo, ObjectStore, check_key
+from .base import BlobInfo, ObjectStore, StoreProperties, check_blob_key, check_key
 from .retry import RetryPolicy, call_with_retry
 from .s3errors import (
     CAS_CODES,
@@ -176,8 +176,9 @@ class RequestCounter:
 class S3ObjectStore(ObjectStore):
     """Blobs and refs in an S3 bucket (AWS, Ceph radosgw, moto, ...)."""
 
-    shared = True  # other machines write to and collect the same bucket
-    pack_large_chunks = True  # a request costs ~ms: big files go up in ~16 MiB packs
+    #: Other machines write to and collect the same bucket; a request costs ~ms, so big files
+    #: go up in ~16 MiB packs.
+    properties = StoreProperties(remote=True, shared=True, pack_large_chunks=True)
 
     def __init__(
         self,
@@ -320,10 +321,7 @@ class S3ObjectStore(ObjectStore):
         return " ".join(text.split())  # one line
 
     def _key(self, key: str) -> str:
-        check_key(key)
-        if key == "refs" or key.startswith("refs/"):
-            raise ValueError(f"store key {key!r} is reserved for refs")
-        return self._base + key
+        return self._base + check_blob_key(key)
 
     def _ref_key(self, name: str) -> str:
         check_key(name)
