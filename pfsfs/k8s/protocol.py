@@ -19,9 +19,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import stat
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,10 +28,10 @@ from typing import Any
 
 from .. import codec
 from ..errors import InvalidInput, PfsError, RefChanged
-from ..model import SYMLINK, Entry, Locator
+from ..model import Entry, Locator
 from ..repository import Repository
 from ..store.base import ObjectStore
-from ..transfer import export_file, file_entry, store_chunks
+from ..transfer import export_file
 
 PLAN_VERSION = 1
 RECORD_VERSION = 1
@@ -207,38 +206,18 @@ def has_record(store: ObjectStore, job_id: str, datum_id: str) -> bool:
 # -- the sidecar's side: inputs in, outputs out --------------------------------------------------
 
 
-def walk_output(root: bytes) -> Iterable[tuple[bytes, bytes, os.stat_result]]:
-    from ..pipeline.engine import walk_output as walk
-
-    return walk(root)
-
-
 def ingest(repository: Repository, out_dir: Path, warn: Callable[[str], None]) -> list[Output]:
     """Store every file and symlink below ``out_dir`` (durable when this returns); the same
     entries the engine's local ingest makes."""
-    chunker = repository.chunker()
-    outputs: list[Output] = []
+    from ..pipeline.engine import ingest_output  # (the engine imports runners: no cycle here)
+
     with repository.writer() as writer:
-        for rel, path, st in walk_output(os.fsencode(out_dir)):
-            if stat.S_ISREG(st.st_mode):
-                manifest, size = store_chunks(chunker.cut_file(path), writer, lambda _n: None)
-                loc = writer.put_manifest(manifest)
-                outputs.append((rel, file_entry(st, loc, size), [loc, *(c.loc for c in manifest)]))
-            elif stat.S_ISLNK(st.st_mode):
-                target = os.readlink(path)
-                entry = Entry(
-                    SYMLINK,
-                    stat.S_IMODE(st.st_mode),
-                    st.st_uid,
-                    st.st_gid,
-                    st.st_mtime_ns,
-                    len(target),
-                    target=target,
-                )
-                outputs.append((rel, entry, []))
-            else:
-                warn(f"skipping {os.fsdecode(rel)} (not a file)")
-    return outputs
+        return ingest_output(
+            out_dir,
+            repository.chunker(),
+            writer,
+            lambda what: warn(f"skipping {what} (not a file)"),
+        )
 
 
 def store_datum(

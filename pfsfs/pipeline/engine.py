@@ -36,10 +36,12 @@ import blake3
 import trio
 
 from ..changes import ChangeSet, check_name, split_path
+from ..chunking import Chunker
 from ..display import plural
 from ..errors import BranchMoved, PfsError
 from ..ids import to_hex
 from ..model import FILE, SYMLINK, Entry, Locator
+from ..objects import ObjectWriter
 from ..repository import Repository
 from ..transfer import export_file, file_entry, store_chunks
 from ..treediff import same_entry
@@ -657,27 +659,13 @@ class _JobRun:
 
     def _ingest(self, out_dir: Path) -> list[Output]:
         writer = self._open_writer()
-        outputs = []
-        for rel, path, st in walk_output(os.fsencode(out_dir)):
-            if stat.S_ISREG(st.st_mode):
-                manifest, size = store_chunks(self._chunker.cut_file(path), writer, _ignore)
-                loc = writer.put_manifest(manifest)
-                locs = [loc, *(c.loc for c in manifest)]
-                outputs.append((rel, file_entry(st, loc, size), locs))
-            elif stat.S_ISLNK(st.st_mode):
-                target = os.readlink(path)
-                entry = Entry(
-                    SYMLINK,
-                    stat.S_IMODE(st.st_mode),
-                    st.st_uid,
-                    st.st_gid,
-                    st.st_mtime_ns,
-                    len(target),
-                    target=target,
-                )
-                outputs.append((rel, entry, []))
-            else:
-                log.warning("job %s: skipping %s (not a file)", self.job.id, os.fsdecode(rel))
+        job = self.job.id
+        outputs = ingest_output(
+            out_dir,
+            self._chunker,
+            writer,
+            lambda what: log.warning("job %s: skipping %s (not a file)", job, what),
+        )
         for _, _, locs in outputs:
             self.roots.extend(locs)
         return outputs
@@ -800,6 +788,35 @@ def is_interrupt(exc: BaseException) -> bool:
 
 def _ignore(_n: int) -> None:
     pass
+
+
+def ingest_output(
+    out_dir: Path, chunker: Chunker, writer: ObjectWriter, skipped: Callable[[str], None]
+) -> list[Output]:
+    """Store every file and symlink below a transform's ``/pfs/out`` through ``writer``:
+    ``(path, entry, locators it needs)`` each (``skipped`` hears about anything else). The one
+    ingest of outputs, for local, podman and Kubernetes runs alike."""
+    outputs: list[Output] = []
+    for rel, path, st in walk_output(os.fsencode(out_dir)):
+        if stat.S_ISREG(st.st_mode):
+            manifest, size = store_chunks(chunker.cut_file(path), writer, _ignore)
+            loc = writer.put_manifest(manifest)
+            outputs.append((rel, file_entry(st, loc, size), [loc, *(c.loc for c in manifest)]))
+        elif stat.S_ISLNK(st.st_mode):
+            target = os.readlink(path)
+            entry = Entry(
+                SYMLINK,
+                stat.S_IMODE(st.st_mode),
+                st.st_uid,
+                st.st_gid,
+                st.st_mtime_ns,
+                len(target),
+                target=target,
+            )
+            outputs.append((rel, entry, []))
+        else:
+            skipped(os.fsdecode(rel))
+    return outputs
 
 
 def walk_output(root: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
