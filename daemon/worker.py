@@ -58,6 +58,7 @@ from .mountinfo import (
     raise_read_ahead,
     unmount,
 )
+from .precommit import Precommitter
 from .protocol import Channel, error_reply
 from .snapshot import VolumeResult, snapshot
 from .staging import Staging
@@ -163,6 +164,7 @@ class Worker:
         self.read_ahead_kb = READ_AHEAD_KB
         self.earlier: list[VolumeResult] = []
         self.snapshots = 0
+        self.precommit: Precommitter | None = None
 
     # -- setup ---------------------------------------------------------------------------------
     def chunk_cache(self, repo: Repository) -> ChunkCache:
@@ -246,10 +248,16 @@ class Worker:
                 )
         self.set_gc_roots()
 
+    def base_roots(self) -> list[str]:
+        assert self.tree is not None
+        return [to_hex(v.base) for v in self.tree.volumes if v.base]
+
     def set_gc_roots(self) -> None:
-        assert self.repo is not None and self.tree is not None
-        bases = [to_hex(v.base) for v in self.tree.volumes if v.base]
-        self.repo.index.set_gc_roots(f"mount:{self.mount_id}", bases)
+        """The mount's gc roots: its base commits, and what background chunking stored for
+        files no commit holds yet."""
+        assert self.repo is not None
+        pre = self.precommit.root_locators() if self.precommit is not None else []
+        self.repo.index.set_gc_roots(f"mount:{self.mount_id}", self.base_roots(), pre)
 
     def mount(self) -> None:
         assert self.tree is not None
@@ -328,6 +336,15 @@ class Worker:
                 if interval:
                     nursery.start_soon(self.autosnapshot_loop, float(interval))
                 nursery.start_soon(trim_when_idle, self.activity)
+                if not all(v.read_only for v in self.tree.volumes):  # type: ignore[union-attr]
+                    self.precommit = Precommitter(
+                        self.tree,  # type: ignore[arg-type]
+                        f"mount:{self.mount_id}",
+                        self.base_roots,
+                        self.lock,
+                        lambda: self.unmounting,
+                    )
+                    nursery.start_soon(self.precommit.run)
                 await pyfuse3.main()
                 clean = True
                 nursery.cancel_scope.cancel()
@@ -504,6 +521,8 @@ class Worker:
                 author=author or self.author,
                 kind=kind,
             )
+            if self.precommit is not None:
+                self.precommit.after_snapshot()
             self.set_gc_roots()
             self.snapshots += 1
             await self._invalidate(results)
@@ -631,6 +650,11 @@ class Worker:
         self.unmounting = True
         error: BaseException | None = None
         results: list[VolumeResult] = []
+        if self.precommit is not None:
+            log.info(
+                "background chunking: %d files in %d jobs", self.precommit.files_done,
+                self.precommit.jobs,
+            )
         try:
             if not self.discard and any(
                 not v.read_only and self.tree.nodes[v.root].dirty for v in self.tree.volumes
