@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 SHUTDOWN_GRACE = 10.0  # seconds a busy mount may live on after a shutdown's lazy unmount
+LOCAL_READ_AHEAD = 8  # chunks a local store fetches ahead: cold 1 GiB read 2.3 -> 1.7 s (2 -> 8)
 READY_TIMEOUT = 10.0  # seconds to wait for a new mount to answer before reporting it anyway
 
 VolumeSpec = tuple[str, str | None, bytes | None, bool]
@@ -170,7 +171,7 @@ class Worker:
     def chunk_cache(self, repo: Repository) -> ChunkCache:
         """The chunk cache the mount reads committed files through, tuned to the store."""
         if repo.config.store.get("type") == "local":
-            return ChunkCache(repo.reader)
+            return ChunkCache(repo.reader, read_ahead=LOCAL_READ_AHEAD, read_ahead_workers=2)
         # A remote store: more kernel read-ahead in flight, and chunks verified further ahead
         # (16 chunks, about a pack) by two threads (BLAKE3 releases the GIL). On 2 cores with
         # moto, a cold 1 GiB read waited for verification ~0.7 s with one thread, ~0.3 s with
