@@ -71,6 +71,7 @@ class ContentOps(_Base):
 
     def _truncate(self, node: Node, size: int) -> None:
         self._stage(node)
+        node.gen += 1
         if not self.replaying and self.staging is not None:
             os.ftruncate(self.staging.fd(node.ino), size)
         if size < node.size:
@@ -124,6 +125,7 @@ class ContentOps(_Base):
         """Remember bytes the kernel handed us that are not staged. The kernel already told
         the writer its data is cached, and reports the error only at close or fsync: without
         this a snapshot committed the file without those bytes (and exited 0)."""
+        node.gen += 1
         if node.failed is None:
             node.failed = []
         add_extent(node.failed, a, b)
@@ -137,6 +139,7 @@ class ContentOps(_Base):
 
     def _apply_write(self, node: Node, offset: int, length: int, now: int | None) -> None:
         self._stage(node)
+        node.gen += 1
         if node.base_len:
             add_extent(node.extents, offset, offset + length)
         if offset + length > node.size:

@@ -353,6 +353,7 @@ class PfsOperations(pyfuse3.Operations):
         if node is not None:
             node.opens -= 1
             self.tree.maybe_drop(node)
+            self.tree.file_closed(node)
 
     @fuse_op
     async def fsync(self, fh: int, datasync: bool) -> None:

@@ -52,6 +52,7 @@ from .staging import Staging
 
 if TYPE_CHECKING:
     from .pfsdir import PfsArea
+    from .precommit import Precomputed
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,10 @@ class Tree(NamespaceOps, ContentOps):
         self.partial_links: set[int] = set()
         self.volumes: list[Volume] = []
         self.changes = 0  # mutations since the mount started (autosnapshot watches it)
+        # files whose last handle was closed (inode → size then), for background chunking,
+        # and what that produced (see ``precommit``)
+        self.closed_files: dict[int, int] = {}
+        self.precomputed: dict[int, Precomputed] = {}
         self.next_ino = ROOT + 1
         if multi:
             top = Node(ROOT, "d", RO_VOL)
@@ -451,6 +456,13 @@ class Tree(NamespaceOps, ContentOps):
                 del self.link_groups[key]
         if node.staged and self.staging is not None and not self.replaying:
             self.staging.drop(node.ino)
+
+    def file_closed(self, node: Node) -> None:
+        """The last handle of ``node`` was closed: queue changed content for background
+        chunking (``precommit`` decides whether it qualifies)."""
+        if node.opens == 0 and node.staged and node.kind == "f" and not self.replaying:
+            self.closed_files.pop(node.ino, None)  # re-queued at the end
+            self.closed_files[node.ino] = node.size
 
     def forget(self, ino: int, n: int) -> None:
         node = self.nodes.get(ino)

@@ -112,6 +112,7 @@ class Node:
         "base_len",
         "extents",
         "failed",
+        "gen",
         "dirty",
         "vol",
         "virt",
@@ -145,6 +146,9 @@ class Node:
         # snapshot refuses to commit the file until they are written again, truncated away,
         # or the file is deleted
         self.failed: list[tuple[int, int]] | None = None
+        # bumped by every change of the content (write, truncate, failed write): background
+        # work made from one generation is used only while the node still has it
+        self.gen = 0
         self.dirty = False
         self.virt: tuple[str, int] | None = None
         self.extra: dict[str, Any] | None = None

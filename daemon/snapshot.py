@@ -44,6 +44,7 @@ from pfsfs.repository import default_author
 from pfsfs.treediff import directory_entry, same_entry
 
 from .inodes import Node, Tree, add_extent
+from .precommit import usable
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,9 @@ class Builder:
         staging = self.tree.staging
         assert staging is not None
         if not node.base_len:
+            done = usable(self.tree, node)  # chunked in the background since it was closed
+            if done is not None:
+                return done, node.size
             chunks = self._chunk_region(node, 0, node.size)
             return self.w.put_manifest(chunks), node.size
         assert base is not None and base.ref is not None

@@ -58,6 +58,7 @@ from .mountinfo import (
     raise_read_ahead,
     unmount,
 )
+from .precommit import Precommitter
 from .protocol import Channel, error_reply
 from .snapshot import VolumeResult, snapshot
 from .staging import Staging
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 SHUTDOWN_GRACE = 10.0  # seconds a busy mount may live on after a shutdown's lazy unmount
+LOCAL_READ_AHEAD = 8  # chunks a local store fetches ahead: cold 1 GiB read 2.3 -> 1.7 s (2 -> 8)
 READY_TIMEOUT = 10.0  # seconds to wait for a new mount to answer before reporting it anyway
 
 VolumeSpec = tuple[str, str | None, bytes | None, bool]
@@ -163,12 +165,13 @@ class Worker:
         self.read_ahead_kb = READ_AHEAD_KB
         self.earlier: list[VolumeResult] = []
         self.snapshots = 0
+        self.precommit: Precommitter | None = None
 
     # -- setup ---------------------------------------------------------------------------------
     def chunk_cache(self, repo: Repository) -> ChunkCache:
         """The chunk cache the mount reads committed files through, tuned to the store."""
         if not repo.store.properties.remote:
-            return ChunkCache(repo.reader)
+            return ChunkCache(repo.reader, read_ahead=LOCAL_READ_AHEAD, read_ahead_workers=2)
         # A remote store: more kernel read-ahead in flight, and chunks verified further ahead
         # (16 chunks, about a pack) by two threads (BLAKE3 releases the GIL). On 2 cores with
         # moto, a cold 1 GiB read waited for verification ~0.7 s with one thread, ~0.3 s with
@@ -246,10 +249,16 @@ class Worker:
                 )
         self.set_gc_roots()
 
+    def base_roots(self) -> list[str]:
+        assert self.tree is not None
+        return [to_hex(v.base) for v in self.tree.volumes if v.base]
+
     def set_gc_roots(self) -> None:
-        assert self.repo is not None and self.tree is not None
-        bases = [to_hex(v.base) for v in self.tree.volumes if v.base]
-        self.repo.index.set_gc_roots(f"mount:{self.mount_id}", bases)
+        """The mount's gc roots: its base commits, and what background chunking stored for
+        files no commit holds yet."""
+        assert self.repo is not None
+        pre = self.precommit.root_locators() if self.precommit is not None else []
+        self.repo.index.set_gc_roots(f"mount:{self.mount_id}", self.base_roots(), pre)
 
     def mount(self) -> None:
         assert self.tree is not None
@@ -328,6 +337,15 @@ class Worker:
                 if interval:
                     nursery.start_soon(self.autosnapshot_loop, float(interval))
                 nursery.start_soon(trim_when_idle, self.activity)
+                if not all(v.read_only for v in self.tree.volumes):  # type: ignore[union-attr]
+                    self.precommit = Precommitter(
+                        self.tree,  # type: ignore[arg-type]
+                        f"mount:{self.mount_id}",
+                        self.base_roots,
+                        self.lock,
+                        lambda: self.unmounting,
+                    )
+                    nursery.start_soon(self.precommit.run)
                 await pyfuse3.main()
                 clean = True
                 nursery.cancel_scope.cancel()
@@ -504,6 +522,8 @@ class Worker:
                 author=author or self.author,
                 kind=kind,
             )
+            if self.precommit is not None:
+                self.precommit.after_snapshot()
             self.set_gc_roots()
             self.snapshots += 1
             await self._invalidate(results)
@@ -631,6 +651,11 @@ class Worker:
         self.unmounting = True
         error: BaseException | None = None
         results: list[VolumeResult] = []
+        if self.precommit is not None:
+            log.info(
+                "background chunking: %d files in %d jobs", self.precommit.files_done,
+                self.precommit.jobs,
+            )
         try:
             if not self.discard and any(
                 not v.read_only and self.tree.nodes[v.root].dirty for v in self.tree.volumes
