@@ -29,6 +29,7 @@ import random
 import signal
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ Op = tuple[Any, ...]
 _SAME_ERRNO = {errno.EEXIST: errno.ENOTEMPTY}
 
 CHECKPOINTS = ("snapshot", "remount", "kill", "oldcommit")
+IDLE_S = 0.4  # longer than the mount's quiet time before background chunking (0.2 s)
 
 
 class Mismatch(AssertionError):
@@ -233,6 +235,7 @@ def generate(rng: random.Random, ref: Tree, *, xattrs: bool) -> Op:
         ("reopen_trunc", 3),
         ("trunc_append", 2),
         ("exchange", 1),
+        ("idle", 2),  # lets the mount chunk closed files in the background
     ]
     if xattrs:
         kinds += [("setxattr", 3), ("removexattr", 2)]
@@ -275,6 +278,8 @@ def generate(rng: random.Random, ref: Tree, *, xattrs: bool) -> Op:
         return (op, a_path(), t)
     if op == "fsync":
         return (op, a_path())
+    if op == "idle":
+        return (op, b"")
     if op == "setxattr":
         return (op, a_path(), rng.choice([b"user.a", b"user.b"]), rng.randbytes(rng.randint(0, 40)))
     if op == "removexattr":
@@ -303,6 +308,9 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _apply(root: bytes, op: Op) -> Any:
     kind, path = op[0], _p(root, op[1])
+    if kind == "idle":
+        time.sleep(IDLE_S)
+        return "ok"
     if kind in ("write_trunc", "append", "trunc_append"):
         flags = os.O_WRONLY | os.O_CREAT
         flags |= {"write_trunc": os.O_TRUNC, "append": os.O_APPEND}.get(kind, 0)
