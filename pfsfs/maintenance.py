@@ -29,7 +29,7 @@ from .errors import Corruption, NotFound, PfsError
 from .ids import hash_bytes, to_hex
 from .index import Index, Salvaged, salvage
 from .model import FILE, Entry, Locator
-from .refs import BRANCHES, CONFIG, REPOS, decode_head, repo_ref, split_branch_ref
+from .refs import BRANCHES, CONFIG, JOB_RECORDS, REPOS, decode_head, repo_ref, split_branch_ref
 
 if TYPE_CHECKING:
     from .repository import Repository
@@ -121,10 +121,14 @@ def _walk_entry(repo: Repository, entry: Entry, r: Reachable, strict: bool, wher
 
 
 def all_roots(repo: Repository) -> tuple[list[bytes], list[Locator]]:
+    """Branch heads, this home's gc roots (mounts, running jobs), and the objects datum
+    records in the store name (Kubernetes pods wrote them from their own homes)."""
+    from .k8s.protocol import record_roots
+
     commits = [cid for _, cid in branch_heads(repo)]
     extra_commits, extra_locators = repo.index.gc_roots()
     commits.extend(bytes.fromhex(c) for c in extra_commits)
-    return commits, extra_locators
+    return commits, [*extra_locators, *record_roots(repo.refs)]
 
 
 @dataclass
@@ -278,6 +282,13 @@ def _check_refs(repo: Repository, problems: list[str]) -> dict[bytes, list[str]]
                 problems.append(f"ref {name} does not decode: {record}")
             elif name.startswith(REPOS):
                 repos.add(name[len(REPOS) :])
+        elif name.startswith(JOB_RECORDS):
+            try:
+                record = codec.unpack_value(value)
+            except (ValueError, msgpack.UnpackException) as exc:
+                record = exc
+            if not isinstance(record, dict):
+                problems.append(f"ref {name} does not decode: {record}")
         elif not name.startswith(BRANCHES):
             problems.append(f"ref {name} is not a ref pfsfs writes")
     for name, value in refs:

@@ -12,6 +12,8 @@ ref                           value
 ``repos/<repo>``              the repo record (msgpack map: created_ns, description,
                               output_of)
 ``branches/<repo>/<branch>``  the head commit's id in hex ASCII; empty: no commits yet
+``k8s/jobs/<job>/...``         a Kubernetes job's plan and datum records (owned, encoded and
+                              read by ``pfsfs.k8s.protocol``; create-only)
 ============================  ==============================================================
 
 Policy (who may move which branch) is not here: ``Repository`` decides, then calls these.
@@ -30,6 +32,7 @@ from .store.base import ObjectStore
 CONFIG = "config"
 REPOS = "repos/"
 BRANCHES = "branches/"
+JOB_RECORDS = "k8s/jobs/"  # see pfsfs.k8s.protocol
 
 
 def repo_ref(repo: str) -> str:
@@ -137,6 +140,10 @@ class Refs:
         """(ref name, raw value) of every branch of every repo, unparsed (fsck and gc decide
         what a malformed one means)."""
         yield from self.store.list_refs(BRANCHES)
+
+    def job_records(self) -> Iterator[tuple[str, bytes]]:
+        """(ref name, raw value) of every Kubernetes job plan and datum record."""
+        yield from self.store.list_refs(JOB_RECORDS)
 
     def all_refs(self) -> Iterator[tuple[str, bytes]]:
         yield from self.store.list_refs("")

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import codec
-from ..errors import InvalidInput, PfsError, RefChanged
+from ..errors import Corruption, InvalidInput, PfsError, RefChanged
 from ..model import Entry, Locator
+from ..refs import JOB_RECORDS, Refs
 from ..repository import Repository
 from ..store.base import ObjectStore
 from ..transfer import export_file
@@ -59,11 +60,25 @@ def install_wrapper(dest: Path) -> None:
 
 
 def plan_key(job_id: str) -> str:
-    return f"k8s/jobs/{job_id}/plan"
+    return f"{JOB_RECORDS}{job_id}/plan"
 
 
 def record_key(job_id: str, datum_id: str) -> str:
-    return f"k8s/jobs/{job_id}/datums/{datum_id}"
+    return f"{JOB_RECORDS}{job_id}/datums/{datum_id}"
+
+
+def record_roots(refs: Refs) -> list[Locator]:
+    """Every object the datum records of the store name: gc roots (a pod's sidecar stored
+    them from another home; until the scheduler commits them, only the record holds them)."""
+    roots: list[Locator] = []
+    for name, value in refs.job_records():
+        if "/datums/" not in name:
+            continue
+        try:
+            roots.extend(Record.from_wire(codec.unpack_value(value)).locators())
+        except (PfsError, ValueError, TypeError) as exc:
+            raise Corruption(f"ref {name} is not a datum record: {exc}") from None
+    return roots
 
 
 @dataclass(frozen=True)
