@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,8 +142,23 @@ class GcReport:
     temp_bytes: int = 0
 
 
-def gc(repo: Repository, *, dry_run: bool = False, grace: float = 0.0) -> GcReport:
-    """Delete blobs unreachable from every root (see the module docstring for the rules)."""
+#: ``progress(done, total)``, in bytes: called as a long check or deletion goes on
+ProgressFn = Callable[[int, int], None]
+
+
+def _no_progress(_done: int, _total: int) -> None:
+    pass
+
+
+def gc(
+    repo: Repository,
+    *,
+    dry_run: bool = False,
+    grace: float = 0.0,
+    progress: ProgressFn = _no_progress,
+) -> GcReport:
+    """Delete blobs unreachable from every root (see the module docstring for the rules);
+    ``progress`` follows the deletions."""
     report = GcReport(dry_run=dry_run)
     with repo.gc_lock():
         commits, extra = all_roots(repo)
@@ -196,7 +211,10 @@ def gc(repo: Repository, *, dry_run: bool = False, grace: float = 0.0) -> GcRepo
         ]
         # Forget first: a writer must never dedup against an object that is being deleted.
         repo.index.drop_objects(stale)
-        for key, _ in doomed:
+        done = 0
+        for key, size in doomed:
+            done += size
+            progress(done, report.deleted_bytes)
             if repo.store.shared:
                 # A writer elsewhere may have touched it since we listed: keep it then.
                 now = repo.store.head(key)
@@ -223,7 +241,9 @@ def _remove_temp(repo: Repository, cutoff: float, report: GcReport) -> None:
     report.temp_files, report.temp_bytes = repo.store.uncached().remove_temp(cutoff)
 
 
-def fsck(repo: Repository, *, deep: bool = False) -> list[str]:
+def fsck(
+    repo: Repository, *, deep: bool = False, progress: ProgressFn = _no_progress
+) -> list[str]:
     """Problems found (empty when healthy), each one line.
 
     Always: every ref decodes and every branch names a readable commit of its repo; every
@@ -232,7 +252,7 @@ def fsck(repo: Repository, *, deep: bool = False) -> list[str]:
     also reads the store itself (below any read cache) and re-hashes every reachable object:
     each commit blob, each tree, manifest and chunk (one read per pack for all its objects),
     and checks that every index ``objects`` entry names bytes that hash to its id, since
-    writers reuse those entries without reading them."""
+    writers reuse those entries without reading them. ``progress`` follows the deep reads."""
     # The index first: reading a commit replaces a damaged cached copy (with a warning).
     problems = _check_index_commits(repo)
     heads = _check_refs(repo, problems)
@@ -255,7 +275,7 @@ def fsck(repo: Repository, *, deep: bool = False) -> list[str]:
                 continue
             if hash_bytes(data) != cid:
                 problems.append(f"{what} is corrupt in {key} (hash mismatch)")
-    bad = _check_objects(truth, r.locators, sizes, deep)
+    bad = _check_objects(truth, r.locators, sizes, deep, progress)
     problems.extend(bad.values())
     if deep:
         problems.extend(_check_index_objects(repo, truth, r.locators, sizes))
@@ -329,7 +349,11 @@ def _blob_key(loc: Locator) -> str:
 
 
 def _check_objects(
-    truth: ObjectStore, locators: Iterable[Locator], sizes: dict[str, int], deep: bool
+    truth: ObjectStore,
+    locators: Iterable[Locator],
+    sizes: dict[str, int],
+    deep: bool,
+    progress: ProgressFn = _no_progress,
 ) -> dict[Locator, str]:
     """A problem line per locator whose object is missing, cut short or (``deep``) does not
     hash to its id. Each blob is read once for all the objects it holds."""
@@ -344,7 +368,11 @@ def _check_objects(
             bad[loc] = f"object {loc.hex[:16]} is truncated in {key}"
         elif deep:
             by_key.setdefault(key, []).append(loc)
+    total = sum(sizes[key] for key in by_key)
+    done = 0
     for key, locs in sorted(by_key.items()):
+        done += sizes[key]
+        progress(done, total)
         try:
             blob = truth.get(key)
         except PfsError as exc:

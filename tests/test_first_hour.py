@@ -501,6 +501,20 @@ def test_progress_shows_bytes_rate_and_time_left_on_a_terminal(tmp_path: Path) -
     assert err(proc) == ""
 
 
+def test_fsck_deep_and_gc_show_progress_on_a_terminal(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(24 << 20))
+    run(home, "repo", "create", "r")
+    run(home, "put", "r@master:/big", "-f", str(big))
+    code, shown = _on_a_pty(home, "fsck", "--deep")
+    assert code == 0 and re.search(r"fsck \[#{24}\] 100%  2\d\.\d MiB/2\d\.\d MiB", shown), shown
+    run(home, "repo", "delete", "r", "--force")
+    code, shown = _on_a_pty(home, "gc")
+    assert code == 0 and re.search(r"gc \[#{24}\] 100%", shown), shown
+    assert err(run(home, "fsck", "--deep")) == ""  # not a terminal: no progress line
+
+
 def test_progress_line_is_throttled_and_estimates_time_left(capsys) -> None:  # type: ignore[no-untyped-def]
     from pfsfs.cli.common import Progress
 

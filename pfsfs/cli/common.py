@@ -257,6 +257,29 @@ def _clock(seconds: float) -> str:
 
 
 @contextmanager
+def progress_to(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback (bytes) drawing ``Progress`` on stderr, only when
+    stderr is a terminal: for work whose total is known only once it starts (gc, fsck)."""
+    bars: list[Progress] = []
+    if not sys.stderr.isatty():
+        yield lambda _d, _t: None
+        return
+
+    def update(done: int, total: int) -> None:
+        if not bars:
+            bars.append(Progress(total, label))
+        bar = bars[0]
+        bar.total = total
+        bar.update(done - bar.done)
+
+    try:
+        yield update
+    finally:
+        if bars:
+            bars[0].draw(bars[0].clock(), end="\n")
+
+
+@contextmanager
 def progress_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
     """Progress of ``total`` bytes on stderr (``Progress``), only when stderr is a terminal."""
     if not sys.stderr.isatty() or total <= 0:

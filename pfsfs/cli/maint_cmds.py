@@ -17,6 +17,7 @@ from .common import (
     json_option,
     pass_app,
     plural,
+    progress_to,
 )
 
 SHARED_GRACE = 3600.0
@@ -39,7 +40,8 @@ def gc(app: AppContext, dry_run: bool, grace: float | None, as_json: bool) -> No
         config = app.repo.config
         private = config.store.get("type") == "local" and not is_shared(config)
         grace = 0.0 if private else SHARED_GRACE
-    report = maintenance.gc(app.repo, dry_run=dry_run, grace=grace)
+    with progress_to("gc") as progress:
+        report = maintenance.gc(app.repo, dry_run=dry_run, grace=grace, progress=progress)
     if as_json:
         emit_json(vars(report))
         return
@@ -73,7 +75,8 @@ def fsck(app: AppContext, deep: bool, rebuild_index: bool, as_json: bool) -> Non
     the store), and that the index serves nothing the store does not hold."""
     if rebuild_index:
         _rebuild_index(app, err=as_json)  # with --json, stdout holds only the JSON
-    problems = maintenance.fsck(app.repo, deep=deep)
+    with progress_to("fsck") as progress:
+        problems = maintenance.fsck(app.repo, deep=deep, progress=progress)
     if as_json:  # exit 6 all the same when there are problems (with one line on stderr)
         emit_json({"ok": not problems, "deep": deep, "problems": problems})
     else:

@@ -582,6 +582,12 @@ def start_node(app: AppContext, ref: str) -> Any:
     return Node(repo, commit, branch)
 
 
+def _clear_line(shown: int) -> None:
+    if shown:
+        sys.stderr.write("\r" + " " * shown + "\r")
+        sys.stderr.flush()
+
+
 @click.command()
 @click.argument("ref", metavar="REPO@COMMIT|ID", shell_complete=complete_ref)
 @click.option("--timeout", type=SECONDS, default=None, help="Give up after S seconds.")
@@ -595,10 +601,14 @@ def wait(app: AppContext, ref: str, timeout: float | None, as_json: bool) -> Non
 
     start = start_node(app, ref)
     state = _state(app)
-    deadline = None if timeout is None else time.monotonic() + timeout
+    began = time.monotonic()
+    deadline = None if timeout is None else began + timeout
     hinted = False
+    shown = 0  # characters of the "waiting for" line on the terminal
     while True:
         status = wait_status(app.repo, state, start)
+        if status.failures or status.stalled or status.done:
+            _clear_line(shown)
         if status.failures:
             raise PfsError(status.failures[0])
         if status.stalled:
@@ -613,11 +623,18 @@ def wait(app: AppContext, ref: str, timeout: float | None, as_json: bool) -> Non
                 err=True,
             )
         if deadline is not None and time.monotonic() > deadline:
+            _clear_line(shown)
             raise PfsError(
                 f"timed out after {timeout:g}s waiting for {', '.join(status.waiting)} "
                 f"to process {start.short()}"
             )
+        if sys.stderr.isatty():  # a long wait says what it waits for, on a terminal only
+            line = f"waiting for {', '.join(status.waiting)} ({int(time.monotonic() - began)} s)"
+            sys.stderr.write("\r" + line + " " * max(0, shown - len(line)))
+            sys.stderr.flush()
+            shown = len(line)
         time.sleep(0.2)
+    _clear_line(shown)
     if as_json:
         emit_json(
             [{"repo": n.repo, "commit": n.commit, "branch": n.branch} for n in status.outputs]
