@@ -164,7 +164,8 @@ build_pfsfs() {
     wheels="$(mktemp -d)"
     cleanup+=("$wheels")
     say "building wheels of $(cd "$here/.." && pwd)"
-    "$py" -m pip wheel -q --disable-pip-version-check -w "$wheels" "$here/.." 2>&1 \
+    # with the Kubernetes client: the scheduler Deployment runs `runner: kubernetes` from it
+    "$py" -m pip wheel -q --disable-pip-version-check -w "$wheels" "$here/..[kubernetes]" 2>&1 \
         | grep -v '^WARNING: Location' >&2 || true
     ls "$wheels"/pfsfs-*.whl >/dev/null 2>&1 || die "pip wheel built no pfsfs wheel"
     root="$(mktemp -d)"
@@ -174,10 +175,12 @@ build_pfsfs() {
     cp "$wheels"/*.whl "$root/tmp/wheels/"
     chroot "$root" /usr/bin/python3 -m venv /opt/pfsfs
     chroot "$root" /opt/pfsfs/bin/pip install -q --no-index --disable-pip-version-check \
-        --find-links /tmp/wheels pfsfs >&2
+        --find-links /tmp/wheels 'pfsfs[kubernetes]' >&2
     rm -rf "$root/tmp/wheels" "$root/root/.cache"
     ln -sf /opt/pfsfs/bin/pfsfs "$root/usr/local/bin/pfsfs"
     chroot "$root" /usr/local/bin/pfsfs --version >&2
+    chroot "$root" /opt/pfsfs/bin/python -c "import kubernetes" \
+        || die "the image lacks the kubernetes client"
     local tarball="$cache/pfsfs-image.tar"
     tar --numeric-owner -C "$root" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
     import_image "$tarball" "$image" \
