@@ -35,6 +35,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,42 @@ def store_chunks(
     return manifest, size
 
 
+#: A file is read in pieces of at most this many bytes (a smaller file in one ``read``).
+READ_WINDOW = 64 << 20
+
+
+def cut_fd(fd: int, chunker: Chunker, size_hint: int = 0) -> Iterator[memoryview]:
+    """The content-defined chunks of an open file, read with plain ``read`` calls.
+
+    Every chunk is a view of an immutable ``bytes`` this function read (never of the file's
+    pages), so what is hashed and stored cannot change under the writer, and stores can keep
+    the view instead of copying it. The boundaries are those of ``Chunker.cut_file`` on the
+    same bytes: a window's last chunk may be cut short by the window's end, so it is carried
+    into the next window and cut again; every earlier cut depends only on bytes before it."""
+    min_size = chunker.params.min_size
+    pending: memoryview | None = None  # the last chunk of the previous window, not yet final
+    left = size_hint
+    while True:
+        want = min(READ_WINDOW, max(left, 0) + (64 << 10))
+        data = os.read(fd, want)
+        if not data:
+            break
+        left -= len(data)
+        buf = b"".join((pending, data)) if pending is not None else data
+        if len(buf) <= min_size:  # one chunk whatever comes (FastCDC's rule): no scan
+            pending = memoryview(buf)
+            continue
+        chunks = list(chunker.cut_buffer(buf))
+        yield from chunks[:-1]
+        pending = chunks[-1]
+    if pending is not None and len(pending):
+        yield pending
+
+
+def _read_error(path: bytes, exc: OSError) -> InvalidInput:
+    return InvalidInput(f"cannot read {show_local(path)}: {exc.strerror}")
+
+
 def file_entry(
     st: os.stat_result, manifest_loc: object, size: int, extra: dict[str, Any] | None = None
 ) -> Entry:
@@ -93,11 +130,18 @@ def ingest_file(
     chunker: Chunker,
     progress: Progress,
     extra: dict[str, Any] | None = None,
+    fd: int = -1,
 ) -> Entry:
+    """Read, chunk and store one regular file (``fd``: already open on it, closed here)."""
     try:
-        manifest, size = store_chunks(chunker.cut_file(path), writer, progress)
+        if fd < 0:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        manifest, size = store_chunks(cut_fd(fd, chunker, st.st_size), writer, progress)
     except OSError as exc:
-        raise InvalidInput(f"cannot read {show_local(path)}: {exc.strerror}") from None
+        raise _read_error(path, exc) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
     return file_entry(st, writer.put_manifest(manifest), size, extra)
 
 
@@ -125,6 +169,8 @@ def read_xattrs(path: bytes) -> dict[bytes, bytes] | None:
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:  # ENOTSUP: a filesystem without xattrs; nothing to keep
+        return None
+    if not names:
         return None
     as_root = os.geteuid() == 0
     found: dict[bytes, bytes] = {}
@@ -173,12 +219,242 @@ def dir_entry(st: os.stat_result, extra: dict[str, Any] | None = None) -> Entry:
     )
 
 
+# -- the stat cache ------------------------------------------------------------------------------
+
+#: A file whose mtime or ctime lies within this of a put's scan start is never cached: an edit
+#: in the same timestamp tick would leave its stat unchanged (git's "racily clean" entries).
+#: Two seconds cover filesystems with ns times on a coarse kernel clock, 1 s times (ext3, NFSv2,
+#: HFS+) and FAT's 2 s, and a clock that lags the kernel's by a tick.
+RACY_NS = 2_000_000_000
+
+HeadLookup = Callable[[tuple[bytes, ...]], "Entry | None"]
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+class PutCache:
+    """The stat cache of one put (the ``put_cache`` database, documented in ``pfsfs.index``).
+
+    ``reuse`` answers "is this file's content known?": only when its (size, mtime ns, ctime
+    ns, inode, device) equal those recorded when a put last read it *and* the branch head's
+    entry at the destination holds the manifest recorded then (so the content is reachable
+    and gc keeps it). ``note`` records what this put learned; ``save`` writes it once the
+    commit landed. With ``read=False`` (``--no-cache``) nothing is reused, all is recorded."""
+
+    def __init__(
+        self, index: Index, repo: str, branch: str, head: HeadLookup, *, read: bool = True
+    ) -> None:
+        self.index, self.head, self.read = index, head, read
+        self.scope = repo.encode() + b"\0" + branch.encode() + b"\0"
+        self.scan_start = time.time_ns()
+        self.prefix = b""
+        self.known: dict[bytes, list[Any]] = {}
+        self.learned: dict[bytes, list[Any]] = {}
+        self.hits = 0
+
+    def begin(self, src_abs: bytes) -> None:
+        """Start a scan of ``src_abs`` (taken before its first ``lstat``)."""
+        self.scan_start = time.time_ns()
+        self.prefix = src_abs
+        if self.read:
+            self.known = self.index.put_cache_load(self.scope, src_abs)
+
+    def reuse(self, src_abs: bytes, st: os.stat_result, dest: tuple[bytes, ...]) -> Entry | None:
+        """The head's entry at ``dest`` if it holds this unchanged file's content, else None."""
+        record = self.known.get(src_abs)
+        if record is None or len(record) != 6 or record[:5] != _stat_key(st):
+            return None
+        entry = self.head(dest)
+        if entry is None or entry.type != FILE or entry.ref is None:
+            return None
+        if entry.ref.id != record[5] or entry.size != st.st_size:
+            return None
+        self.hits += 1
+        return entry
+
+    def note(self, src_abs: bytes, st: os.stat_result, entry: Entry) -> None:
+        """Record the content a file got, unless its stat could still change unseen."""
+        fence = self.scan_start - RACY_NS
+        if entry.ref is None or st.st_mtime_ns >= fence or st.st_ctime_ns >= fence:
+            return
+        self.learned[src_abs] = [*_stat_key(st), entry.ref.id]
+
+    def save(self) -> None:
+        """Replace the records under the scanned source path by what this put learned."""
+        if self.prefix:
+            self.index.put_cache_store(self.scope, self.prefix, self.learned)
+
+
+def head_lookup(repository: Repository, repo: str, branch: str) -> HeadLookup:
+    """Entries of the branch head by path, each directory's tree read once (none when the
+    branch does not exist yet)."""
+    try:
+        head = repository.branch_head(repo, branch)
+    except NotFound:
+        head = None
+    root = repository.root_of(head) if head is not None else None
+    listings: dict[tuple[bytes, ...], dict[bytes, Entry] | None] = {}
+
+    def listing(parts: tuple[bytes, ...]) -> dict[bytes, Entry] | None:
+        if parts not in listings:
+            if not parts:
+                entry = root
+            else:
+                parent = listing(parts[:-1])
+                entry = parent.get(parts[-1]) if parent is not None else None
+            listings[parts] = (
+                repository.list_dir(entry) if entry is not None and entry.is_dir else None
+            )
+        return listings[parts]
+
+    def lookup(dest: tuple[bytes, ...]) -> Entry | None:
+        if not dest:
+            return None
+        found = listing(dest[:-1])
+        return found.get(dest[-1]) if found is not None else None
+
+    return lookup
+
+
+# -- a put: scan, then ingest --------------------------------------------------------------------
+
+
+@dataclass
+class _Item:
+    """One name a put stages: where it is, where it goes, its ``lstat``."""
+
+    path: bytes
+    dest: tuple[bytes, ...]
+    st: os.stat_result
+    reuse: Entry | None = None  # the stat cache's answer: content already in the head
+    fd: int = -1  # opened ahead (``_Readahead``)
+
+
+@dataclass
+class PutPlan:
+    """What a put will stage, scanned before anything is read (for the progress bar too)."""
+
+    src: bytes
+    items: list[_Item]
+    is_dir: bool
+    cache: PutCache | None = None
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes the put will read: each inode not answered by the stat cache, once."""
+        seen = {
+            (i.st.st_dev, i.st.st_ino): i.st.st_size
+            for i in self.items
+            if stat.S_ISREG(i.st.st_mode) and i.reuse is None
+        }
+        return sum(seen.values())
+
+
+def _lstat(path: bytes) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except OSError as exc:
+        raise _read_error(path, exc) from None
+
+
+def _walk_error(exc: OSError) -> None:
+    raise InvalidInput(f"cannot read {show_local(exc.filename)}: {exc.strerror}")
+
+
+def plan_put(
+    src: Path, dest: tuple[bytes, ...], *, recursive: bool, cache: PutCache | None = None
+) -> PutPlan:
+    """``lstat`` every name below ``src`` (any file type or, with ``recursive``, a directory)
+    and ask the stat cache about each regular file. Non-UTF-8 names are kept byte for byte."""
+    raw = os.fsencode(src)
+    if cache is not None:
+        cache.begin(os.path.abspath(raw))
+    try:
+        st = os.lstat(raw)
+    except FileNotFoundError:
+        raise NotFound(f"{show_local(raw)} does not exist") from None
+    except OSError as exc:
+        raise _read_error(raw, exc) from None
+    items = [_Item(raw, dest, st)]
+    is_dir = stat.S_ISDIR(st.st_mode)
+    if is_dir:
+        if not recursive:
+            raise InvalidInput(f"{show_local(raw)} is a directory (use -r to put it recursively)")
+        for dirpath, dirnames, filenames in os.walk(raw, onerror=_walk_error):
+            rel = os.path.relpath(dirpath, raw)
+            base = dest + (tuple(rel.split(b"/")) if rel != b"." else ())
+            for name in dirnames + filenames:
+                check_name(name)
+                path = os.path.join(dirpath, name)
+                items.append(_Item(path, base + (name,), _lstat(path)))
+    if cache is not None and cache.read:
+        prefix = os.path.abspath(raw)
+        for item in items:
+            if stat.S_ISREG(item.st.st_mode):
+                item.reuse = cache.reuse(_abs(prefix, raw, item.path), item.st, item.dest)
+    return PutPlan(raw, items, is_dir, cache)
+
+
+def _abs(prefix: bytes, raw: bytes, path: bytes) -> bytes:
+    """The absolute form of ``path`` (``raw`` or below it), from ``raw``'s absolute form."""
+    return prefix if path == raw else prefix + path[len(raw) :]
+
+
 @dataclass
 class _LinkGroup:
     """Names of one local inode met during a put, and the entry they share."""
 
     entry: Entry
     dests: list[tuple[bytes, ...]] = field(default_factory=list)
+
+
+class _Readahead:
+    """Opens the files a put will read next and asks the kernel to read them ahead
+    (``POSIX_FADV_WILLNEED`` starts the I/O and returns), so a cold disk streams while the
+    current file is chunked and hashed. At most ``AHEAD_FILES`` open, ``AHEAD_BYTES`` asked."""
+
+    AHEAD_FILES = 32
+    AHEAD_BYTES = 96 << 20
+
+    def __init__(self, items: list[_Item]) -> None:
+        self.todo = [i for i in items if stat.S_ISREG(i.st.st_mode) and i.reuse is None]
+        self.next = 0  # first item of ``todo`` not opened yet
+        self.done = 0  # items of ``todo`` handed out
+        self.ahead = 0  # bytes asked for and not handed out
+
+    def take(self, item: _Item) -> None:
+        """``item`` is about to be read: open it (if not yet) and ask for more ahead."""
+        if self.done < len(self.todo) and self.todo[self.done] is item:
+            self.done += 1
+            if item.fd >= 0:
+                self.ahead -= item.st.st_size
+        while (
+            self.next < len(self.todo)
+            and self.next - self.done < self.AHEAD_FILES
+            and (self.ahead < self.AHEAD_BYTES or self.next <= self.done)
+        ):
+            ahead = self.todo[self.next]
+            self.next += 1
+            if self.next <= self.done:
+                continue  # handed out already (read without an fd of ours)
+            try:
+                ahead.fd = os.open(ahead.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                if ahead.st.st_size > 0:
+                    os.posix_fadvise(ahead.fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                if ahead.fd >= 0:
+                    os.close(ahead.fd)
+                ahead.fd = -1  # ingest_file opens it again and reports the error
+                continue
+            self.ahead += ahead.st.st_size
+
+    def close(self) -> None:
+        for item in self.todo:
+            if item.fd >= 0:
+                os.close(item.fd)
+                item.fd = -1
 
 
 class _Ingest:
@@ -191,29 +467,39 @@ class _Ingest:
         self.groups: dict[tuple[int, int], _LinkGroup] = {}
         self.count = 0
 
-    def stage(self, path: bytes, dest: tuple[bytes, ...]) -> None:
-        try:
-            st = os.lstat(path)
-        except OSError as exc:
-            raise InvalidInput(f"cannot read {show_local(path)}: {exc.strerror}") from None
+    def stage(self, item: _Item, readahead: _Readahead) -> Entry | None:
+        """Stage one scanned name; returns a regular file's entry (for the stat cache)."""
+        st, path, dest = item.st, item.path, item.dest
         if stat.S_ISDIR(st.st_mode):
             self.changes.mkdir(dest, dir_entry(st, _meta_extra(path)))
-            return
+            return None
         if stat.S_ISREG(st.st_mode):
             self.count += 1
+            readahead.take(item)
         if st.st_nlink > 1:
             group = self.groups.get((st.st_dev, st.st_ino))
             if group is None:
-                group = self.groups[(st.st_dev, st.st_ino)] = _LinkGroup(self._entry(path, st))
+                entry = self._entry(item, readahead)
+                group = self.groups[(st.st_dev, st.st_ino)] = _LinkGroup(entry)
+            elif item.fd >= 0:  # another name of an inode read already
+                os.close(item.fd)
+                item.fd = -1
             group.dests.append(dest)
-            return
-        self.changes.put(dest, self._entry(path, st))
+            return group.entry if stat.S_ISREG(st.st_mode) else None
+        entry = self._entry(item, readahead)
+        self.changes.put(dest, entry)
+        return entry if stat.S_ISREG(st.st_mode) else None
 
-    def _entry(self, path: bytes, st: os.stat_result) -> Entry:
-        extra = _meta_extra(path)
-        if stat.S_ISREG(st.st_mode):
-            return ingest_file(path, st, self.writer, self.chunker, self.progress, extra or None)
-        return special_entry(path, st, extra)
+    def _entry(self, item: _Item, readahead: _Readahead) -> Entry:
+        extra = _meta_extra(item.path)
+        if not stat.S_ISREG(item.st.st_mode):
+            return special_entry(item.path, item.st, extra)
+        if item.reuse is not None:
+            return file_entry(item.st, item.reuse.ref, item.reuse.size, extra or None)
+        fd, item.fd = item.fd, -1
+        return ingest_file(
+            item.path, item.st, self.writer, self.chunker, self.progress, extra or None, fd
+        )
 
     def finish(self) -> None:
         """Stage the link groups: two or more names share a fresh group id; a name whose
@@ -226,8 +512,33 @@ class _Ingest:
                 self.changes.put(dest, entry)
 
 
-def _walk_error(exc: OSError) -> None:
-    raise InvalidInput(f"cannot read {show_local(exc.filename)}: {exc.strerror}")
+def ingest_plan(
+    plan: PutPlan,
+    changes: ChangeSet,
+    writer: ObjectWriter,
+    chunker: Chunker,
+    progress: Progress = _no_progress,
+) -> int:
+    """Stage what ``plan`` scanned; returns the number of regular files staged. The stat
+    cache (if any) learns every file read or reused; ``plan.cache.save()`` after the commit."""
+    ingest = _Ingest(changes, writer, chunker, progress)
+    readahead = _Readahead(plan.items)
+    cache = plan.cache
+    prefix = os.path.abspath(plan.src) if cache is not None else b""
+    try:
+        first, *rest = plan.items
+        if plan.is_dir:
+            changes.put(first.dest, dir_entry(first.st, _meta_extra(first.path)))
+        else:
+            rest = plan.items
+        for item in rest:
+            entry = ingest.stage(item, readahead)
+            if cache is not None and entry is not None:
+                cache.note(_abs(prefix, plan.src, item.path), item.st, entry)
+    finally:
+        readahead.close()
+    ingest.finish()
+    return ingest.count
 
 
 def ingest_tree(
@@ -240,32 +551,10 @@ def ingest_tree(
     recursive: bool,
     progress: Progress = _no_progress,
 ) -> int:
-    """Stage ``src`` (any file type or, with ``recursive``, a directory) at ``dest``.
-
-    Returns the number of regular files staged. Non-UTF-8 names are kept byte for byte.
-    """
-    raw = os.fsencode(src)
-    try:
-        st = os.lstat(raw)
-    except FileNotFoundError:
-        raise NotFound(f"{show_local(raw)} does not exist") from None
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {show_local(raw)}: {exc.strerror}") from None
-    ingest = _Ingest(changes, writer, chunker, progress)
-    if stat.S_ISDIR(st.st_mode):
-        if not recursive:
-            raise InvalidInput(f"{show_local(raw)} is a directory (use -r to put it recursively)")
-        changes.put(dest, dir_entry(st, _meta_extra(raw)))
-        for dirpath, dirnames, filenames in os.walk(raw, onerror=_walk_error):
-            rel = os.path.relpath(dirpath, raw)
-            base = dest + (tuple(rel.split(b"/")) if rel != b"." else ())
-            for name in dirnames + filenames:
-                check_name(name)
-                ingest.stage(os.path.join(dirpath, name), base + (name,))
-    else:
-        ingest.stage(raw, dest)
-    ingest.finish()
-    return ingest.count
+    """Stage ``src`` (any file type or, with ``recursive``, a directory) at ``dest``, reading
+    every file. Returns the number of regular files staged."""
+    plan = plan_put(src, dest, recursive=recursive)
+    return ingest_plan(plan, changes, writer, chunker, progress)
 
 
 def total_size(src: Path, recursive: bool) -> int:
@@ -583,4 +872,5 @@ def _counting(chunks: Iterator[bytes], progress: Progress) -> Iterator[bytes]:
 
 
 if TYPE_CHECKING:
+    from .index import Index
     from .repository import Repository

@@ -18,13 +18,15 @@ from ..refspec import check_name, parse_ref
 from ..repository import Repository
 from ..transfer import (
     SPECIAL_FTYPES,
+    PutCache,
     export_file,
     export_special,
     export_tree,
+    head_lookup,
+    ingest_plan,
     ingest_stream,
-    ingest_tree,
+    plan_put,
     special_kind,
-    total_size,
 )
 from .common import (
     UTF8_TEXT,
@@ -54,9 +56,25 @@ def writable_branch(repository: Repository, repo: str, branch: str) -> None:
 @click.option("-f", "--file", "source", required=True, help="File, directory, or - for stdin.")
 @click.option("-r", "--recursive", is_flag=True, help="Put a directory and everything in it.")
 @click.option("-m", "--message", type=UTF8_TEXT, default=None, help="Commit message.")
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Read every file, even those whose size, mtime, ctime and inode are unchanged.",
+)
 @pass_app
-def put(app: AppContext, target: str, source: str, recursive: bool, message: str | None) -> None:
-    """Add or replace files on a branch: one commit per call."""
+def put(
+    app: AppContext,
+    target: str,
+    source: str,
+    recursive: bool,
+    message: str | None,
+    no_cache: bool,
+) -> None:
+    """Add or replace files on a branch: one commit per call.
+
+    Files unchanged since a put of them to this branch (same size, mtime, ctime, inode,
+    device; the branch still holding what they were) are not read again; --no-cache reads
+    them anyway."""
     spec = parse_ref(target)
     if spec.back:
         raise InvalidInput(f"{target}: can only put to a branch head")
@@ -89,6 +107,7 @@ def put(app: AppContext, target: str, source: str, recursive: bool, message: str
     if not dest:
         raise InvalidInput("cannot put onto the root itself; name a path inside the repo")
     changes = ChangeSet()
+    cache = None
     with repository.writer() as writer:
         chunker = repository.chunker()
         if source == "-":
@@ -96,20 +115,17 @@ def put(app: AppContext, target: str, source: str, recursive: bool, message: str
             changes.put(dest, entry)
             count = 1
         else:
-            with progress_bar(total_size(Path(source), recursive), "put") as update:
-                count = ingest_tree(
-                    Path(source),
-                    dest,
-                    changes,
-                    writer,
-                    chunker,
-                    recursive=recursive,
-                    progress=update,
-                )
+            head = head_lookup(repository, repo, branch)
+            cache = PutCache(repository.index, repo, branch, head, read=not no_cache)
+            plan = plan_put(Path(source), dest, recursive=recursive, cache=cache)
+            with progress_bar(plan.read_bytes, "put") as update:
+                count = ingest_plan(plan, changes, writer, chunker, update)
         shown = show_path(dest)
         commit_id = repository.commit(
             repo, branch, changes, message or f"put {shown}", writer=writer, rebase=True
         )
+    if cache is not None:
+        cache.save()  # only now: the content it names is in the commit
     click.echo(
         f"{to_hex(commit_id)}  ({count} file{'s' if count != 1 else ''} -> {repo}@{branch}:{shown})"
     )
