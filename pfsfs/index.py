@@ -389,9 +389,7 @@ class Index:
                     found[path] = record
         return found
 
-    def put_cache_store(
-        self, scope: bytes, prefix: bytes, records: dict[bytes, list[Any]]
-    ) -> None:
+    def put_cache_store(self, scope: bytes, prefix: bytes, records: dict[bytes, list[Any]]) -> None:
         """Replace the records of ``scope`` at and under ``prefix`` by ``records``."""
         db = self.db("put_cache")
         start = scope + prefix

@@ -35,8 +35,10 @@ import errno
 import logging
 import os
 import stat
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -75,23 +77,28 @@ def store_chunks(
 READ_WINDOW = 64 << 20
 
 
-def cut_fd(fd: int, chunker: Chunker, size_hint: int = 0) -> Iterator[memoryview]:
-    """The content-defined chunks of an open file, read with plain ``read`` calls.
-
-    Every chunk is a view of an immutable ``bytes`` this function read (never of the file's
-    pages), so what is hashed and stored cannot change under the writer, and stores can keep
-    the view instead of copying it. The boundaries are those of ``Chunker.cut_file`` on the
-    same bytes: a window's last chunk may be cut short by the window's end, so it is carried
-    into the next window and cut again; every earlier cut depends only on bytes before it."""
-    min_size = chunker.params.min_size
-    pending: memoryview | None = None  # the last chunk of the previous window, not yet final
+def read_pieces(fd: int, size_hint: int = 0) -> Iterator[bytes]:
+    """An open file's content as ``bytes`` of at most ``READ_WINDOW``, read until EOF."""
     left = size_hint
     while True:
-        want = min(READ_WINDOW, max(left, 0) + (64 << 10))
-        data = os.read(fd, want)
+        data = os.read(fd, min(READ_WINDOW, max(left, 0) + (64 << 10)))
         if not data:
-            break
+            return
         left -= len(data)
+        yield data
+
+
+def cut_pieces(pieces: Iterable[bytes], chunker: Chunker) -> Iterator[memoryview]:
+    """The content-defined chunks of a file given as consecutive pieces.
+
+    Every chunk is a view of an immutable ``bytes`` read from the file (never of its pages),
+    so what is hashed and stored cannot change under the writer, and stores can keep the
+    view instead of copying it. The boundaries are those of ``Chunker.cut_file`` on the same
+    bytes: a piece's last chunk may be cut short by the piece's end, so it is carried into
+    the next piece and cut again; every earlier cut depends only on bytes before it."""
+    min_size = chunker.params.min_size
+    pending: memoryview | None = None  # the last chunk of the previous piece, not yet final
+    for data in pieces:
         buf = b"".join((pending, data)) if pending is not None else data
         if len(buf) <= min_size:  # one chunk whatever comes (FastCDC's rule): no scan
             pending = memoryview(buf)
@@ -101,6 +108,11 @@ def cut_fd(fd: int, chunker: Chunker, size_hint: int = 0) -> Iterator[memoryview
         pending = chunks[-1]
     if pending is not None and len(pending):
         yield pending
+
+
+def cut_fd(fd: int, chunker: Chunker, size_hint: int = 0) -> Iterator[memoryview]:
+    """The chunks of an open file (``read_pieces`` + ``cut_pieces``)."""
+    return cut_pieces(read_pieces(fd, size_hint), chunker)
 
 
 def _read_error(path: bytes, exc: OSError) -> InvalidInput:
@@ -131,12 +143,16 @@ def ingest_file(
     progress: Progress,
     extra: dict[str, Any] | None = None,
     fd: int = -1,
+    chunks: Iterator[memoryview] | None = None,
 ) -> Entry:
-    """Read, chunk and store one regular file (``fd``: already open on it, closed here)."""
+    """Read, chunk and store one regular file: its ``chunks`` (cut by someone else), or read
+    from ``fd`` (already open on it; closed here), or opened here."""
     try:
-        if fd < 0:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        manifest, size = store_chunks(cut_fd(fd, chunker, st.st_size), writer, progress)
+        if chunks is None:
+            if fd < 0:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            chunks = cut_fd(fd, chunker, st.st_size)
+        manifest, size = store_chunks(chunks, writer, progress)
     except OSError as exc:
         raise _read_error(path, exc) from None
     finally:
@@ -410,35 +426,126 @@ class _LinkGroup:
     dests: list[tuple[bytes, ...]] = field(default_factory=list)
 
 
-class _Readahead:
-    """Opens the files a put will read next and asks the kernel to read them ahead
-    (``POSIX_FADV_WILLNEED`` starts the I/O and returns), so a cold disk streams while the
-    current file is chunked and hashed. At most ``AHEAD_FILES`` open, ``AHEAD_BYTES`` asked."""
+class _Reader:
+    """Reads *and chunks* the large files of a put, in order, in a thread of its own, at most
+    ``AHEAD_BYTES`` ahead of the main thread, which hashes and stores the chunks. Reading
+    (a copy in the kernel), cutting and hashing each take a similar share of the CPU, and
+    ``read``, the chunker and BLAKE3 all release the GIL, so the work spreads over two cores
+    (and on a cold disk the reads stream meanwhile). Pieces of a file are handed over as the
+    chunks cut from them, so few hand-offs (one per ``READ_WINDOW``) cross the threads."""
 
-    AHEAD_FILES = 32
     AHEAD_BYTES = 96 << 20
 
-    def __init__(self, items: list[_Item]) -> None:
-        self.todo = [i for i in items if stat.S_ISREG(i.st.st_mode) and i.reuse is None]
-        self.next = 0  # first item of ``todo`` not opened yet
-        self.done = 0  # items of ``todo`` handed out
-        self.ahead = 0  # bytes asked for and not handed out
+    def __init__(self, items: list[_Item], chunker: Chunker) -> None:
+        self.items = items
+        self.chunker = Chunker(chunker.params)  # its own: never used by two threads at once
+        self.cond = threading.Condition()
+        self.queue: deque[tuple[_Item, list[memoryview] | OSError | None]] = deque()
+        self.buffered = 0
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="pfsfs-put-read", daemon=True)
+        if items:
+            self.thread.start()
 
-    def take(self, item: _Item) -> None:
-        """``item`` is about to be read: open it (if not yet) and ask for more ahead."""
-        if self.done < len(self.todo) and self.todo[self.done] is item:
+    def _run(self) -> None:
+        for item in self.items:
+            try:
+                fd = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                    batch: list[memoryview] = []
+                    for chunk in cut_fd(fd, self.chunker, item.st.st_size):
+                        batch.append(chunk)
+                        if len(batch) >= 16 and not self._push(item, batch):
+                            return
+                        if len(batch) >= 16:
+                            batch = []
+                    if batch and not self._push(item, batch):
+                        return
+                finally:
+                    os.close(fd)
+                end: OSError | None = None
+            except OSError as exc:
+                end = exc
+            if not self._push(item, end):
+                return
+
+    def _push(self, item: _Item, what: list[memoryview] | OSError | None) -> bool:
+        size = sum(len(c) for c in what) if isinstance(what, list) else 0
+        with self.cond:
+            while self.buffered > self.AHEAD_BYTES and not self.stopped:
+                self.cond.wait()
+            if self.stopped:
+                return False
+            self.queue.append((item, what))
+            self.buffered += size
+            self.cond.notify_all()
+            return True
+
+    def chunks(self, item: _Item) -> Iterator[memoryview]:
+        """``item``'s chunks (the next file in the reader's order)."""
+        while True:
+            with self.cond:
+                while not self.queue:
+                    self.cond.wait()
+                got, what = self.queue.popleft()
+                if isinstance(what, list):
+                    self.buffered -= sum(len(c) for c in what)
+                self.cond.notify_all()
+            assert got is item, "files taken out of the reader's order"
+            if what is None:
+                return
+            if isinstance(what, OSError):
+                raise what
+            yield from what
+
+    def close(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.queue.clear()
+            self.cond.notify_all()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+class _Readahead:
+    """Reading ahead of the chunker. Files of ``BIG`` bytes or more are read by a ``_Reader``
+    thread; smaller ones are opened ahead here with ``POSIX_FADV_WILLNEED`` (the kernel starts
+    the I/O and returns), so a cold disk serves many small reads at once instead of one after
+    another — a thread per small file would cost more in hand-offs than the read itself. At
+    most ``AHEAD_FILES`` small files are open at a time."""
+
+    BIG = 1 << 20
+    AHEAD_FILES = 64
+
+    def __init__(self, items: list[_Item], chunker: Chunker) -> None:
+        seen: set[tuple[int, int]] = set()
+        todo = []
+        for i in items:  # each inode once: later names of a hard-linked file are not read
+            if stat.S_ISREG(i.st.st_mode) and i.reuse is None:
+                if i.st.st_nlink > 1:
+                    if (i.st.st_dev, i.st.st_ino) in seen:
+                        continue
+                    seen.add((i.st.st_dev, i.st.st_ino))
+                todo.append(i)
+        self.small = [i for i in todo if i.st.st_size < self.BIG]
+        self.reader = _Reader([i for i in todo if i.st.st_size >= self.BIG], chunker)
+        self.big = {id(i) for i in self.reader.items}
+        self.next = 0  # first item of ``small`` not opened yet
+        self.done = 0  # items of ``small`` handed out
+
+    def take(self, item: _Item) -> Iterator[memoryview] | None:
+        """``item`` is about to be read: its chunks if the reader thread reads it, else None
+        (it is read from ``item.fd`` when open here, or opened by the caller)."""
+        if id(item) in self.big:
+            self.big.discard(id(item))
+            return self.reader.chunks(item)
+        if self.done < len(self.small) and self.small[self.done] is item:
             self.done += 1
-            if item.fd >= 0:
-                self.ahead -= item.st.st_size
-        while (
-            self.next < len(self.todo)
-            and self.next - self.done < self.AHEAD_FILES
-            and (self.ahead < self.AHEAD_BYTES or self.next <= self.done)
-        ):
-            ahead = self.todo[self.next]
+        self.next = max(self.next, self.done)
+        while self.next < len(self.small) and self.next - self.done < self.AHEAD_FILES:
+            ahead = self.small[self.next]
             self.next += 1
-            if self.next <= self.done:
-                continue  # handed out already (read without an fd of ours)
             try:
                 ahead.fd = os.open(ahead.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 if ahead.st.st_size > 0:
@@ -447,11 +554,11 @@ class _Readahead:
                 if ahead.fd >= 0:
                     os.close(ahead.fd)
                 ahead.fd = -1  # ingest_file opens it again and reports the error
-                continue
-            self.ahead += ahead.st.st_size
+        return None
 
     def close(self) -> None:
-        for item in self.todo:
+        self.reader.close()
+        for item in self.small:
             if item.fd >= 0:
                 os.close(item.fd)
                 item.fd = -1
@@ -475,15 +582,11 @@ class _Ingest:
             return None
         if stat.S_ISREG(st.st_mode):
             self.count += 1
-            readahead.take(item)
         if st.st_nlink > 1:
             group = self.groups.get((st.st_dev, st.st_ino))
             if group is None:
                 entry = self._entry(item, readahead)
                 group = self.groups[(st.st_dev, st.st_ino)] = _LinkGroup(entry)
-            elif item.fd >= 0:  # another name of an inode read already
-                os.close(item.fd)
-                item.fd = -1
             group.dests.append(dest)
             return group.entry if stat.S_ISREG(st.st_mode) else None
         entry = self._entry(item, readahead)
@@ -496,9 +599,10 @@ class _Ingest:
             return special_entry(item.path, item.st, extra)
         if item.reuse is not None:
             return file_entry(item.st, item.reuse.ref, item.reuse.size, extra or None)
+        chunks = readahead.take(item)
         fd, item.fd = item.fd, -1
         return ingest_file(
-            item.path, item.st, self.writer, self.chunker, self.progress, extra or None, fd
+            item.path, item.st, self.writer, self.chunker, self.progress, extra or None, fd, chunks
         )
 
     def finish(self) -> None:
@@ -522,7 +626,7 @@ def ingest_plan(
     """Stage what ``plan`` scanned; returns the number of regular files staged. The stat
     cache (if any) learns every file read or reused; ``plan.cache.save()`` after the commit."""
     ingest = _Ingest(changes, writer, chunker, progress)
-    readahead = _Readahead(plan.items)
+    readahead = _Readahead(plan.items, chunker)
     cache = plan.cache
     prefix = os.path.abspath(plan.src) if cache is not None else b""
     try:
