@@ -47,8 +47,22 @@ from .changes import ChangeSet, check_name
 from .chunking import Chunker
 from .display import show, show_local
 from .errors import AlreadyExists, InvalidInput, NotFound, PfsError, StoreError, StoreFull
-from .model import DIR, FIFO, FILE, SYMLINK, X_XATTR, Entry, ManifestChunk, entry_extra
+from .ids import hash_bytes
+from .model import (
+    DIR,
+    FIFO,
+    FILE,
+    SYMLINK,
+    X_XATTR,
+    Entry,
+    Locator,
+    ManifestChunk,
+    blob_key,
+    decode_manifest,
+    entry_extra,
+)
 from .objects import ObjectWriter
+from .store.local import start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -787,6 +801,7 @@ def export_file(
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             _write_all(fd, chunks, holes=True)
+            start_writeback(fd)  # a `sync` after the get then has little left to wait for
         finally:
             os.close(fd)
         _finish_meta(entry, tmp, show_local(out))
@@ -887,6 +902,146 @@ class ExportStats:
     skipped: int = 0  # device files the caller may not create
 
 
+class _Fetcher:
+    """Reads the chunks of the files a ``get`` will write, in the order it writes them, in a
+    thread of its own, at most ``AHEAD_BYTES`` ahead, while the writing thread verifies (re-
+    hashes) and writes them: reading, hashing and writing spread over two cores (``read``,
+    ``write`` and BLAKE3 release the GIL) and on a cold disk the reads stream meanwhile.
+    Manifests are decoded here without the reader's cache (which is not shared between
+    threads). An error reading a file is raised when that file is written."""
+
+    AHEAD_BYTES = 64 << 20
+    PREFETCH = 16
+
+    def __init__(self, repository: Repository, files: list[tuple[bytes, Entry]]) -> None:
+        self.reader = repository.reader
+        self.files = files
+        self.next = 0  # the next of ``files`` to be taken
+        self.cond = threading.Condition()
+        # (file number, a chunk or the file's end: None or the error reading it)
+        self.queue: deque[tuple[int, tuple[Locator, bytes | None] | BaseException | None]]
+        self.queue = deque()
+        self.buffered = 0
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="pfsfs-get-read", daemon=True)
+        if files:
+            self.thread.start()
+
+    def _stream(self) -> Iterator[tuple[int, Locator | BaseException | None]]:
+        """(file number, each chunk's locator, then None or the error reading its manifest)."""
+        for no, (_out, entry) in enumerate(self.files):
+            try:
+                locs = [c.loc for c in self._manifest(entry)]
+            except Exception as exc:  # noqa: BLE001 - raised in the writing thread
+                yield no, exc
+                continue
+            for loc in locs:
+                yield no, loc
+            yield no, None
+
+    def _run(self) -> None:
+        """Read chunk after chunk, asking the store for the next ``PREFETCH`` (across file
+        boundaries) ahead: a local store has the kernel read them ahead, a remote one starts
+        fetching them."""
+        stream = self._stream()
+        ahead: deque[tuple[int, Locator | BaseException | None]] = deque()
+        failed = -1  # the file whose read failed: the rest of its chunks are skipped
+        local = getattr(self.reader.store, "read_ahead_ranges", None)  # a local store's
+
+        def fill() -> None:
+            while len(ahead) < self.PREFETCH:
+                step = next(stream, None)
+                if step is None:
+                    return
+                ahead.append(step)
+                loc = step[1]
+                if isinstance(loc, Locator):
+                    if local is not None:
+                        local([(blob_key(loc), loc.offset, loc.length)])
+                    else:
+                        self.reader.prefetch([loc])
+
+        fill()
+        while ahead:
+            no, what = ahead.popleft()
+            fill()
+            if no == failed:
+                continue
+            got: tuple[Locator, bytes | None] | BaseException | None = None
+            if isinstance(what, Locator):
+                try:
+                    got = (what, self._get(what))
+                except PfsError:
+                    got = (what, None)  # the writing thread's read_raw says what is wrong
+            elif isinstance(what, BaseException):
+                got, failed = what, no
+            if not self._push(no, got):
+                return
+
+    def _get(self, loc: Locator) -> bytes:
+        """The located object's bytes as the store has them (not verified yet)."""
+        if loc.pack:
+            return self.reader.store.get(blob_key(loc), loc.offset, loc.length)
+        return self.reader.store.get(blob_key(loc))
+
+    def _manifest(self, entry: Entry) -> list[ManifestChunk]:
+        if entry.ref is None:
+            return []
+        return decode_manifest(self.reader.read_raw(entry.ref))
+
+    def _push(self, no: int, what: tuple[Locator, bytes | None] | BaseException | None) -> bool:
+        with self.cond:
+            while self.buffered > self.AHEAD_BYTES and not self.stopped:
+                self.cond.wait()
+            if self.stopped:
+                return False
+            self.queue.append((no, what))
+            if isinstance(what, tuple):
+                self.buffered += what[0].length
+            self.cond.notify_all()
+            return True
+
+    def take(self, out: bytes) -> Iterator[bytes] | None:
+        """The chunks of the file to be written at ``out`` if it is the next one fetched."""
+        if self.next >= len(self.files) or self.files[self.next][0] != out:
+            return None
+        self.next += 1
+        return self._chunks(self.next - 1)
+
+    def _chunks(self, no: int) -> Iterator[bytes]:
+        """File ``no``'s chunks; what is left of earlier files (not read to the end) is
+        dropped on the way."""
+        while True:
+            with self.cond:
+                while not self.queue:
+                    self.cond.wait()
+                got, what = self.queue.popleft()
+                if isinstance(what, tuple):
+                    self.buffered -= what[0].length
+                self.cond.notify_all()
+            if got < no:
+                continue
+            if what is None:
+                return
+            if isinstance(what, BaseException):
+                raise what
+            loc, data = what
+            # Verified here, so hashing and reading run on two cores: bytes that do not
+            # match (or a failed read) go through ``read_raw``, which has the cache-or-store
+            # fallbacks and raises ``Corruption``.
+            if data is None or len(data) != loc.length or hash_bytes(data) != loc.id:
+                data = self.reader.read_raw(loc)
+            yield data
+
+    def close(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.queue.clear()
+            self.cond.notify_all()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
 class _Export:
     """One ``get`` of a directory: remembers where each link group's first name went."""
 
@@ -894,6 +1049,30 @@ class _Export:
         self.repository, self.progress = repository, progress
         self.links: dict[bytes, tuple[bytes, tuple[Any, ...]]] = {}
         self.stats = ExportStats()
+        self.fetcher: _Fetcher | None = None
+
+    def files(self, entry: Entry, out: bytes) -> list[tuple[bytes, Entry]]:
+        """The regular files ``tree`` will write content for, in its order: every name but
+        the later names of a link group (those are linked to the first)."""
+        found: list[tuple[bytes, Entry]] = []
+        seen: set[bytes] = set()
+
+        def walk(entry: Entry, out: bytes) -> None:
+            for name, child in sorted(self.repository.list_dir(entry).items()):
+                check_name(name)
+                target = os.path.join(out, name)
+                if child.is_dir:
+                    walk(child, target)
+                elif child.type == FILE:
+                    link = child.link_id
+                    if isinstance(link, bytes):
+                        if link in seen:
+                            continue
+                        seen.add(link)
+                    found.append((target, child))
+
+        walk(entry, out)
+        return found
 
     def tree(self, entry: Entry, out: bytes) -> None:
         if not os.path.isdir(out):
@@ -925,8 +1104,9 @@ class _Export:
                 self.progress(entry.size)  # the bar counts every name's bytes
             return
         if entry.type == FILE:
-            chunks = _counting(self.repository.iter_file(entry), self.progress)
-            export_file(chunks, entry, out)
+            fetched = self.fetcher.take(out) if self.fetcher is not None else None
+            source = fetched if fetched is not None else self.repository.iter_file(entry)
+            export_file(_counting(source, self.progress), entry, out)
             self.stats.files += 1
         else:
             try:
@@ -965,7 +1145,11 @@ def export_tree(
     if os.path.islink(out):  # the caller's own -o naming a symlink to a directory
         out = os.path.realpath(out)
     export = _Export(repository, progress)
-    export.tree(entry, out)
+    export.fetcher = _Fetcher(repository, export.files(entry, out))
+    try:
+        export.tree(entry, out)
+    finally:
+        export.fetcher.close()
     return export.stats
 
 

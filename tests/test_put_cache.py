@@ -240,3 +240,32 @@ def test_racy_files_are_not_recorded(home: Path, tmp_path: Path) -> None:
     time.sleep(SETTLE)
     _put(home, src)
     assert _records(home, src) == {b"old", b"fresh"}
+
+
+def test_get_of_a_tree_with_a_corrupt_chunk_writes_no_wrong_bytes(
+    home: Path, tmp_path: Path
+) -> None:
+    """``get`` reads chunks ahead in a thread and verifies them as it writes: a corrupt chunk
+    stops it with the one corruption error, the file it belongs to never appears, and the
+    files written before it are whole."""
+    src = tmp_path / "src"
+    files = {"a": os.urandom(2 * MiB), "b": os.urandom(3 * MiB), "c": os.urandom(10)}
+    _tree(src, files)
+    _put(home, src)
+    with Repository.open(home) as repository:
+        root = repository.root_of(repository.branch_head("data", "master"))
+        entry = repository.lookup(root, (b"t", b"b"))
+        loc = repository.manifest(entry)[1].loc
+    assert not loc.pack  # a chunk blob of its own
+    blob = next((home / "store").rglob(loc.hex))
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 1
+    blob.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    proc = run(home, "get", "data@master:/t", "-o", str(out), check=False)
+    assert proc.returncode == 6
+    err = proc.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "corrupt" in err[0], err
+    assert (out / "a").read_bytes() == files["a"]
+    assert not (out / "b").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["a"]

@@ -33,7 +33,7 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import lmdb
@@ -210,6 +210,25 @@ class LocalObjectStore(ObjectStore):
         if length is not None and len(data) != length:
             raise NotFound(f"object {key} in {self.location} is shorter than expected")
         return data
+
+    def read_ahead_ranges(self, ranges: Iterable[tuple[str, int, int]]) -> None:
+        """Have the kernel read these byte ranges ahead (``POSIX_FADV_WILLNEED`` starts the
+        I/O and returns): a reader going through many chunk files on a cold disk then waits
+        for one read at a time no more. Missing blobs are skipped (the read reports them).
+        Called from a reader thread of its own (``get``); ``prefetch_ranges`` stays a no-op
+        here, as the mount calls it on its event loop, where a blocking ``fadvise`` must not
+        run."""
+        for key, offset, length in ranges:
+            try:
+                fd = os.open(self._staged_path(key) or self._path(key), os.O_RDONLY)
+            except (OSError, ValueError):
+                continue
+            try:
+                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def exists(self, key: str) -> bool:
         if self._uploads is not None and self._uploads.pending(key) is not None:
