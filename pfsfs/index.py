@@ -116,6 +116,7 @@ def translate(path: Path, exc: lmdb.Error) -> StoreError | IndexDamaged:
         return damaged(path, exc)
     return StoreError(f"the index at {path} failed: {exc}")
 
+
 # -- the page walk: what makes a scan of a damaged file an error instead of a crash ----------
 #
 # LMDB trusts its file. A lookup that meets a damaged page fails (MDB_CORRUPTED,
@@ -265,8 +266,10 @@ class Index:
         """Where a durable object is, and when it was last verified to be there (``txn``: a
         read transaction of the caller's, for many lookups in a row)."""
         if txn is not None:
-            with self.guard():
-                value = txn.get(object_id, db=self.db("objects"))
+            try:  # no context manager: this runs once per stored object
+                value = txn.get(object_id, db=self._dbs["objects"])
+            except lmdb.Error as exc:
+                raise translate(self.path, exc) from None
             return None if value is None else self._object(object_id, value)
         with self.read() as txn:
             value = txn.get(object_id, db=self.db("objects"))
@@ -293,6 +296,7 @@ class Index:
         ):
             raise damaged(self.path, f"an 'objects' record is not a locator: {record!r:.60}")
         return Locator(bytes(object_id), pack, offset, length), float(verified_at)
+
     def add_objects(self, locators: list[Locator]) -> None:
         db = self.db("objects")
         now = time.time()

@@ -63,6 +63,12 @@ class _PackBuffer:
         finally:
             view.release()  # a bytearray with an exported view cannot grow
 
+    def append_hashed(self, data: bytes | memoryview) -> int:
+        """Copy in ``data`` the caller hashed (immutable ``bytes``); return its offset."""
+        start = len(self.data)
+        self.data += data
+        return start
+
     def drop_from(self, start: int) -> None:
         """Take back the last ``append`` (its content was already stored)."""
         del self.data[start:]
@@ -169,18 +175,28 @@ class ObjectWriter:
         return loc
 
     def _put(self, data: bytes | memoryview, tag: bytes) -> Locator:
+        immutable = isinstance(data, bytes) or (
+            isinstance(data, memoryview) and isinstance(data.obj, bytes)
+        )
         if len(data) < PACK_THRESHOLD or (tag == model.DATA_PACK and self._pack_large):
             pack = self._packs[tag]
-            object_id, start = pack.append(data)
-            known = self._known(object_id, len(data))
-            if known is not None:
-                pack.drop_from(start)
-                return known
+            if immutable:  # cannot change: hash it before copying it in, and only if new
+                object_id = hash_bytes(data)
+                known = self._known(object_id, len(data))
+                if known is not None:
+                    return known
+                start = pack.append_hashed(data)
+            else:
+                object_id, start = pack.append(data)
+                known = self._known(object_id, len(data))
+                if known is not None:
+                    pack.drop_from(start)
+                    return known
             loc = self._record(pack.locate(object_id, start))
             if len(pack.data) >= PACK_TARGET:
                 pack.seal(self.store)
             return loc
-        if not (isinstance(data, memoryview) and isinstance(data.obj, bytes)):
+        if not immutable:
             # One private copy (the store needs one anyway), hashed as stored. A view of an
             # immutable ``bytes`` (``transfer.cut_fd``) is stored as it is: it cannot change.
             data = bytes(data)

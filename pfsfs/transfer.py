@@ -32,6 +32,7 @@ into it as ``cp`` does, and the node is never replaced.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import stat
@@ -129,6 +130,19 @@ def cut_fd(fd: int, chunker: Chunker, size_hint: int = 0) -> Iterator[memoryview
     return cut_pieces(read_pieces(fd, size_hint), chunker)
 
 
+def _small_file(fd: int, size: int, chunker: Chunker) -> Iterator[memoryview] | list[bytes]:
+    """The chunks of a file ``lstat`` said is ``size`` bytes, below the minimum chunk size:
+    read to EOF in one go; one chunk (FastCDC's rule) unless it grew past that meanwhile.
+    Most files of a source tree take this path, so it skips the generators of ``cut_fd``,
+    and asks for no more than the file holds (a larger request allocates and zeroes memory
+    with an ``mmap`` per file)."""
+    data = os.read(fd, size + 1)
+    more = os.read(fd, 64 << 10) if data else b""
+    if not more:
+        return [data] if data else []
+    return cut_pieces(itertools.chain((data, more), read_pieces(fd)), chunker)  # it grew
+
+
 def _read_error(path: bytes, exc: OSError) -> InvalidInput:
     return InvalidInput(f"cannot read {show_local(path)}: {exc.strerror}")
 
@@ -165,7 +179,10 @@ def ingest_file(
         if chunks is None:
             if fd < 0:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            chunks = cut_fd(fd, chunker, st.st_size)
+            if st.st_size < chunker.params.min_size:
+                chunks = _small_file(fd, st.st_size, chunker)
+            else:
+                chunks = cut_fd(fd, chunker, st.st_size)
         manifest, size = store_chunks(chunks, writer, progress)
     except OSError as exc:
         raise _read_error(path, exc) from None

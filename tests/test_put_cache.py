@@ -269,3 +269,20 @@ def test_get_of_a_tree_with_a_corrupt_chunk_writes_no_wrong_bytes(
     assert (out / "a").read_bytes() == files["a"]
     assert not (out / "b").exists()
     assert sorted(p.name for p in out.iterdir()) == ["a"]
+
+
+def test_small_file_read_cuts_like_cut_file(tmp_path: Path) -> None:
+    """The small-file path (one read of the size ``lstat`` gave) also chunks a file that grew
+    since, as ``Chunker.cut_file`` does."""
+    chunker = Chunker(ChunkParams())
+    for size, grown in [(0, 0), (10, 0), (10, 5), (1000, 3 * MiB), (100, 200_000)]:
+        path = tmp_path / f"s{size}-{grown}"
+        data = os.urandom(size + grown)
+        path.write_bytes(data)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            got = [bytes(c) for c in transfer._small_file(fd, size, chunker)]
+        finally:
+            os.close(fd)
+        assert [len(c) for c in got] == [len(bytes(c)) for c in chunker.cut_file(path)]
+        assert b"".join(got) == data
