@@ -194,7 +194,7 @@ def test_hard_links_survive_a_cached_reput(home: Path, tmp_path: Path) -> None:
     assert (out / "a").read_bytes() == (src / "a").read_bytes()
 
 
-@pytest.mark.parametrize("window", [1 << 20, 5 * MiB + 12345, 64 * MiB])
+@pytest.mark.parametrize("window", [1 << 20, 5 * MiB + 12345, 16 * MiB, 64 * MiB])
 def test_cut_fd_cuts_like_cut_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int
 ) -> None:
