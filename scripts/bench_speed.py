@@ -47,6 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PFSFS = [sys.executable, "-m", "pfsfs.cli.main"]
+#: The CLI's environment: as installed, pfsfs has its bytecode compiled (pip does it), so a
+#: PYTHONDONTWRITEBYTECODE of the caller's is dropped: the warm-up run (``Bench.cold``) writes
+#: the .pyc files (ignored by git) instead of every timed run compiling every module again.
+CLI_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 MiB = 1 << 20
 
 
@@ -133,14 +137,16 @@ class Bench:
         the interpreter and pfsfs's modules are cached again, as for any command run twice
         (a cold Python start is ~0.2 s of disk reads that ``cp`` does not have)."""
         self.cold_ok = drop_caches() and self.cold_ok
-        subprocess.run([*PFSFS, "--help"], check=True, stdout=subprocess.DEVNULL, cwd="/")
+        subprocess.run(
+            [*PFSFS, "--help"], check=True, stdout=subprocess.DEVNULL, cwd="/", env=CLI_ENV
+        )
 
     @staticmethod
     def pfsfs(home: Path, *args: str) -> None:
         """Run the CLI as a user does (a fresh process); a failure raises with its stderr."""
         proc = subprocess.run(
             [*PFSFS, *args],
-            env={**os.environ, "PFSFS_HOME": str(home)},
+            env={**CLI_ENV, "PFSFS_HOME": str(home)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd="/",  # not the checkout: PYTHONPATH may name another one to compare
