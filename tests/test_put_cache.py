@@ -286,3 +286,17 @@ def test_small_file_read_cuts_like_cut_file(tmp_path: Path) -> None:
             os.close(fd)
         assert [len(c) for c in got] == [len(bytes(c)) for c in chunker.cut_file(path)]
         assert b"".join(got) == data
+
+
+def test_records_of_a_sibling_with_the_same_prefix_stay(home: Path, tmp_path: Path) -> None:
+    """Records are replaced under the source path only: ``src2`` is not under ``src``."""
+    src, src2 = tmp_path / "src", tmp_path / "src2"
+    _tree(src, {"a": b"a" * 10})
+    _tree(src2, {"b": b"b" * 10})
+    time.sleep(SETTLE)
+    run(home, "put", "data@master:/two", "-r", "-f", str(src2))
+    _put(home, src)
+    (src / "a").unlink()
+    _put(home, src)
+    assert _records(home, src2) == {b"b"}
+    assert _records(home, src) == set()
