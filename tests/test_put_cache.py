@@ -300,3 +300,31 @@ def test_records_of_a_sibling_with_the_same_prefix_stay(home: Path, tmp_path: Pa
     _put(home, src)
     assert _records(home, src2) == {b"b"}
     assert _records(home, src) == set()
+
+
+@pytest.mark.parametrize("count", [3, 40])  # fsync each / one syncfs for many
+def test_local_store_names_blobs_only_at_the_barrier(tmp_path: Path, count: int) -> None:
+    """Staged blobs are read back by the writing store, invisible to another one (another
+    process) until ``flush``, then there under their names; a store closed without a flush
+    leaves nothing behind (the session never referenced them)."""
+    from pfsfs.store.local import LocalObjectStore
+
+    writer, other = LocalObjectStore(tmp_path / "s"), LocalObjectStore(tmp_path / "s")
+    blobs = {f"chunk/{i:064x}": os.urandom(300_000 if i % 2 else 100) for i in range(count)}
+    try:
+        for key, data in blobs.items():
+            writer.put(key, data)
+        for key, data in blobs.items():
+            assert writer.get(key) == data and writer.exists(key)
+            assert not other.exists(key)
+        assert {i.key for i in writer.list("chunk/")} == set(blobs)
+        writer.flush()
+        for key, data in blobs.items():
+            assert other.get(key) == data
+        assert not list((tmp_path / "s").rglob(".*.tmp"))
+        writer.put("chunk/" + "f" * 64, b"never flushed")
+    finally:
+        writer.close()
+        other.close()
+    assert not list((tmp_path / "s").rglob(".*.tmp"))
+    assert not LocalObjectStore(tmp_path / "s").exists("chunk/" + "f" * 64)

@@ -236,7 +236,10 @@ class LocalObjectStore(ObjectStore):
         return self._staged_path(key) is not None or self._path(key).exists()
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        """Blobs under their names, then the ones this process staged (not yet flushed)."""
+        """Blobs under their names, then the ones this process staged (not yet flushed; the
+        ones still queued for writing are waited for first)."""
+        if self._uploads is not None:
+            self._uploads.drain()
         with self._dirty_lock:
             staged = [(k, p) for k, p in self._staged.items() if k.startswith(prefix)]
         yield from self._list_named(prefix)
