@@ -497,7 +497,7 @@ class _Reader:
     (and on a cold disk the reads stream meanwhile). Pieces of a file are handed over as the
     chunks cut from them, so few hand-offs (one per ``READ_WINDOW``) cross the threads."""
 
-    AHEAD_BYTES = 96 << 20
+    AHEAD_BYTES = 64 << 20
 
     def __init__(self, items: list[_Item], chunker: Chunker) -> None:
         self.items = items
@@ -572,14 +572,16 @@ class _Reader:
 
 
 class _Readahead:
-    """Reading ahead of the chunker. Files of ``BIG`` bytes or more are read by a ``_Reader``
-    thread; smaller ones are opened ahead here with ``POSIX_FADV_WILLNEED`` (the kernel starts
-    the I/O and returns), so a cold disk serves many small reads at once instead of one after
-    another — a thread per small file would cost more in hand-offs than the read itself. At
-    most ``AHEAD_FILES`` small files are open at a time."""
+    """Reading ahead of the chunker. Files of ``BIG`` bytes or more are read and chunked by
+    ``READERS`` ``_Reader`` threads; smaller ones are opened ahead here with
+    ``POSIX_FADV_WILLNEED`` (the kernel starts the I/O and returns), so a cold disk serves
+    many small reads at once instead of one after another — a thread per small file would
+    cost more in hand-offs than the read itself. At most ``AHEAD_FILES`` small files are open
+    at a time."""
 
     BIG = 1 << 20
     AHEAD_FILES = 64
+    READERS = max(1, min(2, os.cpu_count() or 1))
 
     def __init__(self, items: list[_Item], chunker: Chunker) -> None:
         seen: set[tuple[int, int]] = set()
@@ -592,17 +594,20 @@ class _Readahead:
                     seen.add((i.st.st_dev, i.st.st_ino))
                 todo.append(i)
         self.small = [i for i in todo if i.st.st_size < self.BIG]
-        self.reader = _Reader([i for i in todo if i.st.st_size >= self.BIG], chunker)
-        self.big = {id(i) for i in self.reader.items}
+        big = [i for i in todo if i.st.st_size >= self.BIG]
+        # Files are independent: READERS threads take every READERS-th one, each in order, so
+        # the chunking (the largest share of the CPU) runs on every core.
+        self.readers = [_Reader(big[k :: self.READERS], chunker) for k in range(self.READERS)]
+        self.big = {id(item): n % self.READERS for n, item in enumerate(big)}
         self.next = 0  # first item of ``small`` not opened yet
         self.done = 0  # items of ``small`` handed out
 
     def take(self, item: _Item) -> Iterator[memoryview] | None:
         """``item`` is about to be read: its chunks if the reader thread reads it, else None
         (it is read from ``item.fd`` when open here, or opened by the caller)."""
-        if id(item) in self.big:
-            self.big.discard(id(item))
-            return self.reader.chunks(item)
+        reader = self.big.pop(id(item), None)
+        if reader is not None:
+            return self.readers[reader].chunks(item)
         if self.done < len(self.small) and self.small[self.done] is item:
             self.done += 1
         self.next = max(self.next, self.done)
@@ -620,7 +625,8 @@ class _Readahead:
         return None
 
     def close(self) -> None:
-        self.reader.close()
+        for reader in self.readers:
+            reader.close()
         for item in self.small:
             if item.fd >= 0:
                 os.close(item.fd)
