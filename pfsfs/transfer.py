@@ -49,7 +49,6 @@ from .changes import ChangeSet, check_name
 from .chunking import Chunker
 from .display import show, show_local
 from .errors import AlreadyExists, InvalidInput, NotFound, PfsError, StoreError, StoreFull
-from .ids import hash_bytes
 from .model import (
     DIR,
     FIFO,
@@ -63,7 +62,7 @@ from .model import (
     decode_manifest,
     entry_extra,
 )
-from .objects import ObjectWriter
+from .objects import ObjectReader, ObjectWriter
 from .store.local import start_writeback
 
 log = logging.getLogger(__name__)
@@ -958,25 +957,21 @@ class ExportStats:
     skipped: int = 0  # device files the caller may not create
 
 
-class _Fetcher:
-    """Reads the chunks of the files a ``get`` will write, in the order it writes them, in a
-    thread of its own, at most ``AHEAD_BYTES`` ahead, while the writing thread verifies (re-
-    hashes) and writes them: reading, hashing and writing spread over two cores (``read``,
-    ``write`` and BLAKE3 release the GIL) and on a cold disk the reads stream meanwhile.
-    Manifests are decoded here without the reader's cache (which is not shared between
-    threads). An error reading a file is raised when that file is written."""
+class _FetchWorker:
+    """One thread of a ``_Fetcher``: reads and verifies the chunks of its files (numbered in
+    the ``get``'s order), in order, at most ``ahead_bytes`` ahead of the writing thread."""
 
-    AHEAD_BYTES = 64 << 20
     PREFETCH = 16
 
-    def __init__(self, repository: Repository, files: list[tuple[bytes, Entry]]) -> None:
-        self.reader = repository.reader
+    def __init__(
+        self, reader: ObjectReader, files: list[tuple[int, Entry]], ahead_bytes: int
+    ) -> None:
+        self.reader = reader
         self.files = files
-        self.next = 0  # the next of ``files`` to be taken
+        self.ahead_bytes = ahead_bytes
         self.cond = threading.Condition()
-        # (file number, a chunk or the file's end: None or the error reading it)
-        self.queue: deque[tuple[int, tuple[Locator, bytes | None] | BaseException | None]]
-        self.queue = deque()
+        # (file number, a verified chunk or the file's end: None or the error reading it)
+        self.queue: deque[tuple[int, bytes | BaseException | None]] = deque()
         self.buffered = 0
         self.stopped = False
         self.thread = threading.Thread(target=self._run, name="pfsfs-get-read", daemon=True)
@@ -985,7 +980,7 @@ class _Fetcher:
 
     def _stream(self) -> Iterator[tuple[int, Locator | BaseException | None]]:
         """(file number, each chunk's locator, then None or the error reading its manifest)."""
-        for no, (_out, entry) in enumerate(self.files):
+        for no, entry in self.files:
             try:
                 locs = [c.loc for c in self._manifest(entry)]
             except Exception as exc:  # noqa: BLE001 - raised in the writing thread
@@ -998,7 +993,7 @@ class _Fetcher:
     def _run(self) -> None:
         """Read chunk after chunk, asking the store for the next ``PREFETCH`` (across file
         boundaries) ahead: a local store has the kernel read them ahead, a remote one starts
-        fetching them."""
+        fetching them. ``read_raw`` verifies each (and has the cache-or-store fallbacks)."""
         stream = self._stream()
         ahead: deque[tuple[int, Locator | BaseException | None]] = deque()
         failed = -1  # the file whose read failed: the rest of its chunks are skipped
@@ -1023,57 +1018,44 @@ class _Fetcher:
             fill()
             if no == failed:
                 continue
-            got: tuple[Locator, bytes | None] | BaseException | None = None
+            got: bytes | BaseException | None = None
             if isinstance(what, Locator):
                 try:
-                    got = (what, self._get(what))
-                except PfsError:
-                    got = (what, None)  # the writing thread's read_raw says what is wrong
+                    got = self.reader.read_raw(what)
+                except Exception as exc:  # noqa: BLE001 - raised in the writing thread
+                    got, failed = exc, no
             elif isinstance(what, BaseException):
                 got, failed = what, no
             if not self._push(no, got):
                 return
-
-    def _get(self, loc: Locator) -> bytes:
-        """The located object's bytes as the store has them (not verified yet)."""
-        if loc.pack:
-            return self.reader.store.get(blob_key(loc), loc.offset, loc.length)
-        return self.reader.store.get(blob_key(loc))
 
     def _manifest(self, entry: Entry) -> list[ManifestChunk]:
         if entry.ref is None:
             return []
         return decode_manifest(self.reader.read_raw(entry.ref))
 
-    def _push(self, no: int, what: tuple[Locator, bytes | None] | BaseException | None) -> bool:
+    def _push(self, no: int, what: bytes | BaseException | None) -> bool:
         with self.cond:
-            while self.buffered > self.AHEAD_BYTES and not self.stopped:
+            while self.buffered > self.ahead_bytes and not self.stopped:
                 self.cond.wait()
             if self.stopped:
                 return False
             self.queue.append((no, what))
-            if isinstance(what, tuple):
-                self.buffered += what[0].length
+            if isinstance(what, bytes):
+                self.buffered += len(what)
             self.cond.notify_all()
             return True
 
-    def take(self, out: bytes) -> Iterator[bytes] | None:
-        """The chunks of the file to be written at ``out`` if it is the next one fetched."""
-        if self.next >= len(self.files) or self.files[self.next][0] != out:
-            return None
-        self.next += 1
-        return self._chunks(self.next - 1)
-
-    def _chunks(self, no: int) -> Iterator[bytes]:
-        """File ``no``'s chunks; what is left of earlier files (not read to the end) is
+    def chunks(self, no: int) -> Iterator[bytes]:
+        """File ``no``'s chunks; what is left of its earlier files (not read to the end) is
         dropped on the way."""
         while True:
             with self.cond:
                 while not self.queue:
                     self.cond.wait()
                 got, what = self.queue.popleft()
-                if isinstance(what, tuple):
-                    self.buffered -= what[0].length
+                if isinstance(what, bytes):
+                    self.buffered -= len(what)
                 self.cond.notify_all()
             if got < no:
                 continue
@@ -1081,13 +1063,7 @@ class _Fetcher:
                 return
             if isinstance(what, BaseException):
                 raise what
-            loc, data = what
-            # Verified here, so hashing and reading run on two cores: bytes that do not
-            # match (or a failed read) go through ``read_raw``, which has the cache-or-store
-            # fallbacks and raises ``Corruption``.
-            if data is None or len(data) != loc.length or hash_bytes(data) != loc.id:
-                data = self.reader.read_raw(loc)
-            yield data
+            yield what
 
     def close(self) -> None:
         with self.cond:
@@ -1096,6 +1072,40 @@ class _Fetcher:
             self.cond.notify_all()
         if self.thread.is_alive():
             self.thread.join()
+
+
+class _Fetcher:
+    """Reads and verifies the chunks of the files a ``get`` will write, in the order it
+    writes them, in ``WORKERS`` threads that take alternate files (files are independent),
+    at most ``AHEAD_BYTES`` ahead, while the main thread writes: reading, re-hashing and
+    writing spread over the cores (``read``, ``write`` and BLAKE3 release the GIL) and on a
+    cold disk the reads stream meanwhile. Manifests are decoded without the reader's cache
+    (which is not shared between threads). An error reading a file is raised when that file
+    is written."""
+
+    AHEAD_BYTES = 64 << 20
+    WORKERS = max(1, min(2, os.cpu_count() or 1))
+
+    def __init__(self, repository: Repository, files: list[tuple[bytes, Entry]]) -> None:
+        self.outs = [out for out, _entry in files]
+        self.next = 0  # the number of the next file to be taken
+        numbered = [(no, entry) for no, (_out, entry) in enumerate(files)]
+        share = self.AHEAD_BYTES // self.WORKERS
+        self.workers = [
+            _FetchWorker(repository.reader, numbered[k :: self.WORKERS], share)
+            for k in range(self.WORKERS)
+        ]
+
+    def take(self, out: bytes) -> Iterator[bytes] | None:
+        """The chunks of the file to be written at ``out`` if it is the next one fetched."""
+        if self.next >= len(self.outs) or self.outs[self.next] != out:
+            return None
+        no, self.next = self.next, self.next + 1
+        return self.workers[no % self.WORKERS].chunks(no)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
 
 
 class _Export:
