@@ -323,7 +323,7 @@ def print_table(rows: list[Row], b: Bench, load: tuple[list[float], list[float]]
     by_name = {r.name: r for r in rows}
     sizes = {"size": f"{b.size / MiB:.0f} MiB", "small": f"{b.small_files:,}"}
     print(
-        f"{'workload':<38} {'min':>13} {'median':>13} {'max':>13}  {'ratio':<18} "
+        f"{'workload':<38} {'min':>15} {'median':>15} {'max':>15}  {'ratio':<18} "
         f"{'median s':>8}  target"
     )
     for row in rows:
@@ -342,7 +342,7 @@ def print_table(rows: list[Row], b: Bench, load: tuple[list[float], list[float]]
         if row.met is not None:
             verdict = f"{row.target}: {'met' if row.met(med, ratio) else 'MISSED'}"
         print(
-            f"{label:<38} {fmt(row, lo):>13} {fmt(row, med):>13} {fmt(row, hi):>13}  "
+            f"{label:<38} {fmt(row, lo):>15} {fmt(row, med):>15} {fmt(row, hi):>15}  "
             f"{shown:<18} {times:>8.2f}  {verdict}"
         )
     before, after = load
