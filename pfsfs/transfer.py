@@ -730,19 +730,6 @@ def ingest_tree(
     return ingest_plan(plan, changes, writer, chunker, progress)
 
 
-def total_size(src: Path, recursive: bool) -> int:
-    """Bytes a put will read (for the progress bar): each inode once."""
-    if src.is_dir() and recursive:
-        seen: dict[tuple[int, int], int] = {}
-        for d, _, files in os.walk(os.fsencode(src)):
-            for f in files:
-                st = os.lstat(os.path.join(d, f))
-                if stat.S_ISREG(st.st_mode):
-                    seen[(st.st_dev, st.st_ino)] = st.st_size
-        return sum(seen.values())
-    return src.stat().st_size if src.is_file() else 0
-
-
 # -- export --------------------------------------------------------------------------------------
 
 
