@@ -71,6 +71,7 @@ class Row:
     run: Callable[[Bench], Sample]
     unit: str = "MB/s"  # "MB/s" (amount is bytes), "files/s" (amount is files), "s"
     reference: str | None = None  # the row whose median this one is compared with
+    also: str | None = None  # a second reference, shown beside the first
     target: str = ""  # issue 19's target, shown beside the figures
     met: Callable[[float, float | None], bool] | None = None  # (median, ratio) → met?
     samples: list[Sample] = field(default_factory=list)
@@ -290,6 +291,7 @@ ROWS: list[Row] = [
         "get {size} (+ sync)",
         row_get,
         reference="ref-write",
+        also="ref-cp",
         target=">= 80% of disk write",
         met=_at_least(0.8),
     ),
@@ -323,7 +325,7 @@ def print_table(rows: list[Row], b: Bench, load: tuple[list[float], list[float]]
     by_name = {r.name: r for r in rows}
     sizes = {"size": f"{b.size / MiB:.0f} MiB", "small": f"{b.small_files:,}"}
     print(
-        f"{'workload':<38} {'min':>15} {'median':>15} {'max':>15}  {'ratio':<18} "
+        f"{'workload':<38} {'min':>15} {'median':>15} {'max':>15}  {'ratio':<32} "
         f"{'median s':>8}  target"
     )
     for row in rows:
@@ -333,17 +335,19 @@ def print_table(rows: list[Row], b: Bench, load: tuple[list[float], list[float]]
             continue
         lo, med, hi = spread(row)
         times = statistics.median(s.seconds for s in row.samples)
-        ratio, shown = None, ""
-        ref = by_name.get(row.reference or "")
-        if ref is not None and ref.samples and not ref.error:
-            ratio = med / spread(ref)[1]
-            shown = f"{ratio:.0%} of {ref.name}"
+        ratio, shown = None, []
+        for i, name in enumerate((row.reference, row.also)):
+            ref = by_name.get(name or "")
+            if ref is not None and ref.samples and not ref.error:
+                r = med / spread(ref)[1]
+                ratio = r if i == 0 else ratio
+                shown.append(f"{r:.0%} of {ref.name}")
         verdict = ""
         if row.met is not None:
             verdict = f"{row.target}: {'met' if row.met(med, ratio) else 'MISSED'}"
         print(
             f"{label:<38} {fmt(row, lo):>15} {fmt(row, med):>15} {fmt(row, hi):>15}  "
-            f"{shown:<18} {times:>8.2f}  {verdict}"
+            f"{', '.join(shown):<32} {times:>8.2f}  {verdict}"
         )
     before, after = load
     print()
