@@ -20,6 +20,19 @@ Named databases (keys are bytes; "id" means a 32-byte BLAKE3 digest):
 ``gc_roots``  utf-8 owner → msgpack ``{"commits": [hex…], "locators": [wire…]}``. Extra gc roots
               held by the mount daemon (staged data, base commits of open mounts) and by
               pipelines (jobs in flight). gc treats everything listed as reachable.
+``put_cache`` the stat cache of ``pfsfs put`` (``transfer.PutCache``), as git's index and
+              restic's parent snapshot keep one: repo utf-8 + b"\0" + branch utf-8 + b"\0" +
+              the absolute source path (bytes, as the put was given it, symlinks in it not
+              resolved) → msgpack ``[size, mtime_ns, ctime_ns, ino, dev, manifest id]``: the
+              file's ``lstat`` when a put last read it, and the id of the manifest its content
+              got. A put that finds the same five stat fields reuses the content *only if* the
+              branch head's entry at the destination has that very manifest (so the content is
+              reachable and gc has kept it); otherwise, or with ``--no-cache``, it reads the
+              file. Entries whose mtime or ctime lay within ``RACY_NS`` of the scan start are
+              never written (the racy-git rule: a same-tick edit would keep the stat). A put
+              of a directory replaces every entry under its source path (files gone from it
+              are forgotten). Only written after the commit landed. A cache: a rebuild drops
+              it (the next put reads every file once).
 
 Pipelines add their own databases (``pipelines``, ``jobs``, ...; the daemon keeps its state in
 plain files under ``staging/``); each is opened through ``Index.db(name)`` and documented in the
@@ -62,7 +75,7 @@ from .model import Locator
 
 MAP_SIZE = 1 << 38  # 256 GiB of address space; the file grows only as used
 
-CORE_DATABASES = ("objects", "commits", "repo_commits", "meta", "gc_roots")
+CORE_DATABASES = ("objects", "commits", "repo_commits", "meta", "gc_roots", "put_cache")
 #: Databases owned by other modules (documented there): name → owning module.
 OTHER_DATABASES: dict[str, str] = {
     "pipelines": "pfsfs.pipeline.state",
@@ -71,8 +84,9 @@ OTHER_DATABASES: dict[str, str] = {
     "datums": "pfsfs.pipeline.state",
     "datum_cache": "pfsfs.pipeline.state",
 }
-#: Databases that only cache the store: a rebuild recomputes them instead of copying them.
-CACHE_DATABASES = ("objects", "commits", "repo_commits")
+#: Databases that only cache the store: a rebuild recomputes them instead of copying them
+#: (``put_cache`` it drops: it refills as puts read files).
+CACHE_DATABASES = ("objects", "commits", "repo_commits", "put_cache")
 
 #: LMDB errors that mean the file is damaged (not a transient or resource failure). A failed
 #: lookup on a bad page also leaves the transaction unusable, hence BadTxnError.
@@ -101,6 +115,7 @@ def translate(path: Path, exc: lmdb.Error) -> StoreError | IndexDamaged:
     if isinstance(exc, _DAMAGE):
         return damaged(path, exc)
     return StoreError(f"the index at {path} failed: {exc}")
+
 
 # -- the page walk: what makes a scan of a damaged file an error instead of a crash ----------
 #
@@ -245,11 +260,25 @@ class Index:
             yield bytes(key), bytes(value)
 
     # -- objects -----------------------------------------------------------------------------
-    def get_object(self, object_id: bytes) -> tuple[Locator, float] | None:
-        """Where a durable object is, and when it was last verified to be there."""
+    def get_object(
+        self, object_id: bytes, txn: lmdb.Transaction | None = None
+    ) -> tuple[Locator, float] | None:
+        """Where a durable object is, and when it was last verified to be there (``txn``: a
+        read transaction of the caller's, for many lookups in a row)."""
+        if txn is not None:
+            try:  # no context manager: this runs once per stored object
+                value = txn.get(object_id, db=self._dbs["objects"])
+            except lmdb.Error as exc:
+                raise translate(self.path, exc) from None
+            return None if value is None else self._object(object_id, value)
         with self.read() as txn:
             value = txn.get(object_id, db=self.db("objects"))
             return None if value is None else self._object(object_id, value)
+
+    def begin_read(self) -> lmdb.Transaction:
+        """A read transaction the caller ends (``abort``): for lookups in a tight loop."""
+        with self.guard():
+            return self.env.begin()
 
     def _object(self, object_id: bytes, value: bytes | memoryview) -> tuple[Locator, float]:
         record = self._unpack("objects", value)
@@ -267,6 +296,7 @@ class Index:
         ):
             raise damaged(self.path, f"an 'objects' record is not a locator: {record!r:.60}")
         return Locator(bytes(object_id), pack, offset, length), float(verified_at)
+
     def add_objects(self, locators: list[Locator]) -> None:
         db = self.db("objects")
         now = time.time()
@@ -341,6 +371,45 @@ class Index:
                     if not cursor.delete():
                         break
         return ids
+
+    # -- the put stat cache ------------------------------------------------------------------
+    def put_cache_load(self, scope: bytes, prefix: bytes) -> dict[bytes, list[Any]]:
+        """The stat-cache records of ``scope`` (repo + \0 + branch + \0) whose source path
+        is ``prefix`` or lies under it: source path → record (see ``put_cache`` above)."""
+        found: dict[bytes, list[Any]] = {}
+        with self.read() as txn:
+            cursor = txn.cursor(db=self.db("put_cache"))
+            start = scope + prefix
+            if not cursor.set_range(start):
+                return found
+            for key, value in cursor:
+                if not key.startswith(start):
+                    break
+                path = bytes(key[len(scope) :])
+                if path == prefix or path.startswith(prefix.rstrip(b"/") + b"/"):
+                    record = self._unpack("put_cache", value)
+                    if not isinstance(record, list):
+                        raise damaged(self.path, f"a 'put_cache' record is {record!r:.60}")
+                    found[path] = record
+        return found
+
+    def put_cache_store(self, scope: bytes, prefix: bytes, records: dict[bytes, list[Any]]) -> None:
+        """Replace the records of ``scope`` at and under ``prefix`` by ``records``."""
+        db = self.db("put_cache")
+        start = scope + prefix
+        under = scope + prefix.rstrip(b"/") + b"/"
+        with self.write() as txn:
+            cursor = txn.cursor(db=db)
+            if cursor.set_range(start):
+                while cursor.key().startswith(start):
+                    key = cursor.key()
+                    if key == start or key.startswith(under):
+                        if not cursor.delete():
+                            break
+                    elif not cursor.next():
+                        break
+            for path, record in records.items():
+                txn.put(scope + path, codec.pack_value(record), db=db)
 
     # -- meta and gc roots ---------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:

@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
+from typing import Any
 
 from . import model
 from .errors import Corruption, NotFound
@@ -38,6 +39,8 @@ PACK_TARGET = 16 << 20
 #: On a shared store, dedup hits recorded longer ago than this are re-validated (touched).
 #: Must stay well below the gc grace period of shared stores (one hour by default).
 REVALIDATE_AFTER = 600.0
+#: Dedup lookups done in one read transaction of the index before it is renewed.
+LOOKUPS_PER_TXN = 4096
 
 
 class _PackBuffer:
@@ -59,6 +62,12 @@ class _PackBuffer:
             return hash_bytes(view[start:]), start
         finally:
             view.release()  # a bytearray with an exported view cannot grow
+
+    def append_hashed(self, data: bytes | memoryview) -> int:
+        """Copy in ``data`` the caller hashed (immutable ``bytes``); return its offset."""
+        start = len(self.data)
+        self.data += data
+        return start
 
     def drop_from(self, start: int) -> None:
         """Take back the last ``append`` (its content was already stored)."""
@@ -98,12 +107,15 @@ class ObjectWriter:
         }
         self.bytes_written = 0  # stored bytes this session added (after dedup)
         self._pack_large = store.pack_large_chunks
+        self._txn: Any = None  # the read transaction of dedup lookups (``_lookup_txn``)
+        self._lookups = 0
+        self._txn_at = 0.0
 
     def _known(self, object_id: bytes, length: int) -> Locator | None:
         loc = self._pending.get(object_id)
         if loc is not None:
             return loc
-        found = self.index.get_object(object_id)
+        found = self.index.get_object(object_id, self._lookup_txn())
         if found is None:
             return None
         loc, verified_at = found
@@ -117,6 +129,7 @@ class ObjectWriter:
                 loc.length,
                 length,
             )
+            self._end_lookups()
             self.index.drop_objects([object_id])
             return None
         if self.store.shared and time.time() - verified_at > REVALIDATE_AFTER:
@@ -135,6 +148,26 @@ class ObjectWriter:
         self._pending[object_id] = loc
         return loc
 
+    def _lookup_txn(self) -> Any:
+        """One read transaction for many dedup lookups (a transaction per lookup is half the
+        cost of storing a small file), renewed every ``LOOKUPS_PER_TXN`` so a long session
+        does not pin old pages of the index (nor miss for long what others recorded)."""
+        self._lookups += 1
+        if self._txn is not None and (
+            self._lookups > LOOKUPS_PER_TXN or time.monotonic() - self._txn_at > 1.0
+        ):
+            self._end_lookups()
+        if self._txn is None:
+            self._txn = self.index.begin_read()
+            self._txn_at = time.monotonic()
+            self._lookups = 1
+        return self._txn
+
+    def _end_lookups(self) -> None:
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+
     def _record(self, loc: Locator) -> Locator:
         self.bytes_written += loc.length
         self._pending[loc.id] = loc
@@ -142,18 +175,31 @@ class ObjectWriter:
         return loc
 
     def _put(self, data: bytes | memoryview, tag: bytes) -> Locator:
+        immutable = isinstance(data, bytes) or (
+            isinstance(data, memoryview) and isinstance(data.obj, bytes)
+        )
         if len(data) < PACK_THRESHOLD or (tag == model.DATA_PACK and self._pack_large):
             pack = self._packs[tag]
-            object_id, start = pack.append(data)
-            known = self._known(object_id, len(data))
-            if known is not None:
-                pack.drop_from(start)
-                return known
+            if immutable:  # cannot change: hash it before copying it in, and only if new
+                object_id = hash_bytes(data)
+                known = self._known(object_id, len(data))
+                if known is not None:
+                    return known
+                start = pack.append_hashed(data)
+            else:
+                object_id, start = pack.append(data)
+                known = self._known(object_id, len(data))
+                if known is not None:
+                    pack.drop_from(start)
+                    return known
             loc = self._record(pack.locate(object_id, start))
             if len(pack.data) >= PACK_TARGET:
                 pack.seal(self.store)
             return loc
-        data = bytes(data)  # one private copy (the store needs one anyway), hashed as stored
+        if not immutable:
+            # One private copy (the store needs one anyway), hashed as stored. A view of an
+            # immutable ``bytes`` (``transfer.cut_fd``) is stored as it is: it cannot change.
+            data = bytes(data)
         object_id = hash_bytes(data)
         known = self._known(object_id, len(data))
         if known is not None:
@@ -183,6 +229,7 @@ class ObjectWriter:
 
     def finish(self) -> None:
         """Write the open pack, make everything durable, then record it in the index."""
+        self._end_lookups()
         for pack in self._packs.values():
             pack.seal(self.store)
         self.store.flush()
@@ -193,6 +240,7 @@ class ObjectWriter:
 
     def abandon(self) -> None:
         """Drop the session: what was written stays unreferenced until gc removes it."""
+        self._end_lookups()
         for pack in self._packs.values():
             pack.reset()
         self._new = []

@@ -31,11 +31,16 @@ into it as ``cp`` does, and the node is never replaced.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import itertools
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -44,8 +49,21 @@ from .changes import ChangeSet, check_name
 from .chunking import Chunker
 from .display import show, show_local
 from .errors import AlreadyExists, InvalidInput, NotFound, PfsError, StoreError, StoreFull
-from .model import DIR, FIFO, FILE, SYMLINK, X_XATTR, Entry, ManifestChunk, entry_extra
-from .objects import ObjectWriter
+from .model import (
+    DIR,
+    FIFO,
+    FILE,
+    SYMLINK,
+    X_XATTR,
+    Entry,
+    Locator,
+    ManifestChunk,
+    blob_key,
+    decode_manifest,
+    entry_extra,
+)
+from .objects import ObjectReader, ObjectWriter
+from .store.local import start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +86,96 @@ def store_chunks(
         size += len(data)
         progress(len(data))
     return manifest, size
+
+
+#: A file is read in pieces of at most this many bytes (a smaller file in one ``read``).
+#: Below glibc's largest mmap threshold (32 MiB), so the buffers come from the heap and are
+#: reused (``tune_malloc``) instead of being faulted in and zeroed page by page each time.
+READ_WINDOW = 16 << 20
+
+
+def tune_malloc() -> None:
+    """Have glibc keep and reuse freed buffers up to 32 MiB instead of unmapping them: a put
+    or get of 1 GiB otherwise faults in and zeroes every page of every read buffer (267k
+    faults, a fifth of the CPU of a put here). Freed memory up to 256 MiB stays with the
+    process (a CLI command that ends soon). Does nothing without glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 256 << 20)
+
+
+def read_pieces(fd: int, size_hint: int = 0) -> Iterator[bytes]:
+    """An open file's content as ``bytes`` of at most ``READ_WINDOW``, read until EOF."""
+    left = size_hint
+    while True:
+        data = os.read(fd, min(READ_WINDOW, max(left, 0) + (64 << 10)))
+        if not data:
+            return
+        left -= len(data)
+        yield data
+
+
+def cut_pieces(pieces: Iterable[bytes], chunker: Chunker) -> Iterator[memoryview]:
+    """The content-defined chunks of a file given as consecutive pieces.
+
+    Every chunk is a view of an immutable ``bytes`` read from the file (never of its pages),
+    so what is hashed and stored cannot change under the writer, and stores can keep the
+    view instead of copying it. The boundaries are those of ``Chunker.cut_file`` on the same
+    bytes: a piece's last chunk may be cut short by the piece's end, so it is carried into
+    the next piece and cut again together with the next piece's first ``max_size`` bytes
+    (every cut depends only on the bytes from its chunk's start, at most ``max_size``); the
+    rest of that piece is cut where it lies, without a copy."""
+    min_size, max_size = chunker.params.min_size, chunker.params.max_size
+    pending: memoryview | None = None  # the last chunk of the previous piece, not yet final
+    for data in pieces:
+        view = memoryview(data)
+        if pending is not None:
+            if len(data) <= max_size:  # a short piece: cut it all together with the carry
+                view = memoryview(b"".join((pending, data)))
+            else:
+                head = b"".join((pending, view[:max_size]))
+                first = next(iter(chunker.cut_buffer(head)))
+                skip = len(first) - len(pending)  # where the next chunk starts in ``data``
+                if skip > 0 and len(first) < len(head):
+                    yield first
+                    view = view[skip:]
+                else:  # not what FastCDC does, but never cut differently: join it all
+                    view = memoryview(b"".join((pending, data)))
+        if len(view) <= min_size:  # one chunk whatever comes (FastCDC's rule): no scan
+            pending = view
+            continue
+        chunks = list(chunker.cut_buffer(view))
+        yield from chunks[:-1]
+        pending = chunks[-1]
+    if pending is not None and len(pending):
+        yield pending
+
+
+def cut_fd(fd: int, chunker: Chunker, size_hint: int = 0) -> Iterator[memoryview]:
+    """The chunks of an open file (``read_pieces`` + ``cut_pieces``)."""
+    return cut_pieces(read_pieces(fd, size_hint), chunker)
+
+
+def _small_file(fd: int, size: int, chunker: Chunker) -> Iterator[memoryview] | list[bytes]:
+    """The chunks of a file ``lstat`` said is ``size`` bytes, below the minimum chunk size:
+    read to EOF in one go; one chunk (FastCDC's rule) unless it grew past that meanwhile.
+    Most files of a source tree take this path, so it skips the generators of ``cut_fd``,
+    and asks for no more than the file holds (a larger request allocates and zeroes memory
+    with an ``mmap`` per file)."""
+    data = os.read(fd, size + 1)
+    more = os.read(fd, 64 << 10) if data else b""
+    if not more:
+        return [data] if data else []
+    return cut_pieces(itertools.chain((data, more), read_pieces(fd)), chunker)  # it grew
+
+
+def _read_error(path: bytes, exc: OSError) -> InvalidInput:
+    return InvalidInput(f"cannot read {show_local(path)}: {exc.strerror}")
 
 
 def file_entry(
@@ -93,11 +201,25 @@ def ingest_file(
     chunker: Chunker,
     progress: Progress,
     extra: dict[str, Any] | None = None,
+    fd: int = -1,
+    chunks: Iterator[memoryview] | None = None,
 ) -> Entry:
+    """Read, chunk and store one regular file: its ``chunks`` (cut by someone else), or read
+    from ``fd`` (already open on it; closed here), or opened here."""
     try:
-        manifest, size = store_chunks(chunker.cut_file(path), writer, progress)
+        if chunks is None:
+            if fd < 0:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if st.st_size < chunker.params.min_size:
+                chunks = _small_file(fd, st.st_size, chunker)
+            else:
+                chunks = cut_fd(fd, chunker, st.st_size)
+        manifest, size = store_chunks(chunks, writer, progress)
     except OSError as exc:
-        raise InvalidInput(f"cannot read {show_local(path)}: {exc.strerror}") from None
+        raise _read_error(path, exc) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
     return file_entry(st, writer.put_manifest(manifest), size, extra)
 
 
@@ -125,6 +247,8 @@ def read_xattrs(path: bytes) -> dict[bytes, bytes] | None:
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:  # ENOTSUP: a filesystem without xattrs; nothing to keep
+        return None
+    if not names:
         return None
     as_root = os.geteuid() == 0
     found: dict[bytes, bytes] = {}
@@ -173,12 +297,346 @@ def dir_entry(st: os.stat_result, extra: dict[str, Any] | None = None) -> Entry:
     )
 
 
+# -- the stat cache ------------------------------------------------------------------------------
+
+#: A file whose mtime or ctime lies within this of a put's scan start is never cached: an edit
+#: in the same timestamp tick would leave its stat unchanged (git's "racily clean" entries).
+#: Two seconds cover filesystems with ns times on a coarse kernel clock, 1 s times (ext3, NFSv2,
+#: HFS+) and FAT's 2 s, and a clock that lags the kernel's by a tick.
+RACY_NS = 2_000_000_000
+
+HeadLookup = Callable[[tuple[bytes, ...]], "Entry | None"]
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+class PutCache:
+    """The stat cache of one put (the ``put_cache`` database, documented in ``pfsfs.index``).
+
+    ``reuse`` answers "is this file's content known?": only when its (size, mtime ns, ctime
+    ns, inode, device) equal those recorded when a put last read it *and* the branch head's
+    entry at the destination holds the manifest recorded then (so the content is reachable
+    and gc keeps it). ``note`` records what this put learned; ``save`` writes it once the
+    commit landed. With ``read=False`` (``--no-cache``) nothing is reused, all is recorded."""
+
+    def __init__(
+        self, index: Index, repo: str, branch: str, head: HeadLookup, *, read: bool = True
+    ) -> None:
+        self.index, self.head, self.read = index, head, read
+        self.scope = repo.encode() + b"\0" + branch.encode() + b"\0"
+        self.scan_start = time.time_ns()
+        self.prefix = b""
+        self.known: dict[bytes, list[Any]] = {}
+        self.learned: dict[bytes, list[Any]] = {}
+        self.hits = 0
+
+    def begin(self, src_abs: bytes) -> None:
+        """Start a scan of ``src_abs`` (taken before its first ``lstat``)."""
+        self.scan_start = time.time_ns()
+        self.prefix = src_abs
+        if self.read:
+            self.known = self.index.put_cache_load(self.scope, src_abs)
+
+    def reuse(self, src_abs: bytes, st: os.stat_result, dest: tuple[bytes, ...]) -> Entry | None:
+        """The head's entry at ``dest`` if it holds this unchanged file's content, else None."""
+        record = self.known.get(src_abs)
+        if record is None or len(record) != 6 or record[:5] != _stat_key(st):
+            return None
+        entry = self.head(dest)
+        if entry is None or entry.type != FILE or entry.ref is None:
+            return None
+        if entry.ref.id != record[5] or entry.size != st.st_size:
+            return None
+        self.hits += 1
+        return entry
+
+    def note(self, src_abs: bytes, st: os.stat_result, entry: Entry) -> None:
+        """Record the content a file got, unless its stat could still change unseen."""
+        fence = self.scan_start - RACY_NS
+        if entry.ref is None or st.st_mtime_ns >= fence or st.st_ctime_ns >= fence:
+            return
+        self.learned[src_abs] = [*_stat_key(st), entry.ref.id]
+
+    def save(self) -> None:
+        """Replace the records under the scanned source path by what this put learned."""
+        if self.prefix:
+            self.index.put_cache_store(self.scope, self.prefix, self.learned)
+
+
+def head_lookup(repository: Repository, repo: str, branch: str) -> HeadLookup:
+    """Entries of the branch head by path, each directory's tree read once (none when the
+    branch does not exist yet)."""
+    try:
+        head = repository.branch_head(repo, branch)
+    except NotFound:
+        head = None
+    root = repository.root_of(head) if head is not None else None
+    listings: dict[tuple[bytes, ...], dict[bytes, Entry] | None] = {}
+
+    def listing(parts: tuple[bytes, ...]) -> dict[bytes, Entry] | None:
+        if parts not in listings:
+            if not parts:
+                entry = root
+            else:
+                parent = listing(parts[:-1])
+                entry = parent.get(parts[-1]) if parent is not None else None
+            listings[parts] = (
+                repository.list_dir(entry) if entry is not None and entry.is_dir else None
+            )
+        return listings[parts]
+
+    def lookup(dest: tuple[bytes, ...]) -> Entry | None:
+        if not dest:
+            return None
+        found = listing(dest[:-1])
+        return found.get(dest[-1]) if found is not None else None
+
+    return lookup
+
+
+# -- a put: scan, then ingest --------------------------------------------------------------------
+
+
+@dataclass
+class _Item:
+    """One name a put stages: where it is, where it goes, its ``lstat``."""
+
+    path: bytes
+    dest: tuple[bytes, ...]
+    st: os.stat_result
+    reuse: Entry | None = None  # the stat cache's answer: content already in the head
+    fd: int = -1  # opened ahead (``_Readahead``)
+
+
+@dataclass
+class PutPlan:
+    """What a put will stage, scanned before anything is read (for the progress bar too)."""
+
+    src: bytes
+    items: list[_Item]
+    is_dir: bool
+    cache: PutCache | None = None
+    contents: bool = False  # the directory's entries into dest, keeping what is there
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes the put will read: each inode not answered by the stat cache, once."""
+        seen = {
+            (i.st.st_dev, i.st.st_ino): i.st.st_size
+            for i in self.items
+            if stat.S_ISREG(i.st.st_mode) and i.reuse is None
+        }
+        return sum(seen.values())
+
+
+def _lstat(path: bytes) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except OSError as exc:
+        raise _read_error(path, exc) from None
+
+
+def _walk_error(exc: OSError) -> None:
+    raise InvalidInput(f"cannot read {show_local(exc.filename)}: {exc.strerror}")
+
+
+def plan_put(
+    src: Path,
+    dest: tuple[bytes, ...],
+    *,
+    recursive: bool,
+    cache: PutCache | None = None,
+    contents: bool = False,
+) -> PutPlan:
+    """``lstat`` every name below ``src`` (any file type or, with ``recursive``, a directory)
+    and ask the stat cache about each regular file. Non-UTF-8 names are kept byte for byte.
+    ``contents``: a directory's entries go into ``dest`` (see ``ingest_tree``)."""
+    raw = os.fsencode(src)
+    if cache is not None:
+        cache.begin(os.path.abspath(raw))
+    try:
+        st = os.lstat(raw)
+    except FileNotFoundError:
+        raise NotFound(f"{show_local(raw)} does not exist") from None
+    except OSError as exc:
+        raise _read_error(raw, exc) from None
+    items = [_Item(raw, dest, st)]
+    is_dir = stat.S_ISDIR(st.st_mode)
+    if is_dir:
+        if not recursive:
+            raise InvalidInput(f"{show_local(raw)} is a directory (use -r to put it recursively)")
+        for dirpath, dirnames, filenames in os.walk(raw, onerror=_walk_error):
+            rel = os.path.relpath(dirpath, raw)
+            base = dest + (tuple(rel.split(b"/")) if rel != b"." else ())
+            for name in dirnames + filenames:
+                check_name(name)
+                path = os.path.join(dirpath, name)
+                items.append(_Item(path, base + (name,), _lstat(path)))
+    if cache is not None and cache.read:
+        prefix = os.path.abspath(raw)
+        for item in items:
+            if stat.S_ISREG(item.st.st_mode):
+                item.reuse = cache.reuse(_abs(prefix, raw, item.path), item.st, item.dest)
+    return PutPlan(raw, items, is_dir, cache, contents and is_dir)
+
+
+def _abs(prefix: bytes, raw: bytes, path: bytes) -> bytes:
+    """The absolute form of ``path`` (``raw`` or below it), from ``raw``'s absolute form."""
+    return prefix if path == raw else prefix + path[len(raw) :]
+
+
 @dataclass
 class _LinkGroup:
     """Names of one local inode met during a put, and the entry they share."""
 
     entry: Entry
     dests: list[tuple[bytes, ...]] = field(default_factory=list)
+
+
+class _Reader:
+    """Reads *and chunks* the large files of a put, in order, in a thread of its own, at most
+    ``AHEAD_BYTES`` ahead of the main thread, which hashes and stores the chunks. Reading
+    (a copy in the kernel), cutting and hashing each take a similar share of the CPU, and
+    ``read``, the chunker and BLAKE3 all release the GIL, so the work spreads over two cores
+    (and on a cold disk the reads stream meanwhile). Pieces of a file are handed over as the
+    chunks cut from them, so few hand-offs (one per ``READ_WINDOW``) cross the threads."""
+
+    AHEAD_BYTES = 64 << 20
+
+    def __init__(self, items: list[_Item], chunker: Chunker) -> None:
+        self.items = items
+        self.chunker = Chunker(chunker.params)  # its own: never used by two threads at once
+        self.cond = threading.Condition()
+        self.queue: deque[tuple[_Item, list[memoryview] | OSError | None]] = deque()
+        self.buffered = 0
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="pfsfs-put-read", daemon=True)
+        if items:
+            self.thread.start()
+
+    def _run(self) -> None:
+        for item in self.items:
+            try:
+                fd = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                    batch: list[memoryview] = []
+                    for chunk in cut_fd(fd, self.chunker, item.st.st_size):
+                        batch.append(chunk)
+                        if len(batch) >= 16 and not self._push(item, batch):
+                            return
+                        if len(batch) >= 16:
+                            batch = []
+                    if batch and not self._push(item, batch):
+                        return
+                finally:
+                    os.close(fd)
+                end: OSError | None = None
+            except OSError as exc:
+                end = exc
+            if not self._push(item, end):
+                return
+
+    def _push(self, item: _Item, what: list[memoryview] | OSError | None) -> bool:
+        size = sum(len(c) for c in what) if isinstance(what, list) else 0
+        with self.cond:
+            while self.buffered > self.AHEAD_BYTES and not self.stopped:
+                self.cond.wait()
+            if self.stopped:
+                return False
+            self.queue.append((item, what))
+            self.buffered += size
+            self.cond.notify_all()
+            return True
+
+    def chunks(self, item: _Item) -> Iterator[memoryview]:
+        """``item``'s chunks (the next file in the reader's order)."""
+        while True:
+            with self.cond:
+                while not self.queue:
+                    self.cond.wait()
+                got, what = self.queue.popleft()
+                if isinstance(what, list):
+                    self.buffered -= sum(len(c) for c in what)
+                self.cond.notify_all()
+            assert got is item, "files taken out of the reader's order"
+            if what is None:
+                return
+            if isinstance(what, OSError):
+                raise what
+            yield from what
+
+    def close(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.queue.clear()
+            self.cond.notify_all()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+class _Readahead:
+    """Reading ahead of the chunker. Files of ``BIG`` bytes or more are read and chunked by
+    ``READERS`` ``_Reader`` threads; smaller ones are opened ahead here with
+    ``POSIX_FADV_WILLNEED`` (the kernel starts the I/O and returns), so a cold disk serves
+    many small reads at once instead of one after another — a thread per small file would
+    cost more in hand-offs than the read itself. At most ``AHEAD_FILES`` small files are open
+    at a time."""
+
+    BIG = 1 << 20
+    AHEAD_FILES = 64
+    READERS = max(1, min(2, os.cpu_count() or 1))
+
+    def __init__(self, items: list[_Item], chunker: Chunker) -> None:
+        seen: set[tuple[int, int]] = set()
+        todo = []
+        for i in items:  # each inode once: later names of a hard-linked file are not read
+            if stat.S_ISREG(i.st.st_mode) and i.reuse is None:
+                if i.st.st_nlink > 1:
+                    if (i.st.st_dev, i.st.st_ino) in seen:
+                        continue
+                    seen.add((i.st.st_dev, i.st.st_ino))
+                todo.append(i)
+        self.small = [i for i in todo if i.st.st_size < self.BIG]
+        big = [i for i in todo if i.st.st_size >= self.BIG]
+        # Files are independent: READERS threads take every READERS-th one, each in order, so
+        # the chunking (the largest share of the CPU) runs on every core.
+        self.readers = [_Reader(big[k :: self.READERS], chunker) for k in range(self.READERS)]
+        self.big = {id(item): n % self.READERS for n, item in enumerate(big)}
+        self.next = 0  # first item of ``small`` not opened yet
+        self.done = 0  # items of ``small`` handed out
+
+    def take(self, item: _Item) -> Iterator[memoryview] | None:
+        """``item`` is about to be read: its chunks if the reader thread reads it, else None
+        (it is read from ``item.fd`` when open here, or opened by the caller)."""
+        reader = self.big.pop(id(item), None)
+        if reader is not None:
+            return self.readers[reader].chunks(item)
+        if self.done < len(self.small) and self.small[self.done] is item:
+            self.done += 1
+        self.next = max(self.next, self.done)
+        while self.next < len(self.small) and self.next - self.done < self.AHEAD_FILES:
+            ahead = self.small[self.next]
+            self.next += 1
+            try:
+                ahead.fd = os.open(ahead.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                if ahead.st.st_size > 0:
+                    os.posix_fadvise(ahead.fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                if ahead.fd >= 0:
+                    os.close(ahead.fd)
+                ahead.fd = -1  # ingest_file opens it again and reports the error
+        return None
+
+    def close(self) -> None:
+        for reader in self.readers:
+            reader.close()
+        for item in self.small:
+            if item.fd >= 0:
+                os.close(item.fd)
+                item.fd = -1
 
 
 class _Ingest:
@@ -191,29 +649,36 @@ class _Ingest:
         self.groups: dict[tuple[int, int], _LinkGroup] = {}
         self.count = 0
 
-    def stage(self, path: bytes, dest: tuple[bytes, ...]) -> None:
-        try:
-            st = os.lstat(path)
-        except OSError as exc:
-            raise InvalidInput(f"cannot read {show_local(path)}: {exc.strerror}") from None
+    def stage(self, item: _Item, readahead: _Readahead) -> Entry | None:
+        """Stage one scanned name; returns a regular file's entry (for the stat cache)."""
+        st, path, dest = item.st, item.path, item.dest
         if stat.S_ISDIR(st.st_mode):
             self.changes.mkdir(dest, dir_entry(st, _meta_extra(path)))
-            return
+            return None
         if stat.S_ISREG(st.st_mode):
             self.count += 1
         if st.st_nlink > 1:
             group = self.groups.get((st.st_dev, st.st_ino))
             if group is None:
-                group = self.groups[(st.st_dev, st.st_ino)] = _LinkGroup(self._entry(path, st))
+                entry = self._entry(item, readahead)
+                group = self.groups[(st.st_dev, st.st_ino)] = _LinkGroup(entry)
             group.dests.append(dest)
-            return
-        self.changes.put(dest, self._entry(path, st))
+            return group.entry if stat.S_ISREG(st.st_mode) else None
+        entry = self._entry(item, readahead)
+        self.changes.put(dest, entry)
+        return entry if stat.S_ISREG(st.st_mode) else None
 
-    def _entry(self, path: bytes, st: os.stat_result) -> Entry:
-        extra = _meta_extra(path)
-        if stat.S_ISREG(st.st_mode):
-            return ingest_file(path, st, self.writer, self.chunker, self.progress, extra or None)
-        return special_entry(path, st, extra)
+    def _entry(self, item: _Item, readahead: _Readahead) -> Entry:
+        extra = _meta_extra(item.path)
+        if not stat.S_ISREG(item.st.st_mode):
+            return special_entry(item.path, item.st, extra)
+        if item.reuse is not None:
+            return file_entry(item.st, item.reuse.ref, item.reuse.size, extra or None)
+        chunks = readahead.take(item)
+        fd, item.fd = item.fd, -1
+        return ingest_file(
+            item.path, item.st, self.writer, self.chunker, self.progress, extra or None, fd, chunks
+        )
 
     def finish(self) -> None:
         """Stage the link groups: two or more names share a fresh group id; a name whose
@@ -226,8 +691,35 @@ class _Ingest:
                 self.changes.put(dest, entry)
 
 
-def _walk_error(exc: OSError) -> None:
-    raise InvalidInput(f"cannot read {show_local(exc.filename)}: {exc.strerror}")
+def ingest_plan(
+    plan: PutPlan,
+    changes: ChangeSet,
+    writer: ObjectWriter,
+    chunker: Chunker,
+    progress: Progress = _no_progress,
+) -> int:
+    """Stage what ``plan`` scanned; returns the number of regular files staged. The stat
+    cache (if any) learns every file read or reused; ``plan.cache.save()`` after the commit."""
+    tune_malloc()
+    ingest = _Ingest(changes, writer, chunker, progress)
+    readahead = _Readahead(plan.items, chunker)
+    cache = plan.cache
+    prefix = os.path.abspath(plan.src) if cache is not None else b""
+    try:
+        first, *rest = plan.items
+        if plan.is_dir:
+            stage_dir = changes.mkdir if plan.contents else changes.put
+            stage_dir(first.dest, dir_entry(first.st, _meta_extra(first.path)))
+        else:
+            rest = plan.items
+        for item in rest:
+            entry = ingest.stage(item, readahead)
+            if cache is not None and entry is not None:
+                cache.note(_abs(prefix, plan.src, item.path), item.st, entry)
+    finally:
+        readahead.close()
+    ingest.finish()
+    return ingest.count
 
 
 def ingest_tree(
@@ -241,50 +733,12 @@ def ingest_tree(
     progress: Progress = _no_progress,
     contents: bool = False,
 ) -> int:
-    """Stage ``src`` (any file type or, with ``recursive``, a directory) at ``dest``.
-
-    A directory replaces what ``dest`` held; with ``contents`` (rsync's ``dir/``) its entries
-    are put into the directory ``dest`` instead, next to what is already there.
-    Returns the number of regular files staged. Non-UTF-8 names are kept byte for byte.
-    """
-    raw = os.fsencode(src)
-    try:
-        st = os.lstat(raw)
-    except FileNotFoundError:
-        raise NotFound(f"{show_local(raw)} does not exist") from None
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {show_local(raw)}: {exc.strerror}") from None
-    ingest = _Ingest(changes, writer, chunker, progress)
-    if stat.S_ISDIR(st.st_mode):
-        if not recursive:
-            raise InvalidInput(f"{show_local(raw)} is a directory (use -r to put it recursively)")
-        if contents:
-            changes.mkdir(dest, dir_entry(st, _meta_extra(raw)))
-        else:
-            changes.put(dest, dir_entry(st, _meta_extra(raw)))
-        for dirpath, dirnames, filenames in os.walk(raw, onerror=_walk_error):
-            rel = os.path.relpath(dirpath, raw)
-            base = dest + (tuple(rel.split(b"/")) if rel != b"." else ())
-            for name in dirnames + filenames:
-                check_name(name)
-                ingest.stage(os.path.join(dirpath, name), base + (name,))
-    else:
-        ingest.stage(raw, dest)
-    ingest.finish()
-    return ingest.count
-
-
-def total_size(src: Path, recursive: bool) -> int:
-    """Bytes a put will read (for the progress bar): each inode once."""
-    if src.is_dir() and recursive:
-        seen: dict[tuple[int, int], int] = {}
-        for d, _, files in os.walk(os.fsencode(src)):
-            for f in files:
-                st = os.lstat(os.path.join(d, f))
-                if stat.S_ISREG(st.st_mode):
-                    seen[(st.st_dev, st.st_ino)] = st.st_size
-        return sum(seen.values())
-    return src.stat().st_size if src.is_file() else 0
+    """Stage ``src`` (any file type or, with ``recursive``, a directory) at ``dest``, reading
+    every file. A directory replaces what ``dest`` held; with ``contents`` (rsync's ``dir/``)
+    its entries are put into the directory ``dest`` instead, next to what is already there.
+    Returns the number of regular files staged."""
+    plan = plan_put(src, dest, recursive=recursive, contents=contents)
+    return ingest_plan(plan, changes, writer, chunker, progress)
 
 
 # -- export --------------------------------------------------------------------------------------
@@ -400,6 +854,7 @@ def export_file(
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             _write_all(fd, chunks, holes=True)
+            start_writeback(fd)  # a `sync` after the get then has little left to wait for
         finally:
             os.close(fd)
         _finish_meta(entry, tmp, show_local(out))
@@ -500,6 +955,157 @@ class ExportStats:
     skipped: int = 0  # device files the caller may not create
 
 
+class _FetchWorker:
+    """One thread of a ``_Fetcher``: reads and verifies the chunks of its files (numbered in
+    the ``get``'s order), in order, at most ``ahead_bytes`` ahead of the writing thread."""
+
+    PREFETCH = 16
+
+    def __init__(
+        self, reader: ObjectReader, files: list[tuple[int, Entry]], ahead_bytes: int
+    ) -> None:
+        self.reader = reader
+        self.files = files
+        self.ahead_bytes = ahead_bytes
+        self.cond = threading.Condition()
+        # (file number, a verified chunk or the file's end: None or the error reading it)
+        self.queue: deque[tuple[int, bytes | BaseException | None]] = deque()
+        self.buffered = 0
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="pfsfs-get-read", daemon=True)
+        if files:
+            self.thread.start()
+
+    def _stream(self) -> Iterator[tuple[int, Locator | BaseException | None]]:
+        """(file number, each chunk's locator, then None or the error reading its manifest)."""
+        for no, entry in self.files:
+            try:
+                locs = [c.loc for c in self._manifest(entry)]
+            except Exception as exc:  # noqa: BLE001 - raised in the writing thread
+                yield no, exc
+                continue
+            for loc in locs:
+                yield no, loc
+            yield no, None
+
+    def _run(self) -> None:
+        """Read chunk after chunk, asking the store for the next ``PREFETCH`` (across file
+        boundaries) ahead: a local store has the kernel read them ahead, a remote one starts
+        fetching them. ``read_raw`` verifies each (and has the cache-or-store fallbacks)."""
+        stream = self._stream()
+        ahead: deque[tuple[int, Locator | BaseException | None]] = deque()
+        failed = -1  # the file whose read failed: the rest of its chunks are skipped
+        local = getattr(self.reader.store, "read_ahead_ranges", None)  # a local store's
+
+        def fill() -> None:
+            while len(ahead) < self.PREFETCH:
+                step = next(stream, None)
+                if step is None:
+                    return
+                ahead.append(step)
+                loc = step[1]
+                if isinstance(loc, Locator):
+                    if local is not None:
+                        local([(blob_key(loc), loc.offset, loc.length)])
+                    else:
+                        self.reader.prefetch([loc])
+
+        fill()
+        while ahead:
+            no, what = ahead.popleft()
+            fill()
+            if no == failed:
+                continue
+            got: bytes | BaseException | None = None
+            if isinstance(what, Locator):
+                try:
+                    got = self.reader.read_raw(what)
+                except Exception as exc:  # noqa: BLE001 - raised in the writing thread
+                    got, failed = exc, no
+            elif isinstance(what, BaseException):
+                got, failed = what, no
+            if not self._push(no, got):
+                return
+
+    def _manifest(self, entry: Entry) -> list[ManifestChunk]:
+        if entry.ref is None:
+            return []
+        return decode_manifest(self.reader.read_raw(entry.ref))
+
+    def _push(self, no: int, what: bytes | BaseException | None) -> bool:
+        with self.cond:
+            while self.buffered > self.ahead_bytes and not self.stopped:
+                self.cond.wait()
+            if self.stopped:
+                return False
+            self.queue.append((no, what))
+            if isinstance(what, bytes):
+                self.buffered += len(what)
+            self.cond.notify_all()
+            return True
+
+    def chunks(self, no: int) -> Iterator[bytes]:
+        """File ``no``'s chunks; what is left of its earlier files (not read to the end) is
+        dropped on the way."""
+        while True:
+            with self.cond:
+                while not self.queue:
+                    self.cond.wait()
+                got, what = self.queue.popleft()
+                if isinstance(what, bytes):
+                    self.buffered -= len(what)
+                self.cond.notify_all()
+            if got < no:
+                continue
+            if what is None:
+                return
+            if isinstance(what, BaseException):
+                raise what
+            yield what
+
+    def close(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.queue.clear()
+            self.cond.notify_all()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+class _Fetcher:
+    """Reads and verifies the chunks of the files a ``get`` will write, in the order it
+    writes them, in ``WORKERS`` threads that take alternate files (files are independent),
+    at most ``AHEAD_BYTES`` ahead, while the main thread writes: reading, re-hashing and
+    writing spread over the cores (``read``, ``write`` and BLAKE3 release the GIL) and on a
+    cold disk the reads stream meanwhile. Manifests are decoded without the reader's cache
+    (which is not shared between threads). An error reading a file is raised when that file
+    is written."""
+
+    AHEAD_BYTES = 64 << 20
+    WORKERS = max(1, min(2, os.cpu_count() or 1))
+
+    def __init__(self, repository: Repository, files: list[tuple[bytes, Entry]]) -> None:
+        self.outs = [out for out, _entry in files]
+        self.next = 0  # the number of the next file to be taken
+        numbered = [(no, entry) for no, (_out, entry) in enumerate(files)]
+        share = self.AHEAD_BYTES // self.WORKERS
+        self.workers = [
+            _FetchWorker(repository.reader, numbered[k :: self.WORKERS], share)
+            for k in range(self.WORKERS)
+        ]
+
+    def take(self, out: bytes) -> Iterator[bytes] | None:
+        """The chunks of the file to be written at ``out`` if it is the next one fetched."""
+        if self.next >= len(self.outs) or self.outs[self.next] != out:
+            return None
+        no, self.next = self.next, self.next + 1
+        return self.workers[no % self.WORKERS].chunks(no)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+
+
 class _Export:
     """One ``get`` of a directory: remembers where each link group's first name went."""
 
@@ -507,6 +1113,30 @@ class _Export:
         self.repository, self.progress = repository, progress
         self.links: dict[bytes, tuple[bytes, tuple[Any, ...]]] = {}
         self.stats = ExportStats()
+        self.fetcher: _Fetcher | None = None
+
+    def files(self, entry: Entry, out: bytes) -> list[tuple[bytes, Entry]]:
+        """The regular files ``tree`` will write content for, in its order: every name but
+        the later names of a link group (those are linked to the first)."""
+        found: list[tuple[bytes, Entry]] = []
+        seen: set[bytes] = set()
+
+        def walk(entry: Entry, out: bytes) -> None:
+            for name, child in sorted(self.repository.list_dir(entry).items()):
+                check_name(name)
+                target = os.path.join(out, name)
+                if child.is_dir:
+                    walk(child, target)
+                elif child.type == FILE:
+                    link = child.link_id
+                    if isinstance(link, bytes):
+                        if link in seen:
+                            continue
+                        seen.add(link)
+                    found.append((target, child))
+
+        walk(entry, out)
+        return found
 
     def tree(self, entry: Entry, out: bytes) -> None:
         if not os.path.isdir(out):
@@ -538,8 +1168,9 @@ class _Export:
                 self.progress(entry.size)  # the bar counts every name's bytes
             return
         if entry.type == FILE:
-            chunks = _counting(self.repository.iter_file(entry), self.progress)
-            export_file(chunks, entry, out)
+            fetched = self.fetcher.take(out) if self.fetcher is not None else None
+            source = fetched if fetched is not None else self.repository.iter_file(entry)
+            export_file(_counting(source, self.progress), entry, out)
             self.stats.files += 1
         else:
             try:
@@ -577,8 +1208,13 @@ def export_tree(
     """
     if os.path.islink(out):  # the caller's own -o naming a symlink to a directory
         out = os.path.realpath(out)
+    tune_malloc()
     export = _Export(repository, progress)
-    export.tree(entry, out)
+    export.fetcher = _Fetcher(repository, export.files(entry, out))
+    try:
+        export.tree(entry, out)
+    finally:
+        export.fetcher.close()
     return export.stats
 
 
@@ -589,4 +1225,5 @@ def _counting(chunks: Iterator[bytes], progress: Progress) -> Iterator[bytes]:
 
 
 if TYPE_CHECKING:
+    from .index import Index
     from .repository import Repository

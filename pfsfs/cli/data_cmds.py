@@ -18,13 +18,15 @@ from ..refspec import parse_ref
 from ..repository import Repository
 from ..transfer import (
     SPECIAL_FTYPES,
+    PutCache,
     export_file,
     export_special,
     export_tree,
+    head_lookup,
+    ingest_plan,
     ingest_stream,
-    ingest_tree,
+    plan_put,
     special_kind,
-    total_size,
 )
 from .common import (
     NO_CHANGES,
@@ -66,12 +68,27 @@ def _is_contents(source: str) -> bool:
 )
 @click.option("-r", "--recursive", is_flag=True, help="Put a directory and everything in it.")
 @click.option("-m", "--message", type=UTF8_TEXT, default=None, help="Commit message.")
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Read every file, even those whose size, mtime, ctime and inode are unchanged.",
+)
 @pass_app
-def put(app: AppContext, target: str, source: str, recursive: bool, message: str | None) -> None:
+def put(
+    app: AppContext,
+    target: str,
+    source: str,
+    recursive: bool,
+    message: str | None,
+    no_cache: bool,
+) -> None:
     """Add or replace files on a branch: one commit per call (none if nothing changed).
 
     -f DIR -r puts the directory itself (at PATH, or into it when PATH ends in /); -f DIR/ -r
     puts what DIR holds into the directory PATH (default: the root), keeping what is there.
+    Files unchanged since a put of them to this branch (same size, mtime, ctime, inode,
+    device; the branch still holding what they were) are not read again; --no-cache reads
+    them anyway.
     """
     spec = parse_ref(target)
     if spec.back:
@@ -112,6 +129,7 @@ def put(app: AppContext, target: str, source: str, recursive: bool, message: str
         )
     writable_branch(repository, repo, branch)
     changes = ChangeSet()
+    cache = None
     with repository.writer() as writer:
         chunker = repository.chunker()
         if source == "-":
@@ -119,21 +137,19 @@ def put(app: AppContext, target: str, source: str, recursive: bool, message: str
             changes.put(dest, entry)
             count = 1
         else:
-            with progress_bar(total_size(Path(source), recursive), "put") as update:
-                count = ingest_tree(
-                    Path(source),
-                    dest,
-                    changes,
-                    writer,
-                    chunker,
-                    recursive=recursive,
-                    progress=update,
-                    contents=contents,
-                )
+            head = head_lookup(repository, repo, branch)
+            cache = PutCache(repository.index, repo, branch, head, read=not no_cache)
+            plan = plan_put(
+                Path(source), dest, recursive=recursive, cache=cache, contents=contents
+            )
+            with progress_bar(plan.read_bytes, "put") as update:
+                count = ingest_plan(plan, changes, writer, chunker, update)
         shown = show_path(dest) + ("/" if contents and dest else "")
         commit_id = repository.commit(
             repo, branch, changes, message or f"put {shown}", writer=writer, rebase=True
         )
+    if cache is not None:
+        cache.save()  # only now: the content it names is in the branch
     if commit_id is None:
         click.echo(f"{NO_CHANGES} ({repo}@{branch}:{shown} already holds this)", err=True)
         return
