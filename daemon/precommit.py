@@ -186,6 +186,12 @@ class Precommitter:
                 if node is not None and node.gen == done.gen and node.size == done.size:
                     self.tree.precomputed[ino] = done
                     self.files_done += 1
+            for ino, gen, _ in batch:
+                # Written again while it was read (the kernel's writeback of a closed file can
+                # come after the release): queue it again, or it waited for the snapshot.
+                node = self.tree.nodes.get(ino)
+                if node is not None and node.gen != gen and eligible(self.tree, node):
+                    self.tree.closed_files[ino] = node.size
 
     # -- the thread --------------------------------------------------------------------------
     def _work(
