@@ -14,6 +14,7 @@ failed. Needs root and FUSE, like the mount tests.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -56,6 +57,8 @@ def soak(seed: int, count: int, every: int, xattrs: bool) -> tuple[list[Op], str
 
 
 def main() -> int:
+    # a SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the mount and daemon go too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seed", type=int, help="one seed")
     ap.add_argument("--seeds", help="a range of seeds, A-B")
