@@ -394,6 +394,13 @@ def _check_index_objects(
     writer deduplicating against a bad entry would commit a reference to wrong bytes. Bad
     entries are reported and dropped (the object is stored again when next written)."""
     entries = [loc for loc in repo.index.iter_objects() if loc not in reachable_locs]
+    sizes = dict(sizes)
+    for key in {_blob_key(loc) for loc in entries} - sizes.keys():
+        # Not in the listing fsck began with: a writer (a mount's snapshot, a put) may have
+        # stored and indexed it since. Only what is missing now is a problem.
+        info = truth.head(key)
+        if info is not None:
+            sizes[key] = info.size
     if truth.shared:  # another machine's gc may have removed some: writers re-check those
         entries = [loc for loc in entries if _blob_key(loc) in sizes]
     bad = _check_objects(truth, entries, sizes, deep=True)
