@@ -146,7 +146,7 @@ class PfsOperations(pyfuse3.Operations):
         if not node.staged:
             return ((size if base_alloc is None else base_alloc) + 511) // 512
         staging = self.tree.staging
-        held = os.fstat(staging.fd(node.ino)).st_blocks * 512 if staging is not None else size
+        held = staging.held_bytes(node.ino) if staging is not None else size
         if node.base_len and base is not None:
             kept = min(node.base_len, size)
             held += kept if base_alloc is None else base_alloc * kept // max(1, base.size)

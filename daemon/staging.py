@@ -212,6 +212,14 @@ class Staging:
         except FileNotFoundError:
             return []
 
+    def held_bytes(self, ino: int) -> int:
+        """Bytes the file's staged data really occupies on disk (a stat of its path: no
+        descriptor opened or created, none of the open ones evicted, on this getattr path)."""
+        try:
+            return os.stat(self.data_path(ino)).st_blocks * 512
+        except FileNotFoundError:
+            return 0
+
     def sync_data(self, ino: int) -> None:
         fd = self._fds.get(ino)
         if fd is not None:

@@ -188,17 +188,24 @@ def _sidecar(spec: PipelineSpec, job_id: str, mode: str, cluster: ClusterConfig)
         container["securityContext"] = {"privileged": True}  # /dev/fuse and Bidirectional
         container["volumeMounts"][0]["mountPropagation"] = "Bidirectional"
     else:
-        uid, gid = run_as(spec)  # the user's uid: it reads what the user writes to /pfs/out
-        container["securityContext"] = {
-            "runAsUser": uid,
-            "runAsGroup": gid,
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-        }
+        # the user's uid: it reads what the user writes to /pfs/out
+        container["securityContext"] = _unprivileged(spec)
     if cluster.image_pull_policy:
         container["imagePullPolicy"] = cluster.image_pull_policy
     return container
+
+
+def _unprivileged(spec: PipelineSpec) -> dict[str, Any]:
+    """The securityContext of a container that runs as the transform's user, without any
+    privilege (copy mode's sidecar, the wrapper installer)."""
+    uid, gid = run_as(spec)
+    return {
+        "runAsUser": uid,
+        "runAsGroup": gid,
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
 
 
 def _wrap_installer(cluster: ClusterConfig, mode: str, spec: PipelineSpec) -> dict[str, Any]:
@@ -209,14 +216,7 @@ def _wrap_installer(cluster: ClusterConfig, mode: str, spec: PipelineSpec) -> di
         "volumeMounts": [{"name": "pfsfs-ctl", "mountPath": CTL}],
     }
     if mode == COPY:
-        uid, gid = run_as(spec)
-        container["securityContext"] = {
-            "runAsUser": uid,
-            "runAsGroup": gid,
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-        }
+        container["securityContext"] = _unprivileged(spec)
     if cluster.image_pull_policy:
         container["imagePullPolicy"] = cluster.image_pull_policy
     return container
