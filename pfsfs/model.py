@@ -14,17 +14,61 @@ round-trips.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from . import codec
+from .errors import Corruption
 from .ids import to_hex
 
-# Entry types.
-FILE = "f"
-DIR = "d"
-SYMLINK = "l"
-FIFO = "p"
+
+class Kind(StrEnum):
+    """What a name is. An entry's ``type`` is one of the four stored kinds (FILE, DIR, SYMLINK,
+    FIFO); devices and sockets are stored as FIFO entries whose ``X_FTYPE`` says CHAR, BLOCK or
+    SOCKET, and ``Entry.kind`` gives that real kind. The values are the one-letter codes on the
+    wire, so a ``Kind`` encodes and compares as its letter."""
+
+    FILE = "f"
+    DIR = "d"
+    SYMLINK = "l"
+    FIFO = "p"
+    CHAR = "c"
+    BLOCK = "b"
+    SOCKET = "s"
+
+    @property
+    def mode_bits(self) -> int:
+        """The ``S_IFMT`` bits of this kind (``stat.S_IFREG`` for FILE, ...)."""
+        return _MODE_BITS[self]
+
+    @staticmethod
+    def of_mode(mode: int) -> Kind:
+        """The kind of an ``st_mode``; ValueError for a file type POSIX does not define."""
+        try:
+            return _KIND_OF_BITS[stat.S_IFMT(mode)]
+        except KeyError:
+            raise ValueError(f"unknown file type in mode {mode:o}") from None
+
+
+_MODE_BITS = {
+    Kind.FILE: stat.S_IFREG,
+    Kind.DIR: stat.S_IFDIR,
+    Kind.SYMLINK: stat.S_IFLNK,
+    Kind.FIFO: stat.S_IFIFO,
+    Kind.CHAR: stat.S_IFCHR,
+    Kind.BLOCK: stat.S_IFBLK,
+    Kind.SOCKET: stat.S_IFSOCK,
+}
+_KIND_OF_BITS = {bits: kind for kind, bits in _MODE_BITS.items()}
+_KIND_OF_CODE = {kind.value: kind for kind in Kind}
+
+# The stored entry types, by their usual names.
+FILE = Kind.FILE
+DIR = Kind.DIR
+SYMLINK = Kind.SYMLINK
+FIFO = Kind.FIFO
 ENTRY_TYPES = (FILE, DIR, SYMLINK, FIFO)
 
 NAME_MAX = 255
@@ -39,7 +83,7 @@ X_RDEV = "rdev"  # int: device number of a character/block device
 X_FTYPE = "ftype"  # "c" | "b" | "s": a FIFO entry that is really a device or a socket
 X_ALLOC = "alloc"  # int: bytes a sparse file really holds, set only when less than its size
 EXTRA_FIELDS = (X_LINK, X_NLINK, X_XATTR, X_RDEV, X_FTYPE, X_ALLOC)
-SPECIAL_FTYPES = ("c", "b", "s")  # kinds stored as FIFO entries with X_FTYPE
+SPECIAL_FTYPES = (Kind.CHAR, Kind.BLOCK, Kind.SOCKET)  # stored as FIFO entries with X_FTYPE
 
 
 def entry_extra(
@@ -49,7 +93,7 @@ def entry_extra(
     nlink: int = 1,
     xattrs: dict[bytes, bytes] | None = None,
     rdev: int = 0,
-    ftype: str | None = None,
+    ftype: Kind | None = None,
     alloc: int | None = None,
 ) -> dict[str, Any] | None:
     """``Entry.extra`` for these fields (defaults omitted; None when all are defaults).
@@ -58,7 +102,7 @@ def entry_extra(
     if ftype is not None:
         if ftype not in SPECIAL_FTYPES:
             raise ValueError(f"not a special file type: {ftype!r}")
-        extra[X_FTYPE] = ftype
+        extra[X_FTYPE] = str(ftype)
     if rdev:
         extra[X_RDEV] = rdev
     if link is not None:
@@ -138,7 +182,7 @@ class Entry:
     ``entry_extra``.
     """
 
-    type: str
+    type: Kind
     mode: int
     uid: int
     gid: int
@@ -152,7 +196,7 @@ class Entry:
     def to_wire(self, name: bytes) -> list[Any]:
         return [
             name,
-            self.type,
+            str(self.type),
             self.mode,
             self.uid,
             self.gid,
@@ -167,7 +211,7 @@ class Entry:
     @classmethod
     def from_wire(cls, w: list[Any]) -> tuple[bytes, Entry]:
         return w[0], cls(
-            w[1],
+            entry_type(w[1]),
             w[2],
             w[3],
             w[4],
@@ -213,13 +257,13 @@ class Entry:
         return int(self._x(X_RDEV, 0))
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> Kind:
         """The POSIX file type: ``type``, or for a special file stored as a FIFO entry its
-        ``c``/``b``/``s``."""
+        CHAR/BLOCK/SOCKET."""
         if self.type == FIFO:
             ftype = self._x(X_FTYPE)
             if ftype in SPECIAL_FTYPES:
-                return ftype
+                return _KIND_OF_CODE[ftype]
         return self.type
 
     @property
@@ -246,6 +290,15 @@ class Entry:
             return None
         other = {k: v for k, v in self.extra.items() if k not in EXTRA_FIELDS}
         return other or None
+
+
+def entry_type(code: str) -> Kind:
+    """The stored type of an entry from its wire letter; a letter this version does not know
+    (a newer format) is an error, never guessed."""
+    kind = _KIND_OF_CODE.get(code)
+    if kind not in ENTRY_TYPES:
+        raise Corruption(f"unknown entry type {code!r} in a tree (written by a newer pfsfs?)")
+    return kind  # type: ignore[return-value]
 
 
 def encode_tree(entries: dict[bytes, Entry]) -> bytes:

@@ -35,7 +35,7 @@ from .errors import (
 from .home import HomeConfig, default_home, open_store, read_config, write_config
 from .ids import HEX_LEN, hash_bytes, is_hex, to_hex
 from .index import Index
-from .model import DIR, Commit, Entry, ManifestChunk, encode_tree
+from .model import DIR, FILE, Commit, Entry, ManifestChunk, encode_tree
 from .objects import ObjectReader, ObjectWriter
 from .refs import Refs
 from .refspec import MIN_PREFIX, RefSpec, check_name, parse_ref
@@ -391,7 +391,7 @@ class Repository:
 
     def iter_file(self, entry: Entry) -> Iterator[bytes]:
         """A file's content, chunk by chunk, every chunk verified."""
-        if entry.type != "f":
+        if entry.type != FILE:
             raise InvalidInput("not a regular file")
         chunks = self.manifest(entry)
         for i, chunk in enumerate(chunks):
