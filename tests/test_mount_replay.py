@@ -12,9 +12,9 @@ import random
 from pathlib import Path
 
 import pytest
-from pfsfsd.inodes import FsError, Tree
 from pfsfsd.snapshot import Builder, snapshot
 from pfsfsd.staging import Staging
+from pfsfsd.tree import FsError, Tree
 
 from pfsfs.repository import Repository
 
