@@ -90,6 +90,11 @@ class Journal:
         """A node the journal itself just introduced (``N``): nameable from now on."""
         self.bound.add(ino)
 
+    def bind_all(self) -> None:
+        """After a replay: every node the tree holds is named by the journal (or is loaded
+        from the base commit, where the same path finds it again)."""
+        self.bound = set(self.table.nodes)
+
     def _append(self, record: list[Any]) -> None:
         if self.live:
             assert self.staging is not None
@@ -173,7 +178,7 @@ class Replayer:
                 except FsError as exc:
                     log.warning("journal record %s could not be replayed: %s", r[0], exc)
         table.next_ino = max(table.nodes) + 1
-        self.journal.bound = set(table.nodes)
+        self.journal.bind_all()
         return applied
 
     def apply(self, r: list[Any]) -> None:

@@ -18,7 +18,7 @@ from pfsfs.model import NAME_MAX
 
 from .content import Content
 from .journal import Journal
-from .nodes import PFS_NAME, ROOT, FsError, Node
+from .nodes import ROOT, FsError, Node
 from .table import InodeTable
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class Namespace:
             raise FsError(errno.ENAMETOOLONG)
         if p.virt is not None:
             return self.pfs.lookup(p, name)
-        if name == PFS_NAME and t.is_vol_root(p):
+        if t.is_reserved(p, name):
             return self.pfs.root(p.vol)
         ino = t.children(p).get(name)
         if ino is None:
@@ -103,7 +103,7 @@ class Namespace:
         """A new file, directory, symlink or special file at ``parent/name``."""
         p = self.table.writable_dir(parent_ino)
         self.table.check_name(name)
-        if name in self.table.children(p) or (name == PFS_NAME and self.table.is_vol_root(p)):
+        if name in self.table.children(p) or self.table.is_reserved(p, name):
             raise FsError(errno.EEXIST)
         if p.mode & stat.S_ISGID:
             gid = p.gid
@@ -140,7 +140,7 @@ class Namespace:
             raise FsError(errno.EPERM)
         if node.vol != p.vol:
             raise FsError(errno.EXDEV)
-        if name in self.table.children(p) or (name == PFS_NAME and self.table.is_vol_root(p)):
+        if name in self.table.children(p) or self.table.is_reserved(p, name):
             raise FsError(errno.EEXIST)
         if node.nlink == 0:
             raise FsError(errno.ENOENT)
@@ -157,7 +157,7 @@ class Namespace:
 
     def unlink(self, parent_ino: int, name: bytes, now: int, *, rmdir: bool) -> Node:
         p = self.table.writable_dir(parent_ino)
-        if name == PFS_NAME and self.table.is_vol_root(p):
+        if self.table.is_reserved(p, name):
             raise FsError(errno.EROFS)
         ino = self.table.children(p).get(name)
         if ino is None:
@@ -199,7 +199,7 @@ class Namespace:
         if P1.vol != P2.vol:
             raise FsError(errno.EXDEV)
         for p, n in ((P1, n1), (P2, n2)):
-            if n == PFS_NAME and self.table.is_vol_root(p):
+            if self.table.is_reserved(p, n):
                 raise FsError(errno.EROFS)
         src_ino = self.table.children(P1).get(n1)
         if src_ino is None:

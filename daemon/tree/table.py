@@ -288,6 +288,10 @@ class InodeTable:
     def is_vol_root(self, node: Node) -> bool:
         return node.vol >= 0 and node.ino == self.volumes[node.vol].root
 
+    def is_reserved(self, d: Node, name: bytes) -> bool:
+        """``name`` is the hidden ``.pfs`` of a volume root: never created, removed or renamed."""
+        return name == PFS_NAME and self.is_vol_root(d)
+
     def is_ancestor(self, a: Node, d: Node) -> bool:
         """Is directory ``a`` equal to or above ``d``?"""
         seen = 0
