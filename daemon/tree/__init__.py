@@ -13,10 +13,12 @@ Composed of parts with one job each, built and wired together by the ``Tree`` fa
   files and their state after a snapshot;
 - ``facade`` (``Tree``): what the FUSE layer (``fs``) and the worker call.
 
-The parts depend downwards only: ``table`` ← ``journal`` ← ``content`` ← ``namespace``, and the
-replayer drives the last two. ``.pfs/`` (``pfsdir``) is built on the table alone. Everything is
-synchronous, and errors are ``FsError(errno)``; the FUSE layer turns them into ``FUSEError`` in
-one place.
+Each part uses only those before it: ``Journal`` the table, ``Content`` the table and the
+journal, ``Namespace`` those and ``Content``; the last two hand the virtual nodes of ``.pfs/`` to
+``pfsdir``, which is built on the table alone. ``Replayer`` sits beside ``Journal`` (so that one
+module both writes and reads the records) and drives ``Namespace`` and ``Content``. Everything
+is synchronous, and errors are ``FsError(errno)``; the FUSE layer turns them into
+``FUSEError`` in one place.
 """
 
 from .facade import Tree
