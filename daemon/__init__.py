@@ -6,9 +6,10 @@ Modules, one job each:
   handlers; ``mounts``: one worker process per mount; ``recovery``: dead mounts.
 - ``worker``: a mount's own process (FUSE session, snapshots, the final commit); ``fs``: the
   pyfuse3 operations (translation only).
-- ``inodes``: the inode tree (loading, dirty marking, journal replay), with the mixins
-  ``namespace`` (create, link, unlink, rename) and ``content`` (setattr, read, write) over the
-  types in ``nodes``; ``pfsdir``: the hidden ``.pfs/``; ``chunkcache``: reads of committed
+- ``tree/``: the inode tree, composed of the inode table (``table``: loading, names, dirty
+  marks), the ``journal`` (records, replay), ``namespace`` (lookup, create, link, unlink,
+  rename) and ``content`` (setattr, read, write) over the types in ``nodes``, behind the
+  ``Tree`` facade; ``pfsdir``: the hidden ``.pfs/``; ``chunkcache``: reads of committed
   content.
 - ``staging``: the journal and staged data on local disk; ``snapshot``: build, commit, merge.
 - ``mountinfo``: the kernel mount table; ``protocol``: JSON-lines messages.

@@ -1,6 +1,6 @@
 """The pyfuse3 ``Operations`` of a mount: translation between FUSE requests and the inode tree.
 
-No filesystem logic lives here: each handler unpacks the request, calls ``inodes.Tree`` and
+No filesystem logic lives here: each handler unpacks the request, calls ``tree.Tree`` and
 packs the reply. Domain errors (``FsError``, ``PfsError``, ``OSError``) become ``FUSEError`` in
 exactly one place, ``to_fuse_error``. Lookup counts are kept here: +1 for lookup, create,
 mkdir, mknod, symlink, link, and for each readdirplus entry after ``readdir_reply`` accepted it
@@ -24,7 +24,7 @@ import pyfuse3
 
 from pfsfs.errors import Corruption, NotFound, PfsError, ReadOnly, StoreFull
 
-from .inodes import MODE_KIND, RO_VOL, FsError, Node, Tree
+from .tree import MODE_KIND, RO_VOL, FsError, Node, Tree
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ class PfsOperations(pyfuse3.Operations):
         if node.kind == "d":
             raise FsError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
-            self.tree._writable(node)
+            self.tree.check_writable(node)
         if flags & os.O_TRUNC and node.kind == "f" and node.size:
             # libfuse enables atomic O_TRUNC: the kernel sends no setattr(size=0) of its own,
             # it empties its page cache and trusts us to empty the file. Without this an

@@ -20,10 +20,10 @@ from pfsfs.errors import PfsError
 from pfsfs.ids import to_hex
 from pfsfs.refspec import RefSpec
 
-from .inodes import RO_VOL, FsError, Node
+from .tree.nodes import RO_VOL, FsError, Node
 
 if TYPE_CHECKING:
-    from .inodes import Tree
+    from .tree.table import InodeTable
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +31,18 @@ LIST_LIMIT = 1000
 
 
 class PfsArea:
-    """Virtual nodes of ``.pfs`` (``virt`` = (tag, volume)) and the commit trees below."""
+    """Virtual nodes of ``.pfs`` (``virt`` = (tag, volume)) and the commit trees below, kept in
+    the mount's inode table (through its public methods only)."""
 
-    def __init__(self, tree: Tree) -> None:
-        self.tree = tree
+    def __init__(self, table: InodeTable) -> None:
+        self.table = table
         self._roots: dict[int, int] = {}
         self._commit_roots: dict[bytes | None, int] = {}
         self._log_text: dict[int, tuple[bytes | None, bytes]] = {}
 
     def _virtual(self, tag: str, vol: int, kind: str, parent: int, name: bytes) -> Node:
-        t = self.tree
-        node = Node(t._alloc(), kind, RO_VOL)
+        t = self.table
+        node = Node(t.alloc(), kind, RO_VOL)
         node.virt = (tag, vol)
         node.mode = 0o555 if kind == "d" else 0o444
         node.uid, node.gid = t.nodes[t.volumes[vol].root].uid, t.nodes[t.volumes[vol].root].gid
@@ -50,13 +51,13 @@ class PfsArea:
         node.nlink = 2 if kind == "d" else 1
         if kind == "d":
             node.children = {}
-        t.nodes[node.ino] = node
+        t.add(node)
         return node
 
     def root(self, vol: int) -> Node:
         ino = self._roots.get(vol)
         if ino is None:
-            t = self.tree
+            t = self.table
             pfs = self._virtual("pfs", vol, "d", t.volumes[vol].root, b".pfs")
             for name, tag, kind in (
                 (b"commits", "commits", "d"),
@@ -67,34 +68,34 @@ class PfsArea:
                 pfs.children[name] = child.ino  # type: ignore[index]
             pfs.nsubdirs = 2
             ino = self._roots[vol] = pfs.ino
-        return self.tree.nodes[ino]
+        return self.table.nodes[ino]
 
     def _commit_root(self, commit: bytes | None, parent: int, name: bytes) -> Node:
         ino = self._commit_roots.get(commit)
-        if ino is None or ino not in self.tree.nodes:
-            entry = self.tree.repo.root_of(commit)
-            node = self.tree._node_from_entry(entry, RO_VOL, parent, name)
+        if ino is None or ino not in self.table.nodes:
+            entry = self.table.repo.root_of(commit)
+            node = self.table.node_from_entry(entry, RO_VOL, parent, name)
             ino = self._commit_roots[commit] = node.ino
-        return self.tree.nodes[ino]
+        return self.table.nodes[ino]
 
     def lookup(self, p: Node, name: bytes) -> Node:
         assert p.virt is not None
         tag, vol = p.virt
-        repo_name = self.tree.volumes[vol].repo
+        repo_name = self.table.volumes[vol].repo
         if tag == "pfs":
             ino = (p.children or {}).get(name)
             if ino is None:
                 raise FsError(errno.ENOENT)
-            return self.tree.nodes[ino]
+            return self.table.nodes[ino]
         try:
             text = name.decode()
             if tag == "commits":
-                resolved = self.tree.repo.resolve(RefSpec(repo_name, text))
+                resolved = self.table.repo.resolve(RefSpec(repo_name, text))
                 if resolved.branch is not None or resolved.commit is None:
                     raise FsError(errno.ENOENT)  # a branch name is not a commit id
                 return self._commit_root(resolved.commit, p.ino, name)
             if tag == "branches":
-                head = self.tree.repo.branch_head(repo_name, text)
+                head = self.table.repo.branch_head(repo_name, text)
                 return self._commit_root(head, p.ino, name)
         except (PfsError, UnicodeDecodeError, ValueError):
             raise FsError(errno.ENOENT) from None
@@ -103,8 +104,8 @@ class PfsArea:
     def listdir(self, d: Node) -> list[tuple[bytes, int]]:
         assert d.virt is not None
         tag, vol = d.virt
-        v = self.tree.volumes[vol]
-        repo = self.tree.repo
+        v = self.table.volumes[vol]
+        repo = self.table.repo
         if tag == "pfs":
             return list((d.children or {}).items())
         if tag == "branches":
@@ -121,10 +122,10 @@ class PfsArea:
         return []
 
     def _head(self, vol: int) -> bytes | None:
-        v = self.tree.volumes[vol]
+        v = self.table.volumes[vol]
         if v.branch:
             try:
-                return self.tree.repo.branch_head(v.repo, v.branch)
+                return self.table.repo.branch_head(v.repo, v.branch)
             except PfsError:
                 return v.base
         return v.base
@@ -135,7 +136,7 @@ class PfsArea:
         if cached is not None and cached[0] == head:
             return cached[1]
         lines = []
-        for cid, c in self.tree.repo.log(head):
+        for cid, c in self.table.repo.log(head):
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.time_ns / 1e9))
             message = c.message.replace("\n", " ")
             lines.append(f"{to_hex(cid)}  {when}  {c.author}  {message}\n")

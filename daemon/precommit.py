@@ -33,7 +33,7 @@ import trio
 
 from pfsfs.model import Locator, ManifestChunk
 
-from .inodes import Node, Tree
+from .tree import Node, Tree
 
 log = logging.getLogger(__name__)
 

@@ -43,12 +43,10 @@ from pfsfs.objects import ObjectWriter
 from pfsfs.repository import default_author
 from pfsfs.treediff import directory_entry, same_entry
 
-from .inodes import Node, Tree, add_extent
 from .precommit import usable
+from .tree import Node, Tree
 
 log = logging.getLogger(__name__)
-
-_COPY = 4 << 20  # bytes copied at a time when materialising a region of a rewritten file
 
 
 @dataclass
@@ -187,31 +185,7 @@ class Builder:
     def _dirty_region(self, node: Node, a: int, b: int) -> list[ManifestChunk]:
         """Make ``[a, b)`` whole in the data file (copying unwritten committed bytes in), then
         chunk it."""
-        tree = self.tree
-        staging = tree.staging
-        assert staging is not None and node.base is not None
-        fd = staging.fd(node.ino)
-        pos = a
-        ext = node.extents
-        gaps: list[tuple[int, int]] = []
-        for s, e in ext:
-            if e <= pos:
-                continue
-            if s >= b:
-                break
-            if s > pos:
-                gaps.append((pos, s))
-            pos = max(pos, e)
-        if pos < b:
-            gaps.append((pos, b))
-        for s, e in gaps:
-            e2 = min(e, node.base_len)
-            while s < e2:
-                n = min(_COPY, e2 - s)
-                data = tree.cache.read(node.base.ref, s, s + n)
-                os.pwrite(fd, data, s)
-                s += n
-        add_extent(ext, a, b)
+        self.tree.content.fill_in(node, a, b)
         return self._chunk_region(node, a, b)
 
     def _chunk_region(self, node: Node, a: int, b: int) -> list[ManifestChunk]:
@@ -477,27 +451,15 @@ def settle(tree: Tree, memo: dict[int, Entry]) -> None:
     first made a kill -9 in between replay fsync'd data as zeros)."""
     for ino, entry in memo.items():
         node = tree.nodes.get(ino)
-        if node is None:
-            continue
-        node.base = entry
-        node.dirty = False
-        if node.staged:
-            node.staged = False
-            node.extents = []
-            node.base_len = 0
+        if node is not None:
+            tree.content.committed(node, entry)
 
 
 def rotate(tree: Tree) -> None:
     """Start a fresh journal holding only the header, then drop the data files of nodes no
     longer staged (in this order: see ``settle``)."""
-    if tree.staging is None:
-        return
-    tree.staging.rewrite_journal([tree.header()])
-    tree.bound = {1, *(v.root for v in tree.volumes)}
-    live = {n.ino for n in tree.nodes.values() if n.staged}
-    for ino in tree.staging.data_inos():
-        if ino not in live:
-            tree.staging.drop(ino)
+    tree.journal.restart()
+    tree.content.drop_unstaged_data()
 
 
 def reconcile(tree: Tree, node: Node, ours: Entry, new: Entry) -> list[tuple[str, int, bytes]]:
@@ -514,12 +476,10 @@ def _reconcile(
     """``node`` is a directory (or a symlink/FIFO) that stays; regular files whose content or
     metadata changed get a new node (with writeback caching the kernel trusts its own size and
     mtime of a cached inode, so a fresh inode number is the only way to show new ones)."""
-    node.base = new
-    if (node.mode, node.uid, node.gid, node.mtime_ns) != (new.mode, new.uid, new.gid, new.mtime_ns):
-        node.mode, node.uid, node.gid, node.mtime_ns = new.mode, new.uid, new.gid, new.mtime_ns
+    table = tree.table
+    if table.show_entry(node, new):
         inval.append(("inode", node.ino, b""))
     if node.kind != "d":
-        node.target, node.size = new.target, new.size
         inval.append(("inode", node.ino, b""))
         return
     if node.children is None or ours.content_id() == new.content_id():
@@ -537,21 +497,8 @@ def _reconcile(
                 _reconcile(tree, child, o, n, inval)
                 continue
         if child is not None:
-            del node.children[name]
-            if child.kind == "d":
-                node.nsubdirs -= 1
-                child.nlink = 0
-            else:
-                child.nlink -= 1
-            tree._remove_loc(child, node.ino, name)
-            if child.link_id is not None:
-                key = (child.vol, child.link_id)
-                if tree.link_groups.get(key) == child.ino:
-                    del tree.link_groups[key]
+            table.drop_child(node, name)
             tree.maybe_drop(child)
         if n is not None:
-            fresh = tree._node_from_entry(n, node.vol, node.ino, name)
-            node.children[name] = fresh.ino
-            if n.is_dir:
-                node.nsubdirs += 1
+            table.add_child(node, name, n)
         inval.append(("entry", node.ino, name))

@@ -6,7 +6,7 @@ Layout of ``<home>/staging/<mount-id>/``:
                atomically when the mount starts; recovery reads it to find dead mounts.
 ``journal``    the mount's metadata log: length-prefixed msgpack records. The first record is a
                header naming each volume's repo, branch and base commit; every later record is
-               one mutation of the inode tree (see ``inodes``), appended with ``os.write`` as
+               one mutation of the inode tree (see ``tree.journal``), appended with ``os.write`` as
                soon as the mutation succeeds. A process kill loses nothing the kernel accepted
                (the page cache survives); ``fsync`` of any file in the mount fsyncs the journal.
                After a snapshot the journal is replaced atomically by one holding only the new

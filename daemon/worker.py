@@ -48,7 +48,6 @@ from pfsfs.repository import Repository
 
 from .chunkcache import ChunkCache
 from .fs import PfsOperations
-from .inodes import Tree
 from .malloc import trim_when_idle
 from .mountinfo import (
     READ_AHEAD_KB,
@@ -62,6 +61,8 @@ from .precommit import Precommitter
 from .protocol import Channel, error_reply
 from .snapshot import VolumeResult, snapshot
 from .staging import Staging
+from .tree import Tree
+from .tree.journal import header_volumes
 
 log = logging.getLogger(__name__)
 
@@ -224,17 +225,17 @@ class Worker:
                 mount_id=self.mount_id,
                 cache=cache,
             )
-            self.staging.rewrite_journal([self.tree.header()])
+            self.tree.journal.restart()  # the new journal: just the header
         else:
             self.staging = Staging.open(self.home, self.mount_id)
             self.meta = self.staging.read_meta()
             records = list(self.staging.records())
-            if not records or records[0][0] != "H":
+            volumes = header_volumes(records)
+            if volumes is None:
                 raise DaemonError(f"staged mount {self.mount_id} has no journal header")
-            volumes = [tuple(v) for v in records[0][1]["volumes"]]  # type: ignore[misc]
             self.tree = Tree(
                 repo,
-                volumes,  # type: ignore[arg-type]
+                volumes,
                 self.staging,
                 multi=bool(self.meta.get("multi")),
                 mount_id=self.mount_id,

@@ -12,9 +12,10 @@ import random
 from pathlib import Path
 
 import pytest
-from pfsfsd.inodes import FsError, Tree
 from pfsfsd.snapshot import Builder, snapshot
-from pfsfsd.staging import Staging
+from pfsfsd.staging import Staging, encode_record
+from pfsfsd.tree import FsError, Tree
+from pfsfsd.tree.journal import header_volumes
 
 from pfsfs.repository import Repository
 
@@ -131,4 +132,62 @@ def test_replay_rebuilds_the_same_tree(tmp_path: Path, seed: int) -> None:
     head = repo.branch_head("r", "master")
     assert results[0].commit is None or results[0].commit == head
     assert repo.read_commit(head).root.content_id() == expected if results[0].commit else True
+    repo.close()
+
+
+def test_journal_records_keep_their_layout(tmp_path: Path) -> None:
+    """Journals of live and orphaned mounts are on disk: the records a mutation writes must keep
+    the layout earlier versions wrote (and replayed), field for field, bytes included."""
+    home = tmp_path / "home"
+    repo = Repository.open(home)
+    repo.create_repo("r")
+    seed = Tree(repo, [("r", "master", None, False)], None, multi=False)
+    seed.staging = Staging.create(home, "seed", {})
+    d0 = seed.create(1, b"d", "d", 0o755, 0, 0, 0, b"", 5)
+    f0 = seed.create(d0.ino, b"f", "f", 0o644, 0, 0, 0, b"", 5)
+    seed.write(f0.ino, 0, b"committed", 5)
+    snapshot(seed, "seed")
+    staging = Staging.create(home, "m1", {})
+    head = repo.branch_head("r", "master")
+    tree = Tree(repo, [("r", "master", head, False)], staging, multi=False, mount_id="m1")
+    staging.rewrite_journal([tree.header()])
+    d = tree.lookup(1, b"d")
+    f = tree.lookup(d.ino, b"f")
+    tree.write(f.ino, 0, b"C", 10)  # binds the committed nodes it names first
+    n = tree.create(d.ino, b"n", "f", 0o644, 7, 8, 0, b"", 11)
+    tree.write(n.ino, 2, b"xy", None)
+    tree.setattr(n.ino, 12, {"mode": 0o600, "size": 3})
+    tree.set_xattr(n.ino, b"user.k", b"v", 13)
+    tree.set_xattr(n.ino, b"user.k", None, 14)
+    tree.link(n.ino, 1, b"hard", 15)
+    tree.rename(1, b"hard", d.ino, b"moved", 0, 16)
+    tree.unlink(d.ino, b"moved", 17, rmdir=False)
+    tree.create(1, b"s", "l", 0o777, 0, 0, 0, b"target", 18)
+    tree.content.write_failed(n, 4, 9)
+    records = list(Staging.open(home, "m1").records())
+    expected = [
+        ["H", {"volumes": [["r", "master", head, False]], "next_ino": 2}],
+        ["B", d.ino, 1, b"d"],
+        ["B", f.ino, d.ino, b"f"],
+        ["W", f.ino, 0, 1, 10],
+        ["N", n.ino, d.ino, b"n", "f", 0o644, 7, 8, 0, b"", 11],
+        ["W", n.ino, 2, 2, None],
+        ["A", n.ino, {"mode": 0o600, "size": 3}, 12],
+        ["X", n.ino, b"user.k", b"v", 13],
+        ["X", n.ino, b"user.k", None, 14],
+        ["L", n.ino, 1, b"hard", 15],
+        ["R", 1, b"hard", d.ino, b"moved", 0, 16],
+        ["U", d.ino, b"moved", 17, False],
+        ["N", n.ino + 1, 1, b"s", "l", 0o777, 0, 0, 0, b"target", 18],
+        ["F", n.ino, 4, 9],
+    ]
+    assert records == expected
+    raw = (home / "staging" / "m1" / "journal").read_bytes()
+    assert raw == b"".join(encode_record(r) for r in expected)
+    again = Tree(repo, header_volumes(records) or [], Staging.open(home, "m1"), multi=False)
+    assert again.replay(records[1:]) == len(expected) - 1
+    g = again.lookup(again.lookup(1, b"d").ino, b"f")
+    assert bytes(again.read(g, 0, 100)) == b"Committed"
+    assert again.lookup(1, b"s").target == b"target"
+    assert again.unstaged_paths() == ["/d/n"]
     repo.close()

@@ -2,7 +2,8 @@
 
 A node shows a committed entry (``base``) or new state; directories list ``name → inode``;
 file content is the committed manifest or a staged data file overlaid on its first
-``base_len`` bytes (``extents`` say which byte ranges the data file holds). See ``inodes``.
+``base_len`` bytes (``extents`` say which byte ranges the data file holds). The types the
+``tree`` package is made of (``table`` holds them; see the package's docstring).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class FsError(Exception):
         self.errno = err
 
 
-def _end(e: tuple[int, int]) -> int:
+def extent_end(e: tuple[int, int]) -> int:
+    """The end of a ``(start, end)`` byte range (the sort key of extent lists)."""
     return e[1]
 
 
@@ -50,7 +52,7 @@ def add_extent(ext: list[tuple[int, int]], a: int, b: int) -> None:
     """Merge ``[a, b)`` into a sorted list of disjoint ranges."""
     if a >= b:
         return
-    i = bisect.bisect_left(ext, a, key=_end)
+    i = bisect.bisect_left(ext, a, key=extent_end)
     j = i
     while j < len(ext) and ext[j][0] <= b:
         a = min(a, ext[j][0])
