@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pfsfs.errors import PfsError
 from pfsfs.ids import to_hex
+from pfsfs.model import DIR, FILE, Kind
 from pfsfs.refspec import RefSpec
 
 from .tree.nodes import RO_VOL, FsError, Node
@@ -40,16 +41,16 @@ class PfsArea:
         self._commit_roots: dict[bytes | None, int] = {}
         self._log_text: dict[int, tuple[bytes | None, bytes]] = {}
 
-    def _virtual(self, tag: str, vol: int, kind: str, parent: int, name: bytes) -> Node:
+    def _virtual(self, tag: str, vol: int, kind: Kind, parent: int, name: bytes) -> Node:
         t = self.table
         node = Node(t.alloc(), kind, RO_VOL)
         node.virt = (tag, vol)
-        node.mode = 0o555 if kind == "d" else 0o444
+        node.mode = 0o555 if kind == DIR else 0o444
         node.uid, node.gid = t.nodes[t.volumes[vol].root].uid, t.nodes[t.volumes[vol].root].gid
         node.mtime_ns = node.ctime_ns = node.atime_ns = time.time_ns()
         node.parent, node.name = parent, name
-        node.nlink = 2 if kind == "d" else 1
-        if kind == "d":
+        node.nlink = 2 if kind == DIR else 1
+        if kind == DIR:
             node.children = {}
         t.add(node)
         return node
@@ -58,11 +59,11 @@ class PfsArea:
         ino = self._roots.get(vol)
         if ino is None:
             t = self.table
-            pfs = self._virtual("pfs", vol, "d", t.volumes[vol].root, b".pfs")
+            pfs = self._virtual("pfs", vol, DIR, t.volumes[vol].root, b".pfs")
             for name, tag, kind in (
-                (b"commits", "commits", "d"),
-                (b"branches", "branches", "d"),
-                (b"log", "log", "f"),
+                (b"commits", "commits", DIR),
+                (b"branches", "branches", DIR),
+                (b"log", "log", FILE),
             ):
                 child = self._virtual(tag, vol, kind, pfs.ino, name)
                 pfs.children[name] = child.ino  # type: ignore[index]

@@ -87,7 +87,7 @@ class Builder:
         if done is not None:
             return done
         kind, extra = self.tree.entry_meta(node)
-        if node.kind == "d":
+        if node.kind == DIR:
             meta = Entry(DIR, node.mode, node.uid, node.gid, node.mtime_ns, extra=extra)
             if node.children is None:
                 base = node.base
@@ -97,14 +97,14 @@ class Builder:
                 nodes = self.tree.nodes
                 entries = {name: self.entry(nodes[c]) for name, c in node.children.items()}
                 e = directory_entry(meta, entries, self.w)
-        elif node.kind == "f":
+        elif node.kind == FILE:
             self._holes = 0
             ref, size = self._content(node)
             alloc = self._allocated(node, ref, size)
             if alloc is not None:
                 extra = {**(extra or {}), X_ALLOC: alloc}
             e = Entry(FILE, node.mode, node.uid, node.gid, node.mtime_ns, size, ref, b"", 1, extra)
-        elif node.kind == "l":
+        elif node.kind == SYMLINK:
             e = Entry(
                 SYMLINK,
                 node.mode,
@@ -479,7 +479,7 @@ def _reconcile(
     table = tree.table
     if table.show_entry(node, new):
         inval.append(("inode", node.ino, b""))
-    if node.kind != "d":
+    if node.kind != DIR:
         inval.append(("inode", node.ino, b""))
         return
     if node.children is None or ours.content_id() == new.content_id():

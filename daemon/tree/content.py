@@ -21,7 +21,7 @@ import os
 from typing import TYPE_CHECKING
 
 from pfsfs.errors import StoreFull
-from pfsfs.model import Entry
+from pfsfs.model import DIR, FILE, Entry
 
 from ..chunkcache import ChunkCache
 from .journal import Journal
@@ -71,9 +71,9 @@ class Content:
         node = self.table.node(ino)
         self.table.check_writable(node)
         if "size" in changes:
-            if node.kind == "d":
+            if node.kind == DIR:
                 raise FsError(errno.EISDIR)
-            if node.kind != "f":
+            if node.kind != FILE:
                 raise FsError(errno.EINVAL)
         # a deleted-but-open file cannot be bound: nothing to journal or commit
         if self.journal.bind(node) and changes:
@@ -141,8 +141,8 @@ class Content:
         """Write through to the staged data file. ``now`` is the new mtime, or None when the
         kernel keeps mtime itself (writeback cache) and will set it with ``setattr``."""
         node = self.table.node(ino)
-        if node.kind != "f":
-            raise FsError(errno.EISDIR if node.kind == "d" else errno.EINVAL)
+        if node.kind != FILE:
+            raise FsError(errno.EISDIR if node.kind == DIR else errno.EINVAL)
         self.table.check_writable(node)
         assert self.staging is not None
         self._stage(node)
@@ -240,14 +240,14 @@ class Content:
     def file_closed(self, node: Node) -> None:
         """The last handle of ``node`` was closed: queue changed content for background
         chunking (``precommit`` decides whether it qualifies)."""
-        if node.opens == 0 and node.staged and node.kind == "f" and not self.journal.replaying:
+        if node.opens == 0 and node.staged and node.kind == FILE and not self.journal.replaying:
             self.closed_files.pop(node.ino, None)  # re-queued at the end
             self.closed_files[node.ino] = node.size
 
     def release_data(self, node: Node) -> None:
         """A file with no name and no open handle: its staged data goes at once (frees the
         disk)."""
-        if node.staged and node.kind == "f" and self._io:
+        if node.staged and node.kind == FILE and self._io:
             assert self.staging is not None
             self.staging.drop(node.ino)
             node.size = 0

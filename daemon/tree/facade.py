@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pfsfs.model import Kind
 from pfsfs.repository import Repository
 
 from ..chunkcache import ChunkCache
@@ -123,7 +124,7 @@ class Tree:
         self,
         parent_ino: int,
         name: bytes,
-        kind: str,
+        kind: Kind,
         mode: int,
         uid: int,
         gid: int,

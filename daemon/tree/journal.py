@@ -34,6 +34,8 @@ from .nodes import FsError, Node
 from .table import InodeTable, VolumeSpec
 
 if TYPE_CHECKING:
+    from pfsfs.model import Kind
+
     from ..staging import Staging
     from .content import Content
     from .namespace import Namespace
@@ -110,7 +112,7 @@ class Journal:
         ino: int,
         parent: int,
         name: bytes,
-        kind: str,
+        kind: Kind,
         mode: int,
         uid: int,
         gid: int,

@@ -14,7 +14,7 @@ import logging
 import stat
 from typing import TYPE_CHECKING
 
-from pfsfs.model import NAME_MAX
+from pfsfs.model import DIR, FILE, NAME_MAX, SYMLINK, Kind
 
 from .content import Content
 from .journal import Journal
@@ -40,7 +40,7 @@ class Namespace:
     def lookup(self, parent_ino: int, name: bytes) -> Node:
         t = self.table
         p = t.node(parent_ino)
-        if p.kind != "d":
+        if p.kind != DIR:
             raise FsError(errno.ENOTDIR)
         if name == b".":
             return p
@@ -58,7 +58,7 @@ class Namespace:
         return t.nodes[ino]
 
     def listdir(self, d: Node) -> list[tuple[bytes, int]]:
-        if d.kind != "d":
+        if d.kind != DIR:
             raise FsError(errno.ENOTDIR)
         if d.virt is not None:
             return self.pfs.listdir(d)
@@ -91,7 +91,7 @@ class Namespace:
         self,
         parent_ino: int,
         name: bytes,
-        kind: str,
+        kind: Kind,
         mode: int,
         uid: int,
         gid: int,
@@ -107,21 +107,21 @@ class Namespace:
             raise FsError(errno.EEXIST)
         if p.mode & stat.S_ISGID:
             gid = p.gid
-            if kind == "d":
+            if kind == DIR:
                 mode |= stat.S_ISGID
         self.journal.bind(p)
         node = Node(ino if ino is not None else self.table.alloc(), kind, p.vol)
         node.mode, node.uid, node.gid, node.rdev = mode & 0o7777, uid, gid, rdev
         node.mtime_ns = node.ctime_ns = node.atime_ns = now
         node.parent, node.name = p.ino, name
-        if kind == "d":
+        if kind == DIR:
             node.children = {}
             node.nlink = 2
             p.nsubdirs += 1
-        elif kind == "l":
+        elif kind == SYMLINK:
             node.target = target
             node.size = len(target)
-        elif kind == "f":
+        elif kind == FILE:
             node.staged = True
         self.table.add(node)
         p.children[name] = node.ino  # type: ignore[index]
@@ -136,7 +136,7 @@ class Namespace:
         node = self.table.node(ino)
         p = self.table.writable_dir(parent_ino)
         self.table.check_name(name)
-        if node.kind == "d":
+        if node.kind == DIR:
             raise FsError(errno.EPERM)
         if node.vol != p.vol:
             raise FsError(errno.EXDEV)
@@ -164,11 +164,11 @@ class Namespace:
             raise FsError(errno.ENOENT)
         node = self.table.nodes[ino]
         if rmdir:
-            if node.kind != "d":
+            if node.kind != DIR:
                 raise FsError(errno.ENOTDIR)
             if self.table.children(node):
                 raise FsError(errno.ENOTEMPTY)
-        elif node.kind == "d":
+        elif node.kind == DIR:
             raise FsError(errno.EISDIR)
         self.journal.bind(p)
         self.journal.bind(node)
@@ -183,7 +183,7 @@ class Namespace:
         del p.children[name]  # type: ignore[arg-type]
         self.table.remove_location(node, p.ino, name)
         node.ctime_ns = now
-        if node.kind == "d":
+        if node.kind == DIR:
             p.nsubdirs -= 1
             node.nlink = 0
             node.parent = 0
@@ -213,8 +213,8 @@ class Namespace:
         if exchange:
             if dst is None:
                 raise FsError(errno.ENOENT)
-            if (src.kind == "d" and self.table.is_ancestor(src, P2)) or (
-                dst.kind == "d" and self.table.is_ancestor(dst, P1)
+            if (src.kind == DIR and self.table.is_ancestor(src, P2)) or (
+                dst.kind == DIR and self.table.is_ancestor(dst, P1)
             ):
                 raise FsError(errno.EINVAL)
         elif dst is not None:
@@ -222,14 +222,14 @@ class Namespace:
                 raise FsError(errno.EEXIST)
             if dst is src:
                 return None
-            if src.kind == "d":
-                if dst.kind != "d":
+            if src.kind == DIR:
+                if dst.kind != DIR:
                     raise FsError(errno.ENOTDIR)
                 if self.table.children(dst):
                     raise FsError(errno.ENOTEMPTY)
-            elif dst.kind == "d":
+            elif dst.kind == DIR:
                 raise FsError(errno.EISDIR)
-        if src.kind == "d" and not exchange and self.table.is_ancestor(src, P2):
+        if src.kind == DIR and not exchange and self.table.is_ancestor(src, P2):
             raise FsError(errno.EINVAL)
         for n in (P1, P2, src):
             self.journal.bind(n)
@@ -242,10 +242,10 @@ class Namespace:
             self.table.remove_location(dst, P2.ino, n2)
             self.table.add_location(src, P2.ino, n2)
             self.table.add_location(dst, P1.ino, n1)
-            if src.kind == "d":
+            if src.kind == DIR:
                 P1.nsubdirs -= 1
                 P2.nsubdirs += 1
-            if dst.kind == "d":
+            if dst.kind == DIR:
                 P2.nsubdirs -= 1
                 P1.nsubdirs += 1
             dst.ctime_ns = now
@@ -258,7 +258,7 @@ class Namespace:
             self.table.remove_location(src, P1.ino, n1)
             P2.children[n2] = src.ino  # type: ignore[index]
             self.table.add_location(src, P2.ino, n2)
-            if src.kind == "d":
+            if src.kind == DIR:
                 P1.nsubdirs -= 1
                 P2.nsubdirs += 1
         src.ctime_ns = now

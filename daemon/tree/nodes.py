@@ -11,11 +11,10 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import stat
 from typing import Any
 
 from pfsfs.changes import RESERVED_ROOT_NAME
-from pfsfs.model import Entry
+from pfsfs.model import Entry, Kind
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +22,8 @@ ROOT = 1
 RO_VOL = -1  # nodes of .pfs/ and of the synthetic multi-repo root: never writable
 PFS_NAME = RESERVED_ROOT_NAME  # the hidden time-travel directory at a volume root
 
-KIND_MODE = {
-    "f": stat.S_IFREG,
-    "d": stat.S_IFDIR,
-    "l": stat.S_IFLNK,
-    "p": stat.S_IFIFO,
-    "c": stat.S_IFCHR,
-    "b": stat.S_IFBLK,
-    "s": stat.S_IFSOCK,
-}
-MODE_KIND = {v: k for k, v in KIND_MODE.items()}
+# st_mode file-type bits -> kind (model.Kind owns the mapping; this is the lookup fs.py uses)
+MODE_KIND = {kind.mode_bits: kind for kind in Kind}
 
 
 class FsError(Exception):
@@ -121,9 +112,10 @@ class Node:
         "extra",
     )
 
-    def __init__(self, ino: int, kind: str, vol: int) -> None:
+    def __init__(self, ino: int, kind: Kind | str, vol: int) -> None:
         self.ino = ino
-        self.kind = kind
+        # a Kind even when replay hands the journal's letter
+        self.kind = Kind(kind)
         self.vol = vol
         self.mode = 0o644
         self.uid = self.gid = self.rdev = 0
@@ -157,7 +149,7 @@ class Node:
 
     @property
     def st_mode(self) -> int:
-        return KIND_MODE[self.kind] | self.mode
+        return self.kind.mode_bits | self.mode
 
     def locations(self) -> list[tuple[int, bytes]]:
         if self.links:

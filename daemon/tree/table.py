@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 from pfsfs.ids import hash_bytes
-from pfsfs.model import FIFO, NAME_MAX, SPECIAL_FTYPES, Entry, entry_extra
+from pfsfs.model import DIR, FIFO, FILE, NAME_MAX, SPECIAL_FTYPES, SYMLINK, Entry, entry_extra
 from pfsfs.repository import Repository
 
 from .nodes import PFS_NAME, RO_VOL, ROOT, FsError, Node, Volume
@@ -46,7 +46,7 @@ class InodeTable:
         self.next_ino = ROOT + 1
         top: Node | None = None
         if multi:
-            top = Node(ROOT, "d", RO_VOL)
+            top = Node(ROOT, DIR, RO_VOL)
             top.mode, top.uid, top.gid = 0o555, os.getuid(), os.getgid()
             top.children, top.parent = {}, ROOT
             self.nodes[ROOT] = top
@@ -142,10 +142,10 @@ class InodeTable:
         node.rdev = entry.rdev
         node.base = entry
         node.parent, node.name = parent, name
-        if kind == "d":
+        if kind == DIR:
             node.nlink = 2
         else:
-            node.size = entry.size if kind in ("f", "l") else 0
+            node.size = entry.size if kind in (FILE, SYMLINK) else 0
             node.target = entry.target
         if link is not None:
             node.link_id = link
@@ -197,7 +197,7 @@ class InodeTable:
             d = stack.pop()
             for child in self.children(d).values():
                 c = self.nodes[child]
-                if c.kind == "d":
+                if c.kind == DIR:
                     stack.append(c)
         for n in todo:
             self.remark_dirty(n)
@@ -217,7 +217,7 @@ class InodeTable:
             node.mode, node.uid, node.gid = entry.mode, entry.uid, entry.gid
             node.mtime_ns = entry.mtime_ns
             changed = True
-        if node.kind != "d":
+        if node.kind != DIR:
             node.target, node.size = entry.target, entry.size
         return changed
 
@@ -230,7 +230,7 @@ class InodeTable:
         if child is None:
             return None
         del d.children[name]
-        if child.kind == "d":
+        if child.kind == DIR:
             d.nsubdirs -= 1
             child.nlink = 0
         else:
@@ -251,7 +251,7 @@ class InodeTable:
     # -- names -------------------------------------------------------------------------------
     def add_location(self, node: Node, parent: int, name: bytes) -> None:
         """``links`` holds every name only while there are two or more."""
-        if node.kind == "d" or (not node.parent and not node.links):
+        if node.kind == DIR or (not node.parent and not node.links):
             node.parent, node.name = parent, name
             return
         if node.links is None:
@@ -324,7 +324,7 @@ class InodeTable:
     def writable_dir(self, ino: int) -> Node:
         """A directory that may be written to."""
         d = self.node(ino)
-        if d.kind != "d":
+        if d.kind != DIR:
             raise FsError(errno.ENOTDIR)
         self.check_writable(d)
         if d.nlink == 0:
@@ -381,7 +381,7 @@ class InodeTable:
             node.extra,
             ftype=node.kind if special else None,
             rdev=node.rdev,
-            link=self.link_id_for(node) if node.kind != "d" and node.nlink > 1 else None,
+            link=self.link_id_for(node) if node.kind != DIR and node.nlink > 1 else None,
             nlink=node.nlink,
             xattrs=node.xattrs,
         )
