@@ -43,6 +43,7 @@ from pfsfs.errors import (
     StoreError,
 )
 from pfsfs.ids import to_hex
+from pfsfs.ops.branches import ensure_branch, names_commit
 from pfsfs.refspec import check_name, parse_ref
 from pfsfs.repository import Repository
 
@@ -102,17 +103,13 @@ def resolve_volumes(
                     created.append(f"created repo {spec.repo}")
             branch = spec.ref or "master"
             if not spec.back and branch not in repo.list_branches(spec.repo):
-                is_commit = False
-                if len(branch) >= 6 and all(c in "0123456789abcdef" for c in branch):
-                    try:
-                        repo.resolve(spec)
-                        is_commit = True
-                    except NotFound:
-                        pass
-                if not is_commit:
-                    start = repo.start_branch(spec.repo, check_name("branch", branch), from_ref)
-                    if created is not None:
-                        created.append(f"created branch {spec.repo}@{branch} from {start}")
+                start = (
+                    None
+                    if names_commit(repo, spec)
+                    else ensure_branch(repo, spec.repo, check_name("branch", branch), from_ref)
+                )
+                if start is not None and created is not None:
+                    created.append(f"created branch {spec.repo}@{branch} from {start}")
         resolved = repo.resolve(spec)
         ro = read_only or resolved.branch is None
         if not ro:
