@@ -176,9 +176,9 @@ class Worker:
         # pushed spans out of the store's memory before they were read (refetched).
         self.read_ahead_kb = REMOTE_READ_AHEAD_KB
         cache_dir = None
-        # A remote store without a local cache of its own gets one here; a store that already
-        # caches (S3 behind CachingStore) must not be cached twice (twice the disk writes).
-        if not repo.store.properties.caches_reads:
+        # A remote store without a read cache of the repository's gets one here; one that has
+        # it (S3 behind CachingStore) must not be cached twice (twice the disk writes).
+        if repo.cache is None:
             cache_dir = self.home / "cache" / "chunks"
         return ChunkCache(repo.reader, disk_dir=cache_dir, read_ahead=16, read_ahead_workers=2)
 
