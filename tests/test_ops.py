@@ -12,12 +12,12 @@ import pytest
 
 from pfsfs.errors import Conflict, InvalidInput, NotFound, ReadOnly
 from pfsfs.ops.branches import ensure_branch, names_commit
-from pfsfs.ops.pipelines import check_delete, delete_pipeline
+from pfsfs.ops.pipelines import check_delete, delete_pipeline, set_pipeline_state
 from pfsfs.ops.put import put, resolve_target
 from pfsfs.ops.refresh import refresh
 from pfsfs.pipeline.engine import jobs_dir
 from pfsfs.pipeline.spec import parse_spec_dict
-from pfsfs.pipeline.state import JobRecord, PipelineState, create_pipeline
+from pfsfs.pipeline.state import RUNNING, STOPPED, JobRecord, PipelineState, create_pipeline
 from pfsfs.refspec import parse_ref
 from pfsfs.repository import Repository
 
@@ -163,3 +163,13 @@ def test_delete_pipeline_with_and_without_its_repo(repo: Repository) -> None:
     assert "q" not in {r.name for r in repo.list_repos()}
     delete_pipeline(repo, "p", keep_repo=True)
     assert "p" in {r.name for r in repo.list_repos()}
+
+
+def test_stop_and_start_a_pipeline(repo: Repository) -> None:
+    create_pipeline(repo, _spec("p", "r"))
+    assert set_pipeline_state(repo, "p", STOPPED)
+    assert not set_pipeline_state(repo, "p", STOPPED)  # already
+    assert PipelineState(repo.index).pipeline("p").state == STOPPED
+    assert set_pipeline_state(repo, "p", RUNNING)
+    with pytest.raises(NotFound):
+        set_pipeline_state(repo, "nope", RUNNING)

@@ -240,13 +240,11 @@ def pipeline_delete(app: AppContext, name: str, force: bool, keep_repo: bool) ->
 
 
 def _set_state(app: AppContext, name: str, new: str) -> None:
-    state = _state(app)
-    rec = state.pipeline(name)
-    if rec.state == new:
+    from ..ops.pipelines import set_pipeline_state
+
+    if not set_pipeline_state(app.repo, name, new):
         click.echo(f"pipeline {name} is already {new}")
         return
-    rec.state = new
-    state.put_pipeline(rec)
     click.echo(f"pipeline {name} {'started' if new == 'running' else 'stopped'}")
 
 

@@ -8,5 +8,6 @@ parses arguments (the CLI does), none speaks FUSE (the daemon does):
 * ``put`` — the steps of ``pfsfs put``: resolve the target, check the write policy, use the
   stat cache, transfer, commit;
 * ``refresh`` — re-read branch heads, index what they reach, forget vanished objects;
-* ``pipelines`` — deleting a pipeline with its jobs and (optionally) its output repo.
+* ``pipelines`` — stopping and starting a pipeline; deleting one with its jobs and (unless
+  kept) its output repo.
 """

@@ -1,6 +1,5 @@
-"""Pipeline administration shared by the CLI and whoever else deletes pipelines: the checks
-before a delete, and the delete itself (its jobs' records and directories, and unless kept
-its output repo)."""
+"""Pipeline administration: stopping and starting a pipeline, the checks before a delete, and
+the delete itself (its jobs' records and directories, and unless kept its output repo)."""
 
 from __future__ import annotations
 
@@ -43,3 +42,15 @@ def delete_pipeline(repository: Repository, name: str, *, keep_repo: bool) -> No
         repository.delete_repo(name)
     for job_id in job_ids:
         shutil.rmtree(jobs_dir(repository.home) / job_id, ignore_errors=True)
+
+
+def set_pipeline_state(repository: Repository, name: str, new: str) -> bool:
+    """Put pipeline ``name`` in state ``new`` (``RUNNING`` or ``STOPPED``); False if it was
+    in that state already. ``NotFound`` if there is no such pipeline."""
+    state = PipelineState(repository.index)
+    rec = state.pipeline(name)
+    if rec.state == new:
+        return False
+    rec.state = new
+    state.put_pipeline(rec)
+    return True
