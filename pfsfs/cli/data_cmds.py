@@ -12,8 +12,8 @@ from ..display import json_name, show, show_local, show_path
 from ..errors import InvalidInput
 from ..ids import to_hex
 from ..model import DIR, FIFO, FILE, SYMLINK, Entry
+from ..ops.put import parse_target, resolve_target
 from ..ops.put import put as ops_put
-from ..ops.put import resolve_target
 from ..refspec import parse_ref
 from ..repository import Repository
 from ..transfer import SPECIAL_FTYPES, export_file, export_special, export_tree, special_kind
@@ -65,6 +65,7 @@ def put(
     device; the branch still holding what they were) are not read again; --no-cache reads
     them anyway.
     """
+    parse_target(target)  # before the home is opened: a malformed target creates none
     repository = app.repo
     where = resolve_target(repository, target, source)
     result = ops_put(

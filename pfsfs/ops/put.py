@@ -19,7 +19,7 @@ from typing import BinaryIO
 from ..changes import ChangeSet, split_path
 from ..display import show_local, show_path
 from ..errors import InvalidInput, NotFound
-from ..refspec import parse_ref
+from ..refspec import RefSpec, parse_ref
 from ..repository import DEFAULT_BRANCH, Repository
 from ..transfer import PutCache, head_lookup, ingest_plan, ingest_stream, plan_put
 from .branches import ensure_branch, names_commit
@@ -66,13 +66,21 @@ def is_contents(source: str) -> bool:
     return source.endswith("/") and source.rstrip("/") != ""
 
 
-def resolve_target(repository: Repository, target: str, source: str) -> PutTarget:
-    """Parse and check ``target`` (``REPO@BRANCH[:/PATH]``) for ``source`` (a path, or ``-``
-    for stdin): a branch head, not a commit; an existing source; a path other than the root
-    unless a directory's contents go there. Raises ``InvalidInput`` or ``NotFound``."""
+def parse_target(target: str) -> RefSpec:
+    """``target`` (``REPO@BRANCH[:/PATH]``) parsed, refused unless it names a branch head (no
+    ``~N``). Needs no repository: the CLI calls it before opening the home, so a malformed
+    target creates none."""
     spec = parse_ref(target)
     if spec.back:
         raise InvalidInput(f"{target}: can only put to a branch head")
+    return spec
+
+
+def resolve_target(repository: Repository, target: str, source: str) -> PutTarget:
+    """Parse and check ``target`` (``parse_target``) for ``source`` (a path, or ``-`` for
+    stdin): a branch head, not a commit; an existing source; a path other than the root
+    unless a directory's contents go there. Raises ``InvalidInput`` or ``NotFound``."""
+    spec = parse_target(target)
     repo, branch = spec.repo, spec.ref or DEFAULT_BRANCH
     if branch not in repository.list_branches(repo):
         repository.repo_record(repo)
