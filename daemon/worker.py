@@ -43,6 +43,7 @@ from pfsfs.errors import (
     StoreError,
 )
 from pfsfs.ids import to_hex
+from pfsfs.ops.branches import ensure_branch, names_commit
 from pfsfs.refspec import check_name, parse_ref
 from pfsfs.repository import Repository
 
@@ -103,17 +104,13 @@ def resolve_volumes(
                     created.append(f"created repo {spec.repo}")
             branch = spec.ref or "master"
             if not spec.back and branch not in repo.list_branches(spec.repo):
-                is_commit = False
-                if len(branch) >= 6 and all(c in "0123456789abcdef" for c in branch):
-                    try:
-                        repo.resolve(spec)
-                        is_commit = True
-                    except NotFound:
-                        pass
-                if not is_commit:
-                    start = repo.start_branch(spec.repo, check_name("branch", branch), from_ref)
-                    if created is not None:
-                        created.append(f"created branch {spec.repo}@{branch} from {start}")
+                start = (
+                    None
+                    if names_commit(repo, spec)
+                    else ensure_branch(repo, spec.repo, check_name("branch", branch), from_ref)
+                )
+                if start is not None and created is not None:
+                    created.append(f"created branch {spec.repo}@{branch} from {start}")
         resolved = repo.resolve(spec)
         ro = read_only or resolved.branch is None
         if not ro:
@@ -180,9 +177,9 @@ class Worker:
         # pushed spans out of the store's memory before they were read (refetched).
         self.read_ahead_kb = REMOTE_READ_AHEAD_KB
         cache_dir = None
-        # A remote store without a local cache of its own gets one here; a store that already
-        # caches (S3 behind CachingStore) must not be cached twice (twice the disk writes).
-        if not repo.store.properties.caches_reads:
+        # A remote store without a read cache of the repository's gets one here; one that has
+        # it (S3 behind CachingStore) must not be cached twice (twice the disk writes).
+        if repo.cache is None:
             cache_dir = self.home / "cache" / "chunks"
         return ChunkCache(repo.reader, disk_dir=cache_dir, read_ahead=16, read_ahead_workers=2)
 

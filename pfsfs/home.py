@@ -23,10 +23,13 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInput, StoreError
 from .store.base import ObjectStore
+
+if TYPE_CHECKING:
+    from .store.cache import CachingStore
 
 CONFIG_NAME = "config.json"
 PRIVATE_DIR_MODE = 0o700
@@ -141,7 +144,7 @@ def write_config(home: Path, config: HomeConfig) -> None:
 
 
 def open_store(home: Path, config: HomeConfig) -> ObjectStore:
-    """Instantiate the store that ``config`` names (no network I/O here)."""
+    """Instantiate the store that ``config`` names, without any cache (no network I/O here)."""
     kind = config.store.get("type")
     if kind == "local":
         from .store.local import LocalObjectStore
@@ -153,12 +156,29 @@ def open_store(home: Path, config: HomeConfig) -> ObjectStore:
         path = Path(config.store.get("path", "store"))
         return LocalObjectStore(path if path.is_absolute() else home / path)
     if kind == "s3":
-        from .store.cache import DEFAULT_MAX_BYTES, CachingStore
         from .store.s3 import from_config
 
-        # Immutable blobs are cached in <home>/cache/store (size: store.cache_max_bytes).
-        max_bytes = config.store.get("cache_max_bytes", DEFAULT_MAX_BYTES)
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-            raise InvalidInput(f"{home / CONFIG_NAME}: store.cache_max_bytes must be an integer")
-        return CachingStore(from_config(config.store), home / "cache" / "store", max_bytes)
+        _cache_max_bytes(home, config)  # a bad setting fails before anything is opened
+        return from_config(config.store)
     raise InvalidInput(f"unknown store type {kind!r} in {home / CONFIG_NAME}")
+
+
+def open_read_cache(home: Path, config: HomeConfig, store: ObjectStore) -> CachingStore | None:
+    """The local read cache in front of ``store`` for this home, or None: a remote (S3)
+    store's immutable blobs are cached in ``<home>/cache/store`` (at most
+    ``store.cache_max_bytes``); a local store needs none. The repository holds it and gives
+    it to its object reader and writer."""
+    if config.store.get("type") != "s3":
+        return None
+    from .store.cache import CachingStore
+
+    return CachingStore(store, home / "cache" / "store", _cache_max_bytes(home, config))
+
+
+def _cache_max_bytes(home: Path, config: HomeConfig) -> int:
+    from .store.cache import DEFAULT_MAX_BYTES
+
+    max_bytes = config.store.get("cache_max_bytes", DEFAULT_MAX_BYTES)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise InvalidInput(f"{home / CONFIG_NAME}: store.cache_max_bytes must be an integer")
+    return max_bytes

@@ -227,7 +227,7 @@ def gc(
                     from .model import Commit
 
                     repo.index.drop_commit(Commit.decode(data).repo, cid)
-            repo.store.delete(key)
+            repo.delete_blob(key)  # the read cache forgets it too
     log.info("gc deleted %d blobs (%d bytes)", report.deleted_blobs, report.deleted_bytes)
     return report
 
@@ -238,7 +238,7 @@ def _remove_temp(repo: Repository, cutoff: float, report: GcReport) -> None:
     other homes (see ``LocalObjectStore.remove_temp``)."""
     # S3 writes are atomic PUTs (none to remove); a killed multipart upload is expired by a
     # bucket lifecycle rule (AbortIncompleteMultipartUpload), not here.
-    report.temp_files, report.temp_bytes = repo.store.uncached().remove_temp(cutoff)
+    report.temp_files, report.temp_bytes = repo.store.remove_temp(cutoff)
 
 
 def fsck(
@@ -258,7 +258,7 @@ def fsck(
     heads = _check_refs(repo, problems)
     r = reachable(repo, heads, strict=False)
     problems.extend(r.problems)
-    truth = repo.store.uncached()  # the store itself, not a local read cache
+    truth = repo.store  # the store itself, never the local read cache
     sizes = {info.key: info.size for info in truth.list()}
     for cid in sorted(r.commits):
         key = f"commit/{cid.hex()}"
@@ -455,7 +455,7 @@ def rebuild_index(home: Path) -> RebuildReport:
     The new index is built next to the old one; its file then replaces the old file in one
     rename, so a crash leaves either index whole. The old file is kept as
     ``index.damaged-<time>.mdb`` in the home."""
-    from .home import open_store, read_config
+    from .home import read_config
     from .repository import Repository
 
     config = read_config(home)
@@ -464,7 +464,7 @@ def rebuild_index(home: Path) -> RebuildReport:
     current = home / "index"
     fresh = home / "index.rebuild"
     shutil.rmtree(fresh, ignore_errors=True)  # what a crashed rebuild left
-    repo = Repository(home, config, open_store(home, config), Index(fresh))
+    repo = Repository.on_store(home, config, Index(fresh))
     try:
         with repo.gc_lock():  # no write session of this home is running meanwhile
             old_data = current / "data.mdb"
@@ -500,7 +500,7 @@ def _reindex(repo: Repository, report: RebuildReport) -> None:
     heads.extend(bytes.fromhex(c) for c in extra_commits)
     r = reachable(repo, heads, extra_locators, strict=False)  # commits are indexed as read
     report.problems.extend(r.problems)
-    sizes = {info.key: info.size for info in repo.store.uncached().list()}
+    sizes = {info.key: info.size for info in repo.store.list()}
     present = [loc for loc in r.locators if _fits(loc, sizes)]
     repo.index.add_objects(present)
     report.objects = len(present)

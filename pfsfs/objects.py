@@ -10,9 +10,11 @@ durability barrier) and only then records the new locators in the index, so the 
 names an object a crash could have lost.
 
 ``ObjectReader`` fetches and *verifies*: every chunk and object is re-hashed on read —
-wrong bytes are never returned. A mismatch behind a local read cache is first taken for the
-cache's fault (the range is discarded there and read from the store itself); a mismatch in the
-store raises ``Corruption``.
+wrong bytes are never returned. It is given the store and, for a remote store, the local read
+cache in front of it (``cache``, a ``store.cache.CachingStore``: the ``Repository`` decides,
+the reader never probes). It reads through the cache; a mismatch there is first taken for the
+cache's fault (the range is discarded from it and read from the store itself); a mismatch in
+the store raises ``Corruption``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import model
 from .errors import Corruption, NotFound
@@ -30,6 +32,9 @@ from .ids import hash_bytes, to_hex
 from .index import Index
 from .model import Entry, Locator, ManifestChunk
 from .store.base import ObjectStore
+
+if TYPE_CHECKING:
+    from .store.cache import CachingStore
 
 log = logging.getLogger(__name__)
 
@@ -248,23 +253,36 @@ class ObjectWriter:
 
 
 class ObjectReader:
-    """Verified reads with a small in-process cache of decoded trees and manifests."""
+    """Verified reads with a small in-process cache of decoded trees and manifests.
 
-    def __init__(self, store: ObjectStore, index: Index, cache_entries: int = 4096) -> None:
+    ``store`` is the store itself; ``cache``, if given, the local read cache in front of it:
+    reads, read hints and views go to the cache, and what it returns wrong to the store."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        index: Index,
+        cache_entries: int = 4096,
+        *,
+        cache: CachingStore | None = None,
+    ) -> None:
         self.store = store
         self.index = index
+        self.read_cache = cache
+        #: Where reads go first: the read cache if there is one, else the store.
+        self._source: ObjectStore = cache if cache is not None else store
         self._cache: OrderedDict[bytes, object] = OrderedDict()
         self._cache_entries = cache_entries
 
     def read_raw(self, loc: Locator) -> bytes:
-        """The located object's bytes, verified against its id. What a local read cache
-        returned wrong (or short) is discarded there and read from the store itself."""
+        """The located object's bytes, verified against its id. What the read cache returned
+        wrong (or short) is discarded there and read from the store itself."""
         key = model.blob_key(loc)
-        data = self._get_verified(self.store, key, loc)
+        data = self._get_verified(self._source, key, loc, cached=self.read_cache is not None)
         if data is None:
-            if self.store.properties.caches_reads:
-                self.store.discard(key, loc.offset, loc.length)
-                data = self._get_verified(self.store.uncached(), key, loc)
+            if self.read_cache is not None:
+                self.read_cache.discard(key, loc.offset, loc.length)
+                data = self._get_verified(self.store, key, loc)
                 if data is not None:
                     log.warning(
                         "object %s in %s: the read cache's copy was bad or short (or a bad "
@@ -280,16 +298,19 @@ class ObjectReader:
         return data
 
     @staticmethod
-    def _get_verified(store: ObjectStore, key: str, loc: Locator) -> bytes | None:
+    def _get_verified(
+        store: ObjectStore, key: str, loc: Locator, *, cached: bool = False
+    ) -> bytes | None:
         """The object from ``store`` if it matches its id; None if it does not (or comes back
-        short: a pack whose cached end was cut)."""
+        short: a pack whose cached end was cut). ``cached``: ``store`` is a read cache, whose
+        miss is no proof that the store lacks the object."""
         try:
             if loc.pack:
                 data = store.get(key, loc.offset, loc.length)
             else:
                 data = store.get(key)
         except NotFound:
-            if store.properties.caches_reads:
+            if cached:
                 return None  # the cache may be short of it: the store may not
             raise Corruption(
                 f"object {loc.hex[:16]} is missing from the store ({key}); run `pfsfs fsck`"
@@ -303,11 +324,13 @@ class ObjectReader:
         back in one pack, already read and verified as ``verified`` — as one view, without
         joining copies; None if that cannot be had (the caller joins the parts then).
 
-        A remote store's cache hands out views of the buffer a ranged GET filled; when the
-        verified parts are all views of one such buffer and the store still holds the range
-        in it (``cached_view``: memory only, no fetch), that view holds exactly the verified
-        bytes (the buffer is immutable ``bytes``). Any other answer — nothing, another buffer
-        (refetched meanwhile) — gives None."""
+        The read cache hands out views of the buffer a ranged GET filled; when the verified
+        parts are all views of one such buffer and the cache still holds the range in it
+        (``cached_view``: memory only, no fetch), that view holds exactly the verified bytes
+        (the buffer is immutable ``bytes``). Any other answer — no cache, nothing, another
+        buffer (refetched meanwhile) — gives None."""
+        if self.read_cache is None:
+            return None
         owner = verified[0].obj if isinstance(verified[0], memoryview) else None
         if type(owner) is not bytes or not locs[0].pack:
             return None  # only immutable buffers: a reused one could change under the view
@@ -317,15 +340,18 @@ class ObjectReader:
         for a, b in pairwise(locs):
             if b.pack != a.pack or b.offset != a.offset + a.length:
                 return None
-        view = self.store.cached_view(model.blob_key(locs[0]), locs[0].offset + lo, n)
+        view = self.read_cache.cached_view(model.blob_key(locs[0]), locs[0].offset + lo, n)
         if view is not None and view.obj is owner and len(view) == n:
             return view
         return None
 
     def prefetch(self, locs: Iterable[Locator]) -> None:
-        """Hint the store that these objects will be read next, in this order (a remote
-        store's cache starts fetching them; local stores ignore it)."""
-        self.store.prefetch_ranges((model.blob_key(loc), loc.offset, loc.length) for loc in locs)
+        """Hint the read cache that these objects will be read next, in this order (it starts
+        fetching them); without one, nothing to do."""
+        if self.read_cache is not None:
+            self.read_cache.prefetch_ranges(
+                (model.blob_key(loc), loc.offset, loc.length) for loc in locs
+            )
 
     def _cached(self, object_id: bytes) -> object | None:
         value = self._cache.get(object_id)
@@ -368,7 +394,7 @@ class ObjectReader:
         return self._commit_from_store(commit_id)
 
     def _commit_from_store(self, commit_id: bytes) -> model.Commit:
-        data = self.read_commit_blob(self.store, commit_id)
+        data = self.read_commit_blob(self._source, commit_id)
         commit = model.Commit.decode(data)
         self.index.add_commit(commit.repo, commit_id, data)
         return commit

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import AlreadyExists, InvalidInput, NotFound, StoreError
-from .home import CONFIG_NAME, HomeConfig, open_store, read_config
+from .home import CONFIG_NAME, HomeConfig, read_config
 from .index import Index
 from .refspec import check_name
 from .repository import Repository
@@ -177,4 +177,4 @@ def open_remote(home: Path, remote: Remote) -> Repository:
     )
     local = home / "remotes" / tag
     config = HomeConfig(store)
-    return Repository(local, config, open_store(local, config), Index(local / "index"))
+    return Repository.on_store(local, config, Index(local / "index"))

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import codec
 from .changes import ChangeSet, apply_changes, split_path
@@ -32,7 +32,14 @@ from .errors import (
     NotFound,
     ReadOnly,
 )
-from .home import HomeConfig, default_home, open_store, read_config, write_config
+from .home import (
+    HomeConfig,
+    default_home,
+    open_read_cache,
+    open_store,
+    read_config,
+    write_config,
+)
 from .ids import HEX_LEN, hash_bytes, is_hex, to_hex
 from .index import Index
 from .model import DIR, FILE, Commit, Entry, ManifestChunk, encode_tree
@@ -41,6 +48,9 @@ from .refs import Refs
 from .refspec import MIN_PREFIX, RefSpec, check_name, parse_ref
 from .store.base import ObjectStore
 from .treediff import same_entry
+
+if TYPE_CHECKING:
+    from .store.cache import CachingStore
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +97,35 @@ class RepoInfo:
 class Repository:
     """Open with ``Repository.open(home)``; close when done."""
 
-    def __init__(self, home: Path, config: HomeConfig, store: ObjectStore, index: Index) -> None:
+    def __init__(
+        self,
+        home: Path,
+        config: HomeConfig,
+        store: ObjectStore,
+        index: Index,
+        *,
+        cache: CachingStore | None = None,
+    ) -> None:
+        """``store`` is the store itself (what fsck, gc and copies read); ``cache`` the local
+        read cache in front of it, if any (``home.open_read_cache``), which the object reader
+        and writers are given explicitly."""
         self.home = home
         self.config = config
         self.store = store
+        self.cache = cache
         self.index = index
         self.refs = Refs(store)
-        self.reader = ObjectReader(store, index)
+        self.reader = ObjectReader(store, index, cache=cache)
+        #: Where write sessions put blobs: through the read cache, which keeps the metadata
+        #: packs they write once flushed (the next commit reads those trees back).
+        self._blobs: ObjectStore = cache if cache is not None else store
         self._params: ChunkParams | None = None
+
+    @classmethod
+    def on_store(cls, home: Path, config: HomeConfig, index: Index) -> Repository:
+        """The repository of ``home`` with ``config``'s store and its read cache."""
+        store = open_store(home, config)
+        return cls(home, config, store, index, cache=open_read_cache(home, config, store))
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -106,8 +137,7 @@ class Repository:
             if not create:
                 raise NotFound(f"no pfsfs home at {home_path}; run `pfsfs init`")
             return cls.init(home_path)
-        store = open_store(home_path, config)
-        return cls(home_path, config, store, Index(home_path / "index"))
+        return cls.on_store(home_path, config, Index(home_path / "index"))
 
     @classmethod
     def init(
@@ -131,11 +161,12 @@ class Repository:
             # False: another machine initialised the same store first; its settings hold
             refs.create_config(codec.pack_value(settings))
         write_config(home, config)
-        return cls(home, config, store, Index(home / "index"))
+        cache = open_read_cache(home, config, store)
+        return cls(home, config, store, Index(home / "index"), cache=cache)
 
     def close(self) -> None:
         self.index.close()
-        self.store.close()
+        self._blobs.close()  # the read cache closes the store behind it
 
     def __enter__(self) -> Repository:
         return self
@@ -172,13 +203,17 @@ class Repository:
     def writer(self) -> Iterator[ObjectWriter]:
         """A write session; objects become durable and indexed when the block exits cleanly."""
         with self._gc_lock(exclusive=False):
-            w = ObjectWriter(self.store, self.index)
+            w = ObjectWriter(self._blobs, self.index)
             try:
                 yield w
             except BaseException:
                 w.abandon()
                 raise
             w.finish()
+
+    def delete_blob(self, key: str) -> None:
+        """Delete one blob from the store, and from the read cache (gc)."""
+        self._blobs.delete(key)
 
     @contextmanager
     def gc_lock(self) -> Iterator[None]:

@@ -69,11 +69,6 @@ class SyncReport:
     dry_run: bool = False
 
 
-def raw_store(store: ObjectStore) -> ObjectStore:
-    """The store below any read cache: copies must not fill (or trust) the cache."""
-    return store.uncached()
-
-
 # -- planning -------------------------------------------------------------------------------
 def plan(src: Repository, dst: Repository, repos: Iterable[str] | None) -> list[BranchPlan]:
     names = list(repos) if repos else [info.name for info in src.list_repos()]
@@ -216,7 +211,8 @@ def sync(
     by_key: dict[str, list[Locator]] = {}
     for loc in objects:
         by_key.setdefault(blob_key(loc), []).append(loc)
-    src_raw, dst_raw = raw_store(src.store), raw_store(dst.store)
+    # The stores themselves: copies neither fill nor trust a read cache.
+    src_raw, dst_raw = src.store, dst.store
     missing = {k: by_key[k] for k in _missing(dst_raw, by_key)}
     missing_commits = _missing(dst_raw, (commit_key(c) for c in send))
     report.blobs_present = len(by_key) - len(missing)

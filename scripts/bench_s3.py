@@ -178,7 +178,7 @@ def tree_requests(workdir: Path, endpoint: str, nfiles: int) -> tuple[int, int]:
                 changes.put(f"/d{i // 1000:03d}/f{i:06d}", entry)
             repo.commit("many", "master", changes, "many files", writer=w)
     with Repository.init(workdir / "tree-reader", HomeConfig(store)) as reader:
-        s3 = reader.store.inner  # type: ignore[attr-defined]
+        s3 = reader.store  # the S3 store itself, below the repository's read cache
         s3.requests.reset()
         head = reader.resolve("many@master").commit
         files = sum(1 for _, e in reader.walk(reader.root_of(head)) if e.type == FILE)

@@ -179,3 +179,12 @@ def test_pfs_at_repo_root_is_reserved(home: Path, tmp_path: Path) -> None:
     assert "reserved" in err
     run(home, "put", "r@master:/sub/.pfs", "-f", str(src))
     assert run(home, "cat", "r@master:/sub/.pfs").stdout == b"x"
+
+
+@pytest.mark.parametrize("target", ["r@@x:/f", "r@master~1:/f"])
+def test_a_bad_put_target_touches_no_home(tmp_path: Path, target: str) -> None:
+    """The target is checked before the home is opened: a typo creates no home."""
+    (tmp_path / "f").write_text("x")
+    home = tmp_path / "never"
+    assert "Traceback" not in fails(home, "put", target, "-f", str(tmp_path / "f"), code=2)
+    assert not home.exists()

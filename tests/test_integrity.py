@@ -286,7 +286,7 @@ def test_deep_fsck_does_not_blame_objects_written_while_it_runs(tmp_path: Path) 
     from pfsfs.repository import Repository
 
     with Repository.open(tmp_path / "home") as repo:
-        truth = repo.store.uncached()
+        truth = repo.store
         listed = {info.key: info.size for info in truth.list()}  # fsck's listing, first
         with repo.writer() as w:  # then a writer stores and indexes a new object
             w.put_chunk(os.urandom(200 << 10))

@@ -178,7 +178,7 @@ def test_adjacent_chunks_read_as_one_view_of_the_buffer_they_came_in(
     cached.inner.put(pack_key(pack), a + b)
     cached.inner.flush()
     locs = [Locator(hash_bytes(a), pack, 0, len(a)), Locator(hash_bytes(b), pack, len(a), len(b))]
-    reader = ObjectReader(cached, None)  # type: ignore[arg-type]  # no index needed to read
+    reader = ObjectReader(cached.inner, None, cache=cached)  # type: ignore[arg-type]  # no index needed to read
     reader.prefetch(locs)  # as a sequential reader does: both arrive in one ranged GET
     parts = [reader.read_raw(loc) for loc in locs]  # verified
     joined = reader.joined_view(locs, parts, 1000, len(a))
@@ -214,7 +214,7 @@ def test_a_joined_view_is_never_fetched(s3_server: MotoServer, tmp_path: Path) -
             Locator(hash_bytes(a), pack, 0, len(a)),
             Locator(hash_bytes(b), pack, len(a), len(b)),
         ]
-        reader = ObjectReader(store, None)  # type: ignore[arg-type]
+        reader = ObjectReader(store.inner, None, cache=store)  # type: ignore[arg-type]
         reader.prefetch(locs)
         parts = [reader.read_raw(loc) for loc in locs]
         assert reader.joined_view(locs, parts, 10, 1000) is not None
@@ -284,7 +284,7 @@ def _cached_data_pack(cached: CachingStore, chunks: list[bytes]) -> tuple[str, l
     for c in chunks:
         locs.append(Locator(hash_bytes(c), pack, offset, len(c)))
         offset += len(c)
-    reader = ObjectReader(cached, None)  # type: ignore[arg-type]  # no index needed to read
+    reader = ObjectReader(cached.inner, None, cache=cached)  # type: ignore[arg-type]  # no index needed to read
     assert [reader.read_raw(loc) for loc in locs] == chunks
     cached.drain_cache_writes()
     return pack_key(pack), locs
@@ -321,7 +321,7 @@ def test_reads_go_on_without_memory_for_cache_write_buffers(
     chunks = [os.urandom(100_000), os.urandom(60_000)]
     key, locs = _cached_data_pack(cached, chunks)  # reads them, and checks what it read
     assert not [p for p in cached._data_blocks.rglob("*") if p.is_file()]
-    reader = ObjectReader(cached, None)  # type: ignore[arg-type]
+    reader = ObjectReader(cached.inner, None, cache=cached)  # type: ignore[arg-type]
     assert [reader.read_raw(loc) for loc in locs] == chunks
 
 
@@ -348,7 +348,7 @@ def test_a_damaged_cached_data_block_is_read_from_the_store(
     block.write_bytes(bytes(raw))
     fresh = CachingStore(cached.inner, cached.root, block_size=size)  # empty memory cache
     try:
-        reader = ObjectReader(fresh, None)  # type: ignore[arg-type]
+        reader = ObjectReader(fresh.inner, None, cache=fresh)  # type: ignore[arg-type]
         before = requests(cached)
         assert reader.read_raw(locs[0]) == chunks[0]
         assert requests(cached) > before  # from the store, not from the damaged file
@@ -368,7 +368,7 @@ def test_a_chunk_corrupt_in_the_store_itself_is_an_error(cached: CachingStore) -
     good = os.urandom(100_000)
     _, locs = _cached_data_pack(cached, [good])
     bad = Locator(hash_bytes(good[::-1]), locs[0].pack, 0, len(good))  # the store holds good
-    reader = ObjectReader(cached, None)  # type: ignore[arg-type]
+    reader = ObjectReader(cached.inner, None, cache=cached)  # type: ignore[arg-type]
     with pytest.raises(Corruption, match="does not match its hash"):
         reader.read_raw(bad)
 
@@ -415,7 +415,7 @@ def test_a_bad_response_never_lands_in_the_disk_cache(
 
     store._writer._write_copy = slow_disk  # block 0 is being written, block 1 queued
     try:
-        reader = ObjectReader(store, None)  # type: ignore[arg-type]
+        reader = ObjectReader(store.inner, None, cache=store)  # type: ignore[arg-type]
         assert reader.read_raw(loc) == chunk  # the bad response, then the store again
         assert flaky.spoiled
         gate.set()
@@ -429,7 +429,7 @@ def test_a_bad_response_never_lands_in_the_disk_cache(
 
 def test_a_chunk_missing_from_the_store_is_still_an_error(cached: CachingStore) -> None:
     """The second try at the store itself does not hide a real loss."""
-    reader = ObjectReader(cached, None)  # type: ignore[arg-type]
+    reader = ObjectReader(cached.inner, None, cache=cached)  # type: ignore[arg-type]
     gone = Locator(hash_bytes(b"x"), new_pack_name(DATA_PACK), 0, 1)
     with pytest.raises(Corruption, match="missing from the store"):
         reader.read_raw(gone)

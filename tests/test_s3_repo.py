@@ -509,7 +509,8 @@ def test_reading_every_tree_of_a_100k_file_commit_costs_few_requests(
                 changes.put(f"/d{i // 1000:03d}/f{i:06d}", tiny_file(repo, w, b"%d" % i))
             repo.commit("big", "master", changes, "100k files", writer=w)
     with Repository.init(tmp_path / "reader", HomeConfig(store)) as reader:
-        inner = reader.store.inner if isinstance(reader.store, CachingStore) else reader.store
+        assert isinstance(reader.cache, CachingStore)  # the reader reads through it
+        inner = reader.store  # the store itself, below the cache
         assert isinstance(inner, S3ObjectStore)
         inner.requests.reset()
         head = reader.resolve("big@master")
@@ -566,3 +567,33 @@ def test_a_big_file_moves_in_few_large_requests(tmp_path: Path, s3_server: MotoS
     assert b"ok" in run(writer, "fsck", "--deep").stdout
     fresh = s3_home(tmp_path, "fresh", s3_server.endpoint, s3_server.bucket, prefix)
     assert run(fresh, "cat", "data@master:/big.bin").stdout == big
+
+
+def test_the_repository_holds_the_read_cache_and_gc_empties_it(
+    tmp_path: Path, s3_server: MotoServer
+) -> None:
+    """The store stays cache-free: the repository builds the read cache around it, reads and
+    writes go through that cache, and what gc deletes leaves the cache as well."""
+    from pfsfs import maintenance
+    from pfsfs.ops.put import put, resolve_target
+
+    store = {"type": "s3", "bucket": s3_server.bucket, "prefix": new_prefix()}
+    store["endpoint_url"] = s3_server.endpoint
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(3 << 20))
+    with Repository.init(tmp_path / "home", HomeConfig(store)) as repo:
+        assert isinstance(repo.store, S3ObjectStore)
+        assert isinstance(repo.cache, CachingStore) and repo.cache.inner is repo.store
+        assert repo.reader.read_cache is repo.cache and repo.reader.store is repo.store
+        repo.create_repo("r")
+        put(repo, resolve_target(repo, "r@master:/big", str(src)), recursive=False)
+        r = repo.resolve("r@master:/big")
+        entry = repo.lookup(repo.root_of(r.commit), r.path)
+        assert b"".join(repo.iter_file(entry)) == src.read_bytes()
+        repo.cache.drain_cache_writes()
+        blocks = repo.cache.root / "data-blocks"
+        assert any(p.is_file() for p in blocks.rglob("*"))  # the read filled the cache
+        repo.delete_repo("r")
+        report = maintenance.gc(repo, grace=0.0)
+        assert report.deleted_blobs > 0
+        assert not any(p.is_file() for p in blocks.rglob("*"))

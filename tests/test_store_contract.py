@@ -17,6 +17,7 @@ import pytest
 
 from pfsfs.errors import NotFound, RefChanged
 from pfsfs.store.base import ObjectStore, StoreProperties
+from pfsfs.store.cache import CachingStore
 
 from .s3server import MotoServer
 from .store_backends import (
@@ -25,6 +26,9 @@ from .store_backends import (
     make_memory_store,
     make_s3_store,
 )
+
+#: What the store interface used to carry for a read cache; only ``CachingStore`` has them.
+CACHE_HOOKS = ("prefetch", "prefetch_ranges", "cached_view", "discard", "uncached")
 
 
 class StoreContract:
@@ -158,7 +162,6 @@ class StoreContract:
         assert info is not None and info.size == 3 and info.mtime > 0
         store.touch("chunk/6666666666666666")  # refreshes (or just checks) without changing data
         assert store.get("chunk/6666666666666666") == b"abc"
-        assert store.uncached().get("chunk/6666666666666666") == b"abc"
 
     def test_reads_at_and_past_the_end(self, store: ObjectStore) -> None:
         store.put("chunk/7777777777777777", b"0123456789")
@@ -261,35 +264,23 @@ class StoreContract:
         with pytest.raises(dataclasses.FrozenInstanceError):
             props.remote = not props.remote  # type: ignore[misc]
         assert (store.shared, store.pack_large_chunks) == (props.shared, props.pack_large_chunks)
-        truth = store.uncached()
-        assert (truth is store) == (not props.caches_reads)
-        assert not truth.properties.caches_reads
-        assert truth.properties.remote == props.remote
         store.check()  # a healthy store passes its own early check
 
-    def test_read_hints_never_change_what_is_read(self, store: ObjectStore) -> None:
-        """``prefetch``, ``prefetch_ranges``, ``cached_view`` and ``discard`` exist on every
-        store (no-ops where there is no cache); whatever they do, reads return the blob."""
-        data = bytes(range(256)) * 1024
-        store.put("pack/aaaaaaaaaaaaaa01", data)
-        store.put("chunk/aaaaaaaaaaaaaa02", b"chunk")
-        store.put("pack/4daaaaaaaaaaaa03", data)  # a metadata pack: cached whole
+    def test_clean_writes_leave_no_temp_files(self, store: ObjectStore) -> None:
+        store.put("chunk/aaaaaaaaaaaaaa04", b"x" * 1000)
         store.flush()
-        store.prefetch_ranges([("pack/4daaaaaaaaaaaa03", 7, 70)])
-        assert store.get("pack/4daaaaaaaaaaaa03", 7, 70) == data[7:77]
-        store.prefetch(["chunk/aaaaaaaaaaaaaa02", "chunk/ffffffffffffff02"])
-        store.prefetch_ranges(
-            [("pack/aaaaaaaaaaaaaa01", 100, 5000), ("pack/ffffffffffffff01", 0, 9)]
-        )
-        assert store.get("pack/aaaaaaaaaaaaaa01", 100, 5000) == data[100:5100]
-        view = store.cached_view("pack/aaaaaaaaaaaaaa01", 200, 300)
-        assert view is None or bytes(view) == data[200:500]
-        store.discard("pack/aaaaaaaaaaaaaa01", 100, 5000)
-        store.discard("chunk/aaaaaaaaaaaaaa02", 0, 5)
-        assert store.get("pack/aaaaaaaaaaaaaa01", 100, 5000) == data[100:5100]
-        assert store.get("chunk/aaaaaaaaaaaaaa02") == b"chunk"
-        assert store.remove_temp(0.0) == (0, 0)  # nothing was left half-written
+        assert store.remove_temp(0.0) == (0, 0)
 
+    def test_the_interface_is_cache_free(self, store: ObjectStore) -> None:
+        """No store answers "am I a cache?" nor offers a way below itself: the repository
+        holds the read cache and gives it to its reader (``ObjectReader(cache=...)``)."""
+        for hook in CACHE_HOOKS:
+            assert not hasattr(ObjectStore, hook)
+        assert {f.name for f in dataclasses.fields(StoreProperties)} == {
+            "remote",
+            "shared",
+            "pack_large_chunks",
+        }
 
 # -- the backends ------------------------------------------------------------------------------
 def _closing(store: ObjectStore) -> Iterator[ObjectStore]:
@@ -323,3 +314,26 @@ class TestCachedS3Store(StoreContract):
     @pytest.fixture
     def store(self, tmp_path: Path, s3_server: MotoServer) -> Iterator[ObjectStore]:
         yield from _closing(make_cached_s3_store(tmp_path, s3_server))
+
+    def test_read_hints_never_change_what_is_read(self, store: CachingStore) -> None:
+        """The cache's own ``prefetch``, ``prefetch_ranges``, ``cached_view`` and ``discard``:
+        whatever they do, reads return the blob."""
+        data = bytes(range(256)) * 1024
+        store.put("pack/aaaaaaaaaaaaaa01", data)
+        store.put("chunk/aaaaaaaaaaaaaa02", b"chunk")
+        store.put("pack/4daaaaaaaaaaaa03", data)  # a metadata pack: cached whole
+        store.flush()
+        store.prefetch_ranges([("pack/4daaaaaaaaaaaa03", 7, 70)])
+        assert store.get("pack/4daaaaaaaaaaaa03", 7, 70) == data[7:77]
+        store.prefetch(["chunk/aaaaaaaaaaaaaa02", "chunk/ffffffffffffff02"])
+        store.prefetch_ranges(
+            [("pack/aaaaaaaaaaaaaa01", 100, 5000), ("pack/ffffffffffffff01", 0, 9)]
+        )
+        assert store.get("pack/aaaaaaaaaaaaaa01", 100, 5000) == data[100:5100]
+        view = store.cached_view("pack/aaaaaaaaaaaaaa01", 200, 300)
+        assert view is None or bytes(view) == data[200:500]
+        store.discard("pack/aaaaaaaaaaaaaa01", 100, 5000)
+        store.discard("chunk/aaaaaaaaaaaaaa02", 0, 5)
+        assert store.get("pack/aaaaaaaaaaaaaa01", 100, 5000) == data[100:5100]
+        assert store.get("chunk/aaaaaaaaaaaaaa02") == b"chunk"
+        assert store.remove_temp(0.0) == (0, 0)  # nothing was left half-written

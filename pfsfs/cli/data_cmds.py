@@ -5,29 +5,18 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from pathlib import Path
 
 import click
 
-from ..changes import ChangeSet, split_path
 from ..display import json_name, show, show_local, show_path
-from ..errors import InvalidInput, NotFound
+from ..errors import InvalidInput
 from ..ids import to_hex
 from ..model import DIR, FIFO, FILE, SYMLINK, Entry
+from ..ops.put import parse_target, resolve_target
+from ..ops.put import put as ops_put
 from ..refspec import parse_ref
 from ..repository import Repository
-from ..transfer import (
-    SPECIAL_FTYPES,
-    PutCache,
-    export_file,
-    export_special,
-    export_tree,
-    head_lookup,
-    ingest_plan,
-    ingest_stream,
-    plan_put,
-    special_kind,
-)
+from ..transfer import SPECIAL_FTYPES, export_file, export_special, export_tree, special_kind
 from .common import (
     NO_CHANGES,
     UTF8_TEXT,
@@ -41,20 +30,6 @@ from .common import (
     progress_bar,
 )
 from .completion import complete_ref
-
-
-def writable_branch(repository: Repository, repo: str, branch: str) -> None:
-    """Refuse writes to pipeline output repos; create the branch on first write (at the
-    default branch's head, like ``branch create``), saying so on stderr."""
-    repository.check_writable(repo)  # early, before any data is read
-    if branch not in repository.list_branches(repo):
-        start = repository.start_branch(repo, branch)
-        click.echo(f"created branch {repo}@{branch} from {start}", err=True)
-
-
-def _is_contents(source: str) -> bool:
-    """rsync's convention: ``dir/`` means the directory's contents, ``dir`` the directory."""
-    return source.endswith("/") and source.rstrip("/") != ""
 
 
 @click.command()
@@ -90,70 +65,26 @@ def put(
     device; the branch still holding what they were) are not read again; --no-cache reads
     them anyway.
     """
-    spec = parse_ref(target)
-    if spec.back:
-        raise InvalidInput(f"{target}: can only put to a branch head")
+    parse_target(target)  # before the home is opened: a malformed target creates none
     repository = app.repo
-    repo, branch = spec.repo, spec.ref or "master"
-    if branch not in repository.list_branches(repo):
-        repository.repo_record(repo)
-        if len(branch) >= 6 and all(c in "0123456789abcdef" for c in branch):
-            try:
-                repository.resolve(spec)
-                raise InvalidInput(f"{target}: can only put to a branch, not a commit")
-            except NotFound:
-                pass
-    contents = False
-    if source == "-":
-        if spec.path is None or spec.path.endswith("/"):
-            raise InvalidInput("with -f -, give the destination path: repo@branch:/path/to/file")
-        dest = split_path(spec.path)
-    else:
-        src = Path(source)
-        if not src.exists() and not src.is_symlink():
-            raise NotFound(f"{show_local(source)} does not exist")
-        contents = _is_contents(source) and src.is_dir()
-        base = os.fsencode(src.resolve().name if source in (".", "./") else src.name)
-        if contents:
-            dest = split_path(spec.path or "/")
-        elif spec.path is None:
-            dest = (base,)
-        elif spec.path.endswith("/"):
-            dest = split_path(spec.path) + (base,)
-        else:
-            dest = split_path(spec.path)
-    if not dest and not contents:
-        raise InvalidInput(
-            "cannot put onto the root itself; name a path inside the repo "
-            "(or put a directory's contents there: -f DIR/ -r)"
-        )
-    writable_branch(repository, repo, branch)
-    changes = ChangeSet()
-    cache = None
-    with repository.writer() as writer:
-        chunker = repository.chunker()
-        if source == "-":
-            entry = ingest_stream(sys.stdin.buffer, writer, chunker)
-            changes.put(dest, entry)
-            count = 1
-        else:
-            head = head_lookup(repository, repo, branch)
-            cache = PutCache(repository.index, repo, branch, head, read=not no_cache)
-            plan = plan_put(
-                Path(source), dest, recursive=recursive, cache=cache, contents=contents
-            )
-            with progress_bar(plan.read_bytes, "put") as update:
-                count = ingest_plan(plan, changes, writer, chunker, update)
-        shown = show_path(dest) + ("/" if contents and dest else "")
-        commit_id = repository.commit(
-            repo, branch, changes, message or f"put {shown}", writer=writer, rebase=True
-        )
-    if cache is not None:
-        cache.save()  # only now: the content it names is in the branch
-    if commit_id is None:
-        click.echo(f"{NO_CHANGES} ({repo}@{branch}:{shown} already holds this)", err=True)
+    where = resolve_target(repository, target, source)
+    result = ops_put(
+        repository,
+        where,
+        recursive=recursive,
+        message=message,
+        use_cache=not no_cache,
+        stdin=sys.stdin.buffer,
+        progress=lambda total: progress_bar(total, "put"),
+        on_branch_created=lambda start: click.echo(
+            f"created branch {where.repo}@{where.branch} from {start}", err=True
+        ),
+    )
+    shown = f"{where.repo}@{where.branch}:{where.shown}"
+    if result.commit_id is None:
+        click.echo(f"{NO_CHANGES} ({shown} already holds this)", err=True)
         return
-    click.echo(f"{to_hex(commit_id)}  ({plural(count, 'file')} -> {repo}@{branch}:{shown})")
+    click.echo(f"{to_hex(result.commit_id)}  ({plural(result.count, 'file')} -> {shown})")
 
 
 def _resolve_entry(repository: Repository, ref: str) -> tuple[Entry, str, tuple[bytes, ...]]:

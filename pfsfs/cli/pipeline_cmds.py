@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -230,40 +229,22 @@ def _repo_names(app: AppContext) -> set[str]:
 @pass_app
 def pipeline_delete(app: AppContext, name: str, force: bool, keep_repo: bool) -> None:
     """Delete a pipeline, its jobs and (unless --keep-repo) its output repo."""
-    from ..pipeline.engine import jobs_dir
-    from ..pipeline.spec import parse_spec_dict
+    from ..ops.pipelines import check_delete, delete_pipeline
 
-    state = _state(app)
-    state.pipeline(name)
-    readers = sorted(
-        r.name
-        for r in state.list_pipelines()
-        if r.name != name and name in parse_spec_dict(r.spec).input_repos()
-    )
-    if readers and not keep_repo:
-        raise Conflict(
-            f"pipeline {readers[0]} reads repo {name}; delete it first "
-            "(or keep the repo with --keep-repo)"
-        )
+    check_delete(app.repo, name, keep_repo=keep_repo)
     what = "" if keep_repo else " and its output repo"
     if not force:
         click.confirm(f"delete pipeline {name}{what}?", abort=True, err=True)
-    job_ids = state.delete_pipeline(name)
-    if not keep_repo and name in _repo_names(app):
-        app.repo.delete_repo(name)
-    for job_id in job_ids:
-        shutil.rmtree(jobs_dir(app.repo.home) / job_id, ignore_errors=True)
+    delete_pipeline(app.repo, name, keep_repo=keep_repo)
     click.echo(f"deleted pipeline {name}{what}")
 
 
 def _set_state(app: AppContext, name: str, new: str) -> None:
-    state = _state(app)
-    rec = state.pipeline(name)
-    if rec.state == new:
+    from ..ops.pipelines import set_pipeline_state
+
+    if not set_pipeline_state(app.repo, name, new):
         click.echo(f"pipeline {name} is already {new}")
         return
-    rec.state = new
-    state.put_pipeline(rec)
     click.echo(f"pipeline {name} {'started' if new == 'running' else 'stopped'}")
 
 

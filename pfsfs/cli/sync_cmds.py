@@ -16,7 +16,6 @@ import click
 
 from .. import remotes, sync
 from ..errors import InvalidInput
-from ..ids import to_hex
 from ..repository import Repository
 from .common import AppContext, emit_json, human_bytes, json_option, pass_app, plural, progress_bar
 
@@ -162,29 +161,16 @@ pull = _sync_command(
 def refresh(app: AppContext, repos: tuple[str, ...], as_json: bool) -> None:
     """Re-read branch heads from the store, index every commit they reach, and forget index
     entries of objects that are gone from the store (another machine's gc)."""
-    repo = app.repo
-    names = list(repos) or [info.name for info in repo.list_repos()]
-    heads: dict[str, str | None] = {}
-    commits = 0
-    for name in names:
-        repo.repo_record(name)  # NotFound for an unknown repo
-        branches = repo.list_branches(name)
-        for branch, head in sorted(branches.items()):
-            heads[f"{name}@{branch}"] = to_hex(head) if head else None
-        commits += sum(1 for _ in repo.log_many([c for c in branches.values() if c]))
-    present = {info.key for info in repo.store.list()}
-    stale = [
-        loc.id
-        for loc in repo.index.iter_objects()
-        if (f"pack/{loc.pack.hex()}" if loc.pack else f"chunk/{loc.id.hex()}") not in present
-    ]
-    repo.index.drop_objects(stale)
+    from ..ops.refresh import refresh as ops_refresh
+
+    report = ops_refresh(app.repo, list(repos))
+    heads, commits = report.heads, report.commits
     if as_json:
-        emit_json({"branches": heads, "commits": commits, "stale_index_entries": len(stale)})
+        emit_json({"branches": heads, "commits": commits, "stale_index_entries": report.stale})
         return
     for name, head in heads.items():
         click.echo(f"{name:<30} {head[:12] if head else '-'}")
-    dropped = plural(len(stale), "stale index entry", "stale index entries")
+    dropped = plural(report.stale, "stale index entry", "stale index entries")
     click.echo(f"{plural(commits, 'commit')} indexed; {dropped} dropped")
 
 

@@ -14,11 +14,16 @@ fan-out directories or prefixes as they see fit. Ref names follow the same rule.
 
 What differs between stores is stated as facts, not discovered by probing: every store has a
 ``properties`` value (``StoreProperties``) that callers branch on — whether requests are
-remote, whether other machines share the store, whether this object is a read cache in front
-of the store itself. The read path's hints (``prefetch``, ``prefetch_ranges``,
-``cached_view``, ``discard``, ``put_owned``) are optional methods with do-nothing defaults,
-so a caller never asks whether a store has them; a read cache (``cache.CachingStore``)
-overrides them.
+remote, whether other machines share the store, whether writers should pack large chunks.
+
+The interface is cache-free: blobs by key, byte ranges (``get``, ``get_upto``), refs with
+compare-and-swap, listing, ``properties``, and the write and durability calls (``put``,
+``put_owned``, ``flush``). The read cache of a remote store (``cache.CachingStore``) is a
+decorator that the ``Repository`` builds around its store and hands to the object reader
+(``ObjectReader(store, index, cache=...)``) explicitly: read hints (``prefetch_ranges``),
+views of fetched buffers (``cached_view``) and dropping a bad range (``discard``) are the
+cache's own methods, and the repository's ``store`` is always the store itself (what fsck,
+gc and copies read).
 
 Every implementation passes the one contract suite, ``tests/test_store_contract.py``
 (memory, local, S3 over HTTP, and the read cache in front of S3).
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import NotFound
@@ -65,16 +70,11 @@ class StoreProperties:
     * ``pack_large_chunks`` — every request has a high fixed cost (S3): writers then pack
       *all* file chunks, large ones too, into data packs of ~16 MiB, so a big file moves in a
       few large requests instead of one per ~1 MiB chunk; readers fetch ranges of those packs.
-    * ``caches_reads`` — this object is a local read cache in front of ``uncached()``: what
-      it returns may be short or wrong (a torn cache file, a bad response kept) and a miss is
-      not proof of absence, so a reader that finds bad bytes ``discard``s them and asks
-      ``uncached()``; fsck and copies read ``uncached()`` directly. False for the store itself.
     """
 
     remote: bool = False
     shared: bool = False
     pack_large_chunks: bool = False
-    caches_reads: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,8 @@ class ObjectStore(abc.ABC):
     def put_owned(self, key: str, data: bytearray) -> None:
         """``put``, handing ``data`` over: the caller never reads or changes it again, so a
         store that uploads in the background may keep it instead of copying it (a 16 MiB pack
-        copy per put is a tenth of the CPU of an S3 ingest here)."""
+        copy per put is a tenth of the CPU of an S3 ingest here). A write primitive, not a
+        cache hook: what is stored is exactly ``put``'s."""
         self.put(key, data)
 
     @abc.abstractmethod
@@ -127,7 +128,7 @@ class ObjectStore(abc.ABC):
     def get_upto(self, key: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``offset``: fewer at the end of the blob, none past it.
         Raises ``NotFound`` only if the blob is missing. (A read cache fetches spans of packs
-        this way; a remote store does it in one request.)"""
+        this way; a remote store does it in one request, so it overrides this.)"""
         try:
             return bytes(self.get(key, offset, length))
         except NotFound:
@@ -179,33 +180,6 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def list_refs(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
         """Every ``(name, value)`` whose name starts with ``prefix``."""
-
-    def prefetch(self, keys: Iterable[str]) -> None:  # noqa: B027 - a hint, may do nothing
-        """Hint that these blobs will be read soon: a remote store's cache may fetch them in the
-        background. Local stores ignore it."""
-
-    def prefetch_ranges(  # noqa: B027 - a hint, may do nothing
-        self, ranges: Iterable[tuple[str, int, int]]
-    ) -> None:
-        """Hint that these ``(key, offset, length)`` ranges will be read soon, in this order:
-        a remote store's cache may fetch them in the background, adjacent ranges of one blob
-        in one request. Local stores ignore it."""
-
-    def cached_view(self, key: str, offset: int, length: int) -> memoryview | None:
-        """``length`` bytes of ``key`` from ``offset`` as a view of a buffer this process
-        already holds, if it has them in one; never fetches, never raises. (A remote store's
-        read cache may; others have none to offer.)"""
-        return None
-
-    def discard(self, key: str, offset: int, length: int) -> None:  # noqa: B027 - no cache
-        """Forget what a local read cache holds of this range of ``key``: a reader found it
-        corrupt (stores without a cache have nothing to forget)."""
-
-    def uncached(self) -> ObjectStore:
-        """The store below any local read cache: ``self`` unless ``properties.caches_reads``
-        (fsck --deep and copies must read the truth; a read cache's data-pack ranges are
-        checked only by their readers, see ``ObjectReader.read_raw``)."""
-        return self
 
     def remove_temp(self, older_than: float) -> tuple[int, int]:
         """Delete the temp files writers killed mid-``put`` left, last modified before

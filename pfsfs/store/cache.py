@@ -5,6 +5,14 @@ immutable, so whatever it caches stays valid forever; refs are mutable and alway
 ``inner``, as do ``exists`` and ``list`` (another machine's gc may have deleted a blob this
 machine still caches, and a push must not skip it on the cache's word).
 
+Nobody finds it by probing a store: the ``Repository`` builds it around a remote store
+(``home.open_read_cache``), keeps the store itself as ``Repository.store`` (what fsck, gc and
+copies read: ``inner``), and hands the cache explicitly to its ``ObjectReader`` (reads, read
+hints, views, ``discard`` of a range found bad) and ``ObjectWriter`` (writes, so written
+metadata packs are cached once flushed). Its properties are ``inner``'s: what it returns may
+be short or wrong (a torn cache file, a bad response kept) and a miss is not proof of absence,
+so its reader checks every object and on a mismatch ``discard``s it here and reads ``inner``.
+
 What a read fetches:
 
 * **Metadata packs** (trees and manifests, ``model.is_meta_pack_key``): the whole pack, on the
@@ -49,7 +57,6 @@ fetched waits for that fetch instead of issuing a second request.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import os
@@ -153,7 +160,6 @@ class CachingStore(ObjectStore):
     ) -> None:
         self.inner = inner
         self.location = inner.location
-        self._properties = dataclasses.replace(inner.properties, caches_reads=True)
         self.root = Path(cache_dir)
         self._data_blocks = self.root / "data-blocks"  # bare files, no digest (see above)
         # Blocks with a digest, as releases before data-blocks/ wrote them: never read now.
@@ -189,8 +195,8 @@ class CachingStore(ObjectStore):
 
     @property
     def properties(self) -> StoreProperties:  # type: ignore[override]
-        """The inner store's, and: this is a read cache (see ``StoreProperties``)."""
-        return self._properties
+        """The inner store's: a cache in front of a store changes none of its facts."""
+        return self.inner.properties
 
     def check(self) -> None:
         """The inner store's early validation (bucket, endpoint, credentials)."""
@@ -222,9 +228,6 @@ class CachingStore(ObjectStore):
     def touch(self, key: str) -> None:
         self.inner.touch(key)
 
-    def uncached(self) -> ObjectStore:
-        return self.inner.uncached()
-
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         return self.inner.list(prefix)
 
@@ -246,7 +249,7 @@ class CachingStore(ObjectStore):
         ``memoryview`` into the fetched span (no copy). A data-pack range read from disk is
         *not* checked here (its blocks carry no digest): the caller verifies the chunks in it
         against their ids and ``discard``s the range on a mismatch (``ObjectReader`` does),
-        or reads ``uncached()``."""
+        or reads ``inner``."""
         check_blob_key(key)
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
