@@ -30,6 +30,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+from . import atomic_moto
+
 log = logging.getLogger(__name__)
 
 #: Distinctive dummy credentials, so tests can check that they never show up in messages.
@@ -108,14 +110,18 @@ def _wait_ready(proc: subprocess.Popen[bytes], endpoint: str, timeout: float) ->
 
 @contextmanager
 def run_moto_server(
-    bucket: str = "pfsfs-test", timeout: float = 20.0, extra_env: dict[str, str] | None = None
+    bucket: str = "pfsfs-test",
+    timeout: float = 20.0,
+    extra_env: dict[str, str] | None = None,
+    binary: str | None = None,
 ) -> Iterator[MotoServer]:
     """Start a moto S3 server, create ``bucket`` on it, yield it, and always kill it.
 
     ``extra_env`` goes to the server process only, e.g. ``INITIAL_NO_AUTH_ACTION_COUNT=1``
-    makes moto check credentials after the first request (the bucket creation).
+    makes moto check credentials after the first request (the bucket creation). ``binary``:
+    a ``moto_server``-compatible executable to start instead of moto's own.
     """
-    binary = moto_server_binary()
+    binary = binary or moto_server_binary()
     if binary is None:
         raise RuntimeError("moto_server is not installed (pip install 'moto[server]')")
     with tempfile.TemporaryDirectory(prefix="moto-") as tmp:
@@ -153,9 +159,13 @@ def run_moto_server(
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[MotoServer]:
-    """One moto server for the whole session (tests use fresh prefixes)."""
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto server for the whole session (tests use fresh prefixes). It is the launcher of
+    ``tests/atomic_moto.py``: plain moto can let two racing conditional PUTs both succeed (a
+    lost update AWS and radosgw never allow), which made the concurrent-CAS contract test fail
+    about once in a few loaded runs."""
     if moto_server_binary() is None:
         pytest.skip("moto_server is not installed")
-    with run_moto_server() as server:
+    script = atomic_moto.executable(tmp_path_factory.mktemp("atomic-moto"))
+    with run_moto_server(binary=script) as server:
         yield server

@@ -15,9 +15,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
@@ -28,7 +26,7 @@ from pfsfs.repository import Repository
 from pfsfs.store.cache import CachingStore
 from pfsfs.store.s3 import S3ObjectStore
 
-from . import atomic_moto, s3server
+from . import atomic_moto
 from .cli import PFSFS, fails, run
 from .s3server import TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoServer, free_port, run_moto_server
 from .tcpproxy import KillableProxy
@@ -48,9 +46,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def atomic_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     """A moto server whose conditional writes are atomic (see ``tests/atomic_moto.py``)."""
     script = atomic_moto.executable(tmp_path_factory.mktemp("atomic-moto"))
-    with ExitStack() as stack:
-        with mock.patch.object(s3server, "moto_server_binary", return_value=script):
-            server = stack.enter_context(run_moto_server())
+    with run_moto_server(binary=script) as server:
         yield server
 
 
