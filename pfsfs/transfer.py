@@ -56,6 +56,7 @@ from .model import (
     SYMLINK,
     X_XATTR,
     Entry,
+    Kind,
     Locator,
     ManifestChunk,
     blob_key,
@@ -69,8 +70,6 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 
-#: the file-type bits of the special kinds stored as FIFO entries (``model.SPECIAL_FTYPES``)
-SPECIAL_FTYPES = {"c": stat.S_IFCHR, "b": stat.S_IFBLK, "s": stat.S_IFSOCK}
 
 
 def _no_progress(_n: int) -> None:
@@ -286,7 +285,7 @@ def special_entry(path: bytes, st: os.stat_result, extra: dict[str, Any]) -> Ent
         )
     if stat.S_ISFIFO(st.st_mode):
         return Entry(FIFO, mode, st.st_uid, st.st_gid, st.st_mtime_ns, extra=extra or None)
-    ftype = next(k for k, v in SPECIAL_FTYPES.items() if stat.S_IFMT(st.st_mode) == v)
+    ftype = Kind.of_mode(st.st_mode)  # a device or a socket: the FIFO entry's X_FTYPE
     full = entry_extra(extra, xattrs=extra.get(X_XATTR), ftype=ftype, rdev=st.st_rdev)
     return Entry(FIFO, mode, st.st_uid, st.st_gid, st.st_mtime_ns, extra=full)
 
@@ -886,29 +885,24 @@ def _discard(tmp: bytes) -> None:
         pass
 
 
-def special_kind(entry: Entry) -> str:
-    """``l``, ``p``, or for a device or socket ``c``/``b``/``s`` (``Entry.kind``)."""
-    return entry.kind
-
-
 class DeviceNotCreated(StoreError):
     """``mknod`` of a device was refused (not root): the caller decides to warn or fail."""
 
 
 def _make_node(entry: Entry, tmp: bytes, out: bytes) -> None:
-    kind = special_kind(entry)
+    kind = entry.kind
     if kind == SYMLINK:
         os.symlink(entry.target, tmp)
     elif kind == FIFO:
         os.mkfifo(tmp, 0o600)
-    elif kind == "s":
-        os.mknod(tmp, stat.S_IFSOCK | 0o600)
-    elif kind in ("c", "b"):
+    elif kind == Kind.SOCKET:
+        os.mknod(tmp, kind.mode_bits | 0o600)
+    elif kind in (Kind.CHAR, Kind.BLOCK):
         rdev = entry.rdev if entry.rdev >= 0 else 0
         try:
-            os.mknod(tmp, SPECIAL_FTYPES[kind] | 0o600, rdev)
+            os.mknod(tmp, kind.mode_bits | 0o600, rdev)
         except PermissionError:
-            what = "character" if kind == "c" else "block"
+            what = "character" if kind == Kind.CHAR else "block"
             raise DeviceNotCreated(
                 f"{show_local(out)}: {what} device {os.major(rdev)},{os.minor(rdev)} not "
                 "created (creating device files needs root with CAP_MKNOD)"

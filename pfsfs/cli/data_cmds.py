@@ -11,12 +11,12 @@ import click
 from ..display import json_name, show, show_local, show_path
 from ..errors import InvalidInput
 from ..ids import to_hex
-from ..model import DIR, FIFO, FILE, SYMLINK, Entry
+from ..model import FILE, SYMLINK, Entry, Kind
 from ..ops.put import parse_target, resolve_target
 from ..ops.put import put as ops_put
 from ..refspec import parse_ref
 from ..repository import Repository
-from ..transfer import SPECIAL_FTYPES, export_file, export_special, export_tree, special_kind
+from ..transfer import export_file, export_special, export_tree
 from .common import (
     NO_CHANGES,
     UTF8_TEXT,
@@ -165,9 +165,7 @@ def cat(app: AppContext, ref: str) -> None:
 
 
 def _mode_string(entry: Entry) -> str:
-    kind = {DIR: stat.S_IFDIR, FILE: stat.S_IFREG, SYMLINK: stat.S_IFLNK, FIFO: stat.S_IFIFO}
-    special = SPECIAL_FTYPES.get(special_kind(entry))
-    return stat.filemode((special or kind.get(entry.type, 0)) | entry.mode)
+    return stat.filemode(entry.kind.mode_bits | entry.mode)
 
 
 @click.command()
@@ -217,12 +215,11 @@ def _json_item(path: bytes, e: Entry) -> dict[str, object]:
     }
     if e.target:
         item.update(json_name(e.target, "target"))
-    kind = special_kind(e)
+    kind = e.kind
     if kind != e.type:
         item["ftype"] = kind
-        rdev = (e.extra or {}).get("rdev")
-        if isinstance(rdev, int):
-            item["rdev"] = [os.major(rdev), os.minor(rdev)]
+        if kind in (Kind.CHAR, Kind.BLOCK):
+            item["rdev"] = [os.major(e.rdev), os.minor(e.rdev)]
     return item
 
 
