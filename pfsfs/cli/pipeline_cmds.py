@@ -230,6 +230,7 @@ def _repo_names(app: AppContext) -> set[str]:
 @pass_app
 def pipeline_delete(app: AppContext, name: str, force: bool, keep_repo: bool) -> None:
     """Delete a pipeline, its jobs and (unless --keep-repo) its output repo."""
+    from ..k8s.retention import forget_jobs
     from ..pipeline.engine import jobs_dir
     from ..pipeline.spec import parse_spec_dict
 
@@ -249,6 +250,7 @@ def pipeline_delete(app: AppContext, name: str, force: bool, keep_repo: bool) ->
     if not force:
         click.confirm(f"delete pipeline {name}{what}?", abort=True, err=True)
     job_ids = state.delete_pipeline(name)
+    forget_jobs(app.repo.store, job_ids)  # Kubernetes job records in the store
     if not keep_repo and name in _repo_names(app):
         app.repo.delete_repo(name)
     for job_id in job_ids:
