@@ -444,11 +444,16 @@ HOLD = "while [ ! -e /run/pfsfs/go ]; do sleep 0.1; done"
 """Appended to a transform: it waits, output written, until the test lets it end."""
 
 
-def test_sigterm_while_the_sidecar_stores_overruns_the_grace(cluster: Cluster) -> None:
-    """`kubectl delete pod --grace-period=3` while the sidecar stores the datum's output and
-    the bucket hangs: the wrapper forwards the SIGTERM and exits 143, the sidecar cannot finish
-    in the grace and the kubelet SIGKILLs it. No record, no commit; Kubernetes retries the
-    index, the retry stores and records the datum, and the scheduler makes one commit."""
+@pytest.mark.parametrize("grace", [3, None], ids=["kubelet-sigkill", "sidecar-gives-up"])
+def test_sigterm_while_the_sidecar_stores_overruns_the_grace(
+    cluster: Cluster, grace: int | None
+) -> None:
+    """The pod is deleted while the sidecar stores the datum's output and the bucket hangs: the
+    wrapper forwards the SIGTERM and exits 143, and the store cannot end. With
+    `kubectl delete pod --grace-period=3` (below the sidecar's own 5 s) the kubelet SIGKILLs
+    the sidecar; with the pod's 10 s the sidecar gives up after its 5 s and exits 1, saying
+    so. Either way: no record, no commit; Kubernetes retries the index, the retry stores and
+    records the datum, and the scheduler makes one commit."""
     import kubernetes
 
     c = cluster
@@ -467,7 +472,7 @@ def test_sigterm_while_the_sidecar_stores_overruns_the_grace(cluster: Cluster) -
         time.sleep(0.5)  # the sidecar is in its first PUT
         api = kubernetes.config.new_client_from_config(str(c.kubeconfig))
         kubernetes.client.CoreV1Api(api).delete_namespaced_pod(
-            name, NS, grace_period_seconds=3, _preload_content=False
+            name, NS, grace_period_seconds=grace, _preload_content=False
         )
         wait_for(
             "the pod stopped",
@@ -478,8 +483,13 @@ def test_sigterm_while_the_sidecar_stores_overruns_the_grace(cluster: Cluster) -
     gone = c.kubelet.history[name]
     user = gone["statuses"]["user"]["state"]["terminated"]
     assert user["exitCode"] == 143 and "SIGTERM" in user["message"], user
-    assert gone["sigkilled"] == ["pfsfs"]  # the sidecar overran the grace: SIGKILL
-    assert gone["statuses"]["pfsfs"]["state"]["terminated"]["exitCode"] == 137
+    sidecar = gone["statuses"]["pfsfs"]["state"]["terminated"]
+    if grace is not None:  # the deletion's grace ran out first: SIGKILL
+        assert gone["sigkilled"] == ["pfsfs"] and sidecar["exitCode"] == 137
+    else:  # the sidecar's own deadline came first
+        assert gone["sigkilled"] == [] and sidecar["exitCode"] == 1
+        log = c.kube.logs[(NS, name, "pfsfs")].decode()
+        assert "shutdown overran the 5 s grace: the output of datum" in log, log
     assert [k for k in c.record_keys() if "/datums/" in k] == []  # nothing recorded
 
     retry = wait_for("the replacement pod", lambda: running_user_pod(c, but=name))
@@ -505,18 +515,19 @@ def test_deadline_overrun_fails_the_job_and_the_rerun_keeps_what_was_stored(
     gc keeps its output) and the rerun with a longer deadline reuses it instead of running
     it again, and commits both."""
     c = cluster
-    slow = 'if [ -e /pfs/data/sales2 ]; then trap "" TERM; sleep 25; fi; ' + SUM_ONE
-    c.create(per_file_spec(slow, parallelism=2, kubernetes={"job_timeout": "20s"}))
+    # sales2's command ends 35 s after it starts, past the 15 s deadline plus the 10 s grace
+    slow = 'if [ -e /pfs/data/sales2 ]; then trap "" TERM; sleep 35; fi; ' + SUM_ONE
+    c.create(per_file_spec(slow, parallelism=2, kubernetes={"job_timeout": "15s"}))
     proc = c.pfsfs("pipeline", "run", code=None)
     assert proc.returncode != 0
     (job,) = c.json("job", "list", "--pipeline", "sum")
     inspect = c.pfsfs("job", "inspect", job["id"]).stdout
     assert job["state"] == "failure", c.explain()
-    assert "ran past its deadline (activeDeadlineSeconds 20)" in inspect, inspect
+    assert "ran past its deadline (activeDeadlineSeconds 15)" in inspect, inspect
     assert "1 of 2 datums failed" in job["reason"]
     assert not c.json("log", "sum@master")  # nothing committed
     killed = [h for h in c.kubelet.history.values() if "user" in h["sigkilled"]]
-    assert len(killed) == 1  # the slow datum's command overran the grace: SIGKILL
+    assert len(killed) == 1, c.kubelet.history  # the slow command overran the grace: SIGKILL
     datums = {d["desc"]: d for d in c.json("datum", "list", job["id"])}
     stored = next(d for desc, d in datums.items() if "sales2" not in desc)
     assert stored["state"] == "processed"
@@ -532,8 +543,8 @@ def test_deadline_overrun_fails_the_job_and_the_rerun_keeps_what_was_stored(
     )
     proc = c.pfsfs("pipeline", "run", code=None)
     assert proc.returncode == 0, c.explain()
-    rerun = c.json("job", "list", "--pipeline", "sum")[-1]
-    assert rerun["id"] != job["id"] and rerun["state"] == "success"
+    (rerun,) = [j for j in c.json("job", "list", "--pipeline", "sum") if j["id"] != job["id"]]
+    assert rerun["state"] == "success"
     again = {d["desc"]: d for d in c.json("datum", "list", rerun["id"])}
     reused = next(d for desc, d in again.items() if "sales2" not in desc)
     assert reused["state"] == "skipped"  # reused from the failed job, not run again
