@@ -106,22 +106,6 @@ def test_sweep_deletes_only_the_records_of_jobs_done_with(tmp_path: Path) -> Non
         repo.close()
 
 
-def test_cache_entries_are_reused_only_where_the_index_has_their_objects(tmp_path: Path) -> None:
-    """A cache entry naming a copy gc may collect (a datum's own copy of a file its job's
-    commit kept from the base commit) is not reused once the index knows another copy."""
-    from pfsfs.pipeline.engine import _indexed_at
-
-    repo = memory_repository(tmp_path)
-    try:
-        with repo.writer() as w:
-            first = w.put_chunk(b"same bytes " * 1000)
-        other = Locator(first.id, b"P" * 32, 0, first.length)  # the same object, elsewhere
-        assert _indexed_at(repo.index, first.to_wire())
-        assert not _indexed_at(repo.index, other.to_wire())
-    finally:
-        repo.close()
-
-
 # -- through the CLI: a crash between commit and cleanup, pipeline delete ----------------------
 
 

@@ -2,18 +2,20 @@
 
 A datum record is what keeps a pod's output objects alive (a gc root, see
 ``protocol.record_roots``) until the scheduler's output commit references them. After that
-commit it is dead weight: a gc root forever for objects the commit may not even use (an output
-equal to the base commit's file keeps the base's copy), and one more key in every listing. So:
+commit it is dead weight: a gc root forever (a deleted output repo, branch or rolled-back
+commit would never free what it names; a failed job's outputs no commit took would stay), and
+one more key in every listing. So:
 
 - **A job that committed** (state ``success``: its output commit is on the branch) loses its
-  plan and records right after the commit (``Engine.finish_job``). Its datum-cache entries
-  may name objects that are then collectable; the engine reuses a cache entry only while the
-  index still has every one of its objects where the entry says (``Engine._reuse``).
+  plan and records right after the commit (``Engine.run_job``); from then on the commit is
+  what keeps its outputs.
 - **A job that failed** (or was killed or cancelled) keeps them: its recorded datums are in the
   datum cache, and the next job of its pipeline reuses them instead of running them again
   (nothing a sidecar acknowledged is lost). They go once a later job of the same pipeline
   commits (that commit references whatever it reused), or ``FAILED_RETENTION`` after the job
-  ended, whichever comes first.
+  ended, whichever comes first. gc then reclaims the outputs no commit took; their datum-cache
+  entries are not reused any more (a hit needs every object in the index, and gc forgets what
+  it deletes).
 - ``pfsfs pipeline delete`` deletes those of every job of the pipeline (``forget_jobs``).
 - **A crash between commit and cleanup** leaves them behind; the next start of a scheduler
   (the daemon's, or ``pfsfs pipeline run``) sweeps them (``sweep``) by the same rules. A job

@@ -511,7 +511,7 @@ class _JobRun:
         for datum in datums:
             dhash = datum_hash(datum, self.spec.transform, image_id)
             hit = self.state.cache_get(self.job.pipeline, dhash)
-            if hit is not None and all(_indexed_at(index, w) for w in hit.locs):
+            if hit is not None and all(index.get_object(Locator.from_wire(w).id) for w in hit.locs):
                 outputs = [(*Entry.from_wire(w), []) for w in hit.outputs]
                 self.outputs[datum.id] = outputs  # type: ignore[assignment]
                 self.roots.extend(Locator.from_wire(w) for w in hit.locs)
@@ -775,15 +775,6 @@ class _JobRun:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def _indexed_at(index: Any, wire: list[Any]) -> bool:
-    """True if the index has the object where ``wire`` says: a cache entry may name a copy
-    that is collectable (a Kubernetes datum's own copy of a file the commit kept from its base,
-    once its record is gone) while another copy of the same object lives on."""
-    loc = Locator.from_wire(wire)
-    found = index.get_object(loc.id)
-    return found is not None and found[0] == loc
 
 
 def _gone(i: Mapping[str, str]) -> str:
