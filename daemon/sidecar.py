@@ -37,7 +37,9 @@ copied in copy mode) and an empty ``/pfs/out``, offers it to ``pfsfs-wrap`` and,
 wrapper asks, stores the output and writes the datum's record (``pfsfs.k8s.protocol``). It never
 moves a branch. Datums that already have a record (an earlier attempt of the pod) are skipped;
 a restart finds its predecessor's datum in flight and answers ``failed`` for it (the inputs it
-read may have broken mid-way), so the pod fails and Kubernetes retries the index.
+read may have broken mid-way), so the pod fails and Kubernetes retries the index. A SIGTERM
+while a datum's output is being stored lets that store finish within ``--grace`` (its record
+then counts); past it the sidecar exits 1 at once, the datum unrecorded (it runs again).
 ``--install-wrapper PATH`` copies the wrapper there (the pod's first init container).
 """
 
@@ -338,6 +340,8 @@ class JobSidecar(Sidecar):
         self.pod = pod
         self.inputs: protocol.InputFiles | None = None
         self.datum_mounts: list[Mount] = []
+        self.storing: tuple[str, trio.Event] | None = None
+        """The datum whose output is being stored, and the event set when that ends."""
 
     async def started(self) -> None:
         assert self.repo is not None
@@ -421,6 +425,8 @@ class JobSidecar(Sidecar):
                 return False
             await trio.sleep(self.POLL)
         duration = trio.current_time() - started
+        stored = trio.Event()
+        self.storing = (datum.id, stored)
         try:
             key = await trio.to_thread.run_sync(
                 lambda: protocol.store_datum(
@@ -439,10 +445,45 @@ class JobSidecar(Sidecar):
             protocol.ctl_put(self.ctl, f"failed.{seq}", message)
             await self._cleanup()
             return False
+        finally:
+            stored.set()
+            self.storing = None
         log.info("datum %s stored: %s", datum.id[:12], key)
         protocol.ctl_put(self.ctl, f"committed.{seq}", key)
         await self._cleanup()
         return True
+
+    async def stop_mounts(self) -> None:
+        """At SIGTERM a datum's output may be being stored (the user command ended, then the
+        pod was deleted): let that finish within the grace, so its record counts. Past the
+        grace give up on it — exit 1 at once, saying so — rather than wait for the kubelet's
+        SIGKILL (never wedge). Nothing acknowledged is lost: the wrapper has not been told
+        ``committed``, and a datum without a record is run again by the retried pod."""
+        begun = trio.current_time()
+        if self.storing is not None:
+            datum_id, stored = self.storing
+            log.info("SIGTERM while storing datum %s: waiting for it", datum_id[:12])
+            with trio.move_on_after(self.grace):
+                await stored.wait()
+            if not stored.is_set():
+                self._give_up(datum_id)
+        self.grace = max(self.grace - (trio.current_time() - begun), 1.0)
+        await super().stop_mounts()
+
+    def _give_up(self, datum_id: str) -> None:
+        message = (
+            f"shutdown overran the {self.grace:g} s grace: the output of datum "
+            f"{datum_id[:12]} was still being stored and is not recorded; the retried pod "
+            "runs the datum again"
+        )
+        log.error("%s", message)
+        print(f"pfsfs: error: {message}", file=sys.stderr, flush=True)
+        remove_ready(self.ready_file)
+        for m in list(self.manager.mounts.values()):  # the datum's read-only inputs
+            m.process.kill()
+            unmount(m.mountpoint, lazy=True)
+        # The store's thread cannot be cancelled, and the process must not wait for it.
+        os._exit(OVERRUN_EXIT)
 
     def _env(self, datum: protocol.PlanDatum) -> dict[str, str]:
         return protocol.datum_env(datum, self.job_id, str(self.pfs))

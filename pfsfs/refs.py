@@ -13,7 +13,8 @@ ref                           value
                               output_of)
 ``branches/<repo>/<branch>``  the head commit's id in hex ASCII; empty: no commits yet
 ``k8s/jobs/<job>/...``         a Kubernetes job's plan and datum records (owned, encoded and
-                              read by ``pfsfs.k8s.protocol``; create-only)
+                              read by ``pfsfs.k8s.protocol``; create-only; deleted once done
+                              with, see ``pfsfs.k8s.retention``)
 ============================  ==============================================================
 
 Policy (who may move which branch) is not here: ``Repository`` decides, then calls these.

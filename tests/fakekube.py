@@ -5,7 +5,8 @@ Enough of the API for pfsfs's kubernetes runner, served by stdlib ``http.server`
 ``fieldSelector=metadata.name=``, ``?watch=true`` as chunked newline-delimited JSON that honours
 ``timeoutSeconds`` and ``resourceVersion``, with BOOKMARK events and an ERROR 410 event for a
 resourceVersion older than the kept history, delete with propagation to its pods, ``/status``);
-Pods (list with labels, get, delete, ``/log?container=``); Secrets (create, get).
+Pods (list with labels, get, graceful delete — ``deletionTimestamp`` until the kubelet is done,
+``gracePeriodSeconds`` honoured —, ``/log?container=``); Secrets (create, get).
 Server-set ``uid``, ``resourceVersion``, ``creationTimestamp``. ``inject(method, pattern,
 status, times)`` makes the next matching requests answer ``status`` (404/409/410/429/500...)
 with a Status object; ``requests`` logs every request for assertions.
@@ -169,19 +170,41 @@ class FakeKube:
             self._bump(kind, "MODIFIED", obj)
             return copy.deepcopy(obj)
 
-    def delete(self, kind: str, ns: str, name: str) -> dict[str, Any]:
+    def delete(
+        self, kind: str, ns: str, name: str, grace: int | None = None
+    ) -> dict[str, Any]:
+        """Delete an object. A pod is deleted gracefully, as the API server does: it gets
+        ``deletionTimestamp`` and ``deletionGracePeriodSeconds`` (``grace``, else its
+        ``terminationGracePeriodSeconds``) and stays until its kubelet has stopped its
+        containers and calls ``remove``; ``grace=0`` removes it at once (``--force``). A Job's
+        pods are deleted with it (propagation), gracefully."""
         with self.lock:
-            obj = self.objects[kind].pop((ns, name), None)
+            obj = self.objects[kind].get((ns, name))
             if obj is None:
                 raise ApiError(404, f'{kind} "{name}" not found')
+            if kind == "pods" and grace != 0:
+                meta = obj["metadata"]
+                if "deletionTimestamp" not in meta:
+                    default = obj.get("spec", {}).get("terminationGracePeriodSeconds", 30)
+                    meta["deletionTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                    meta["deletionGracePeriodSeconds"] = default if grace is None else grace
+                    self._bump(kind, "MODIFIED", obj)
+                return copy.deepcopy(obj)
+            self.objects[kind].pop((ns, name))
             self._bump(kind, "DELETED", obj)
             if kind == "jobs":
                 for (n, pname), pod in list(self.objects["pods"].items()):
                     owner = pod["metadata"].get("labels", {}).get("batch.kubernetes.io/job-name")
                     if n == ns and owner == name:
-                        self.objects["pods"].pop((n, pname))
-                        self._bump("pods", "DELETED", pod)
+                        self.delete("pods", n, pname)
             return obj
+
+    def remove(self, kind: str, ns: str, name: str) -> None:
+        """The kubelet's last word on a deleted pod: its containers are gone, so is it."""
+        with self.lock:
+            obj = self.objects[kind].pop((ns, name), None)
+            if obj is not None:
+                self._bump(kind, "DELETED", obj)
 
     def events_after(self, kind: str, rv: int) -> list[tuple[int, str, dict[str, Any]]]:
         return [(r, t, o) for r, k, t, o in self.events if r > rv and k == kind]
@@ -304,8 +327,9 @@ def make_handler(kube: FakeKube) -> type[BaseHTTPRequestHandler]:
             if method == "GET":
                 self._send(200, kube.get(kind, ns, name))
             elif method == "DELETE":
-                self._body()
-                obj = kube.delete(kind, ns, name)
+                options = self._body()  # V1DeleteOptions
+                grace = options.get("gracePeriodSeconds", one("gracePeriodSeconds") or None)
+                obj = kube.delete(kind, ns, name, None if grace is None else int(grace))
                 self._send(200, obj)
             elif method in ("PUT", "PATCH") and sub == "status":
                 body = self._body()

@@ -9,7 +9,12 @@ podman, in the order KEP-753 gives: regular init containers to completion, then 
 (``restartPolicy: Always``) started detached — podman 4.3's ``kube play`` cannot run those —
 and waited for through their startupProbe, then the main containers; a sidecar that dies while
 they run is started again; when they have exited, sidecars get SIGTERM in reverse order within
-``terminationGracePeriodSeconds``. A pod deleted through the API is stopped the same way.
+``terminationGracePeriodSeconds``. A pod deleted through the API (``deletionTimestamp``: the
+fake API deletes pods gracefully) is stopped within ONE grace period, the deletion's: SIGTERM to
+the main containers, then, once they have exited, to the sidecars in reverse order, and SIGKILL
+to whatever still runs when the grace is over (a container gets at least ``MIN_GRACE`` seconds
+after its SIGTERM); then its phase is written and the API object removed. Until then the Job
+controller counts it as active and starts no replacement (``podReplacementPolicy: Failed``).
 emptyDirs are directories under ``root`` (a bind mount made rshared, as the kubelet's root
 is), so ``Bidirectional`` -> ``rshared`` and ``HostToContainer`` -> ``rslave`` propagate the
 sidecar's FUSE mounts; ``privileged`` -> ``--privileged`` (/dev/fuse), ``runAsUser`` ->
@@ -44,6 +49,7 @@ log = logging.getLogger(__name__)
 CONTAINERS_CONF = str(ROOT / "pfsfs" / "pipeline" / "containers.conf")
 JOB_NAME = "batch.kubernetes.io/job-name"
 INDEX = "batch.kubernetes.io/job-completion-index"
+MIN_GRACE = 2.0  # seconds a container gets after its SIGTERM however late (kuberuntime's minimum)
 QUANTITY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
 
 
@@ -83,6 +89,9 @@ class Kubelet(threading.Thread):
         self.jobs: dict[str, dict[str, Any]] = {}  # job uid -> controller state
         self.pod_threads: dict[str, threading.Thread] = {}
         self.errors: list[str] = []
+        self.history: dict[str, dict[str, Any]] = {}
+        """pod name -> its last container statuses and the containers SIGKILLed at the end of
+        their grace period (a deleted pod's API object is gone, not its story)."""
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> Kubelet:
@@ -257,16 +266,24 @@ class PodRun:
         self.grace = int(self.spec.get("terminationGracePeriodSeconds", 30))
         self.statuses: dict[str, dict[str, Any]] = {}
         self.restarts: dict[str, int] = {}
+        self.sigkilled: list[str] = []  # containers that overran the grace period
 
     def cname(self, c: dict[str, Any]) -> str:
         return f"k8s-{self.name}-{c['name']}"
 
-    def deleted(self) -> bool:
+    def deletion(self) -> int | None:
+        """The grace period of the pod's deletion (``deletionGracePeriodSeconds``), or None if
+        it is not being deleted (0: the object is gone, a forced delete)."""
         try:
-            self.kube.get("pods", self.ns, self.name)
-            return False
+            meta = self.kube.get("pods", self.ns, self.name)["metadata"]
         except Exception:  # noqa: BLE001 - 404
-            return True
+            return 0
+        if "deletionTimestamp" not in meta:
+            return None
+        return int(meta.get("deletionGracePeriodSeconds", self.grace))
+
+    def deleted(self) -> bool:
+        return self.deletion() is not None
 
     def set_status(self, phase: str, **extra: Any) -> None:
         def write(obj: dict[str, Any]) -> None:
@@ -430,8 +447,23 @@ class PodRun:
         return podman("exec", self.cname(c), *probe["exec"]["command"]).returncode == 0
 
     def run(self) -> None:
+        try:
+            self.run_containers()
+        finally:
+            self.k.history[self.name] = {
+                "statuses": {n: json.loads(json.dumps(v)) for n, v in self.statuses.items()},
+                "sigkilled": list(self.sigkilled),
+            }
+            for c in self.spec.get("initContainers", []) + self.spec["containers"]:
+                podman("rm", "-f", "-t", "0", self.cname(c))
+            for mp in reversed(fuse_mounts(str(self.dir))):
+                force_unmount(mp)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if self.deleted():  # the kubelet's final delete: the API object goes now
+                self.kube.remove("pods", self.ns, self.name)
+
+    def run_containers(self) -> None:
         vols = self.volumes()
-        images = [c["image"] for c in self.spec.get("initContainers", []) + self.spec["containers"]]
         for c in self.spec.get("initContainers", []) + self.spec["containers"]:
             if podman("image", "exists", c["image"]).returncode != 0:
                 self.statuses[c["name"]] = {
@@ -450,57 +482,74 @@ class PodRun:
                 while not self.deleted() and not self.k.stopping.is_set():
                     time.sleep(0.3)
                 return
-        del images
         self.set_status("Pending", conditions=[{"type": "PodScheduled", "status": "True"}])
         sidecars: list[dict[str, Any]] = []
-        try:
-            for c in self.spec.get("initContainers", []):
-                self.start(c, vols)
-                if c.get("restartPolicy") == "Always":
-                    sidecars.append(c)
-                    while not self.probe(c):
-                        if self.deleted() or not self.running(c):
-                            self.end(sidecars, [], failed=True)
-                            return
-                        time.sleep(0.3)
-                    continue
-                podman("wait", self.cname(c), timeout=300)
-                if self.finish(c) != 0:
-                    self.end(sidecars, [], failed=True)
-                    return
-            mains = list(self.spec["containers"])
-            for c in mains:
-                self.start(c, vols)
-            self.set_status("Running")
-            while any(self.running(c) for c in mains):
-                if self.deleted():
-                    self.stop(mains)
-                    break
-                for s in sidecars:
-                    if not self.running(s):
-                        self.restarts[s["name"]] = self.restarts.get(s["name"], 0) + 1
-                        log.info("pod %s: restarting sidecar %s", self.name, s["name"])
-                        podman("start", self.cname(s))
-                time.sleep(0.3)
-            codes = [self.finish(c) for c in mains]
-            self.end(sidecars, mains, failed=any(codes))
-        finally:
-            for c in self.spec.get("initContainers", []) + self.spec["containers"]:
-                podman("rm", "-f", "-t", "0", self.cname(c))
-            for mp in reversed(fuse_mounts(str(self.dir))):
-                force_unmount(mp)
-            shutil.rmtree(self.dir, ignore_errors=True)
+        for c in self.spec.get("initContainers", []):
+            self.start(c, vols)
+            if c.get("restartPolicy") == "Always":
+                sidecars.append(c)
+                while not self.probe(c):
+                    if self.deleted() or not self.running(c):
+                        self.end(sidecars, [], failed=True)
+                        return
+                    time.sleep(0.3)
+                continue
+            podman("wait", self.cname(c), timeout=300)
+            if self.finish(c) != 0:
+                self.end(sidecars, [], failed=True)
+                return
+        mains = list(self.spec["containers"])
+        for c in mains:
+            self.start(c, vols)
+        self.set_status("Running")
+        while any(self.running(c) for c in mains):
+            grace = self.deletion()
+            if grace is not None:
+                self.terminate(mains, sidecars, grace)
+                break
+            for side in sidecars:
+                if not self.running(side):
+                    self.restarts[side["name"]] = self.restarts.get(side["name"], 0) + 1
+                    log.info("pod %s: restarting sidecar %s", self.name, side["name"])
+                    podman("start", self.cname(side))
+            time.sleep(0.3)
+        codes = [self.finish(c) for c in mains]
+        self.end(sidecars, mains, failed=any(codes))
 
-    def stop(self, containers: list[dict[str, Any]]) -> None:
-        for c in containers:
-            podman("stop", "-t", str(self.grace), self.cname(c), timeout=self.grace + 60)
+    def terminate(
+        self, mains: list[dict[str, Any]], sidecars: list[dict[str, Any]], grace: float
+    ) -> None:
+        """Stop the pod as the kubelet does, within ONE grace period: SIGTERM to the main
+        containers; once they have exited, SIGTERM to the native sidecars in reverse order;
+        whatever still runs when the grace is over gets SIGKILL (a container still gets
+        ``MIN_GRACE`` seconds after its SIGTERM, as kuberuntime's minimum grace period)."""
+        deadline = time.monotonic() + grace
+        self.stop_within(mains, deadline)
+        for side in reversed(sidecars):
+            self.stop_within([side], deadline)
+
+    def stop_within(self, containers: list[dict[str, Any]], deadline: float) -> None:
+        live = [c for c in containers if self.running(c)]
+        for c in live:
+            podman("kill", "--signal", "TERM", self.cname(c))
+        until = max(deadline, time.monotonic() + MIN_GRACE)
+        while live and time.monotonic() < until:
+            time.sleep(0.1)
+            live = [c for c in live if self.running(c)]
+        for c in live:
+            log.info("pod %s: %s overran the grace period; SIGKILL", self.name, c["name"])
+            self.sigkilled.append(c["name"])
+            podman("kill", "--signal", "KILL", self.cname(c))
+            podman("wait", self.cname(c), timeout=60)
 
     def end(
         self, sidecars: list[dict[str, Any]], mains: list[dict[str, Any]], failed: bool
     ) -> None:
-        """Sidecars get SIGTERM in reverse order once the main containers are done."""
-        self.stop(list(reversed(sidecars)))
-        for s in sidecars:
-            self.finish(s)
-        if not self.deleted():
-            self.set_status("Failed" if failed else "Succeeded")
+        """Sidecars get SIGTERM in reverse order once the main containers are done (within the
+        deletion's grace if the pod is being deleted, else terminationGracePeriodSeconds);
+        then the pod's phase: sidecar exit codes do not count."""
+        grace = self.deletion()
+        self.terminate([], sidecars, self.grace if not grace else grace)
+        for side in sidecars:
+            self.finish(side)
+        self.set_status("Failed" if failed else "Succeeded")

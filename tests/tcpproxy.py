@@ -4,7 +4,8 @@ moto keeps its data in memory, so killing moto itself destroys the very state a 
 inspect afterwards (did the ref move? is every object it names there?). Putting this proxy
 between the client and moto and killing *it* looks the same to the client — connections reset,
 then refused — while the test can still look at moto directly, or ``restart`` the proxy on the
-same port as a server coming back would.
+same port as a server coming back would. ``stall`` makes it a hung server instead (bytes held
+until ``resume``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class KillableProxy:
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._listener: socket.socket | None = None
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.start()
 
     @property
@@ -61,6 +64,14 @@ class KillableProxy:
                 conn.shutdown(socket.SHUT_RDWR)
             conn.close()
 
+    def stall(self) -> None:
+        """Hold every byte in both directions (a hung server: requests neither fail nor end)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Forward what was held, and everything after it."""
+        self._flowing.set()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -90,6 +101,7 @@ class KillableProxy:
                 if up:
                     with self._lock:
                         self.bytes_up += len(data)
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass

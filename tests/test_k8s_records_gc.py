@@ -1,18 +1,32 @@
-"""Datum records of Kubernetes jobs are part of the store: fsck accepts them, and gc keeps the
+"""Datum records of Kubernetes jobs are part of the store: fsck accepts them, gc keeps the
 objects they name (a pod's sidecar stored those from its own home; until the scheduler commits
-them, the record is the only thing that holds them)."""
+them, the record is the only thing that holds them), and they leave the bucket once they are
+done with (``pfsfs.k8s.retention``): after the job's commit, when a later job supersedes a
+failed one or a failed one's retention ends, with ``pfsfs pipeline delete``, and at the next
+scheduler start after a crash between commit and cleanup."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from pfsfs.changes import ChangeSet
 from pfsfs.errors import PfsError
-from pfsfs.k8s.protocol import Record, put_record
+from pfsfs.k8s import protocol, retention
 from pfsfs.maintenance import fsck, gc
+from pfsfs.model import Locator
+from pfsfs.pipeline.state import FAILURE, KILLED, RUNNING, SUCCESS, JobRecord, PipelineState
+from pfsfs.refs import JOB_RECORDS
+from pfsfs.repository import Repository
 
+from .fusehelpers import PFSFS
 from .store_backends import memory_repository
+
+DAY_NS = 86400 * 10**9
 
 
 def test_gc_keeps_what_datum_records_name_and_fsck_accepts_them(tmp_path: Path) -> None:
@@ -22,12 +36,177 @@ def test_gc_keeps_what_datum_records_name_and_fsck_accepts_them(tmp_path: Path) 
             kept = w.put_chunk(b"output of a datum " * 1000)
         with repo.writer() as w:
             gone = w.put_chunk(b"unreferenced " * 1000)
-        record = Record("job1", "d1", "h", outputs=[], locs=[kept.to_wire()])
-        put_record(repo.store, record)
+        record = protocol.Record("job1", "d1", "h", outputs=[], locs=[kept.to_wire()])
+        protocol.put_record(repo.store, record)
         gc(repo, grace=0)
         assert repo.reader.read_raw(kept) == b"output of a datum " * 1000
         with pytest.raises(PfsError):  # gc did run: what nothing names is gone
             repo.reader.read_raw(gone)
         assert fsck(repo) == []
+    finally:
+        repo.close()
+
+
+def _plan(job_id: str) -> protocol.Plan:
+    return protocol.Plan(job_id, "p", protocol.FUSE, 1, (protocol.PlanDatum("d1", "h", "/", ()),))
+
+
+def _records(repo: Repository, job_id: str, text: bytes) -> Locator:
+    """A plan and one datum record naming a blob of its own; the blob."""
+    with repo.writer() as w:
+        loc = w.put_chunk(text * 1000)
+    protocol.put_plan(repo.store, _plan(job_id))
+    protocol.put_record(repo.store, protocol.Record(job_id, "d1", "h", [], [loc.to_wire()]))
+    return loc
+
+
+def _job(
+    state: PipelineState, job_id: str, st: str, age_days: float, pipeline: str, **kw: object
+) -> None:
+    now = time.time_ns()
+    job = JobRecord(job_id, pipeline, "spec", 1, 0, [], state=st, **kw)  # type: ignore[arg-type]
+    job.created_ns = now - int(age_days * DAY_NS) - 1000
+    job.finished_ns = now - int(age_days * DAY_NS) if st != RUNNING else 0
+    state.put_job(job)
+
+
+def test_sweep_deletes_only_the_records_of_jobs_done_with(tmp_path: Path) -> None:
+    repo = memory_repository(tmp_path)
+    try:
+        state = PipelineState(repo.index)
+        blobs: dict[str, Locator] = {}
+        cases = {  # pipeline p: killed, then committed, then failed, then running
+            "killed-superseded": (KILLED, 3.0, "p", {}),
+            "committed": (SUCCESS, 2.0, "p", {"output": "ab" * 32}),
+            "failed-recent": (FAILURE, 1.0, "p", {}),
+            "running": (RUNNING, 0.0, "p", {}),
+            "failed-old": (FAILURE, 8.0, "q", {}),  # no later commit, past the retention
+        }
+        for job_id, (st, age, pipeline, extra) in cases.items():
+            _job(state, job_id, st, age, pipeline, **extra)
+            blobs[job_id] = _records(repo, job_id, job_id.encode())
+        blobs["unknown"] = _records(repo, "unknown", b"unknown")  # another scheduler's job
+        assert retention.jobs_with_records(repo.store) == set(blobs)
+        done = retention.sweep(repo.store, state)
+        assert sorted(done) == ["committed", "failed-old", "killed-superseded"]
+        left = {name.split("/")[2] for name, _ in repo.store.list_refs(JOB_RECORDS)}
+        assert left == {"failed-recent", "running", "unknown"}
+        assert not any(True for _ in repo.store.list_refs(f"{JOB_RECORDS}committed/"))
+
+        gc(repo, grace=0)
+        for job_id, loc in blobs.items():
+            if job_id in done:
+                with pytest.raises(PfsError):  # nothing names it any more: collected
+                    repo.reader.read_raw(loc)
+            else:
+                assert repo.reader.read_raw(loc) == job_id.encode() * 1000
+        assert fsck(repo, deep=True) == []
+        assert retention.sweep(repo.store, state) == []  # nothing more to do
+    finally:
+        repo.close()
+
+
+# -- through the CLI: a crash between commit and cleanup, pipeline delete ----------------------
+
+
+def _cli(home: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [PFSFS, "--home", str(home), *args], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def _k8s_pipeline(tmp_path: Path, home: Path) -> None:
+    (tmp_path / "in.txt").write_text("apple 3\n")
+    _cli(home, "repo", "create", "data")
+    _cli(home, "put", "data@master:/in.txt", "-f", str(tmp_path / "in.txt"))
+    spec = {
+        "pipeline": {"name": "sum"},
+        "input": {"pfs": {"repo": "data", "glob": "/"}},
+        "transform": {"image": "pfsfs/busybox", "cmd": ["true"]},
+        "runner": "kubernetes",
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    _cli(home, "pipeline", "create", "-f", str(tmp_path / "spec.yaml"))
+
+
+def _record_keys(repo: Repository) -> set[str]:
+    return {name for name, _ in repo.store.list_refs(JOB_RECORDS)}
+
+
+def test_a_crash_between_commit_and_cleanup_is_swept_at_the_next_start(tmp_path: Path) -> None:
+    """The scheduler died after its output commit landed and before it recorded the job's
+    success and deleted the records: the next `pfsfs pipeline run` finds the commit, calls the
+    job a success and deletes its records; a job that has not committed keeps its own."""
+    home = tmp_path / "home"
+    _k8s_pipeline(tmp_path, home)
+    repo = Repository.open(home)
+    try:
+        state = PipelineState(repo.index)
+        rec = state.pipeline("sum")
+        head = repo.branch_head("data", "master")
+        assert head is not None
+        inputs = [{"repo": "data", "branch": "master", "commit": head.hex()}]
+        job = JobRecord("0" * 14 + "a" * 10, "sum", rec.hash, rec.version, rec.epoch, inputs)
+        job.state, job.created_ns, job.started_ns = RUNNING, time.time_ns(), time.time_ns()
+        state.put_job(job)
+        # what the scheduler had done before it died: plan, record, then the commit
+        with repo.writer() as w:
+            loc = w.put_chunk(b"3\n" * 1000)
+        protocol.put_plan(repo.store, _plan(job.id))
+        protocol.put_record(repo.store, protocol.Record(job.id, "d1", "h", [], [loc.to_wire()]))
+        changes = ChangeSet()
+        repo.commit(
+            "sum",
+            "master",
+            changes,
+            "job output",
+            provenance={"pipeline": "sum", "job": job.id},
+            allow_empty=True,
+            pipeline="sum",
+        )
+        other = _records(repo, "f" * 24, b"a job of another scheduler")  # not ours: kept
+        assert len(_record_keys(repo)) == 4
+    finally:
+        repo.close()
+
+    out = _cli(home, "pipeline", "run").stdout
+    assert f"job {job.id} of sum: success" in out
+    repo = Repository.open(home)
+    try:
+        assert _record_keys(repo) == {
+            protocol.plan_key("f" * 24),
+            protocol.record_key("f" * 24, "d1"),
+        }
+        gc(repo, grace=0)
+        assert repo.reader.read_raw(other) == b"a job of another scheduler" * 1000
+        assert fsck(repo, deep=True) == []
+    finally:
+        repo.close()
+
+    # pipeline delete removes the records of its jobs (a failed one keeps them until then)
+    repo = Repository.open(home)
+    try:
+        state = PipelineState(repo.index)
+        rec = state.pipeline("sum")  # the same trigger as the job before: nothing new to run
+        failed = JobRecord("1" * 24, "sum", rec.hash, rec.version, rec.epoch, inputs)
+        failed.state = FAILURE
+        failed.created_ns = failed.finished_ns = time.time_ns()
+        state.put_job(failed)
+        _records(repo, failed.id, b"a failed job's datum")
+    finally:
+        repo.close()
+    _cli(home, "pipeline", "run")  # the failed job is recent and not superseded: kept
+    repo = Repository.open(home)
+    try:
+        assert protocol.plan_key(failed.id) in _record_keys(repo)
+    finally:
+        repo.close()
+    _cli(home, "pipeline", "delete", "sum", "--force")
+    repo = Repository.open(home)
+    try:
+        assert {k.split("/")[2] for k in _record_keys(repo)} == {"f" * 24}
     finally:
         repo.close()

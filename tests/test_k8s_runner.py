@@ -36,6 +36,7 @@ from .fusehelpers import PFSFS, fuse_mounts
 from .kubelet import Kubelet, podman
 from .pipeline_fixtures import ROOT, build_images, require_root
 from .s3server import TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoServer
+from .tcpproxy import KillableProxy
 
 FRUIT = ROOT / "examples" / "fruit-stand"
 VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
@@ -152,6 +153,10 @@ class Cluster:
     kubelet: Kubelet
     home: Path
     env: dict[str, str]
+    s3: MotoServer
+    proxy: KillableProxy
+    """Between every pfsfs client (scheduler and pods) and moto: ``stall`` hangs the bucket."""
+    store: str = ""
 
     def pfsfs(
         self,
@@ -172,10 +177,13 @@ class Cluster:
         assert "Traceback" not in proc.stderr, proc.stderr
         return proc
 
-    def create(self, spec: dict[str, Any]) -> None:
+    def spec_file(self, spec: dict[str, Any]) -> str:
         path = self.home.parent / f"spec-{uuid.uuid4().hex[:6]}.yaml"
         path.write_text(yaml.safe_dump(spec))
-        self.pfsfs("pipeline", "create", "-f", str(path))
+        return str(path)
+
+    def create(self, spec: dict[str, Any]) -> None:
+        self.pfsfs("pipeline", "create", "-f", self.spec_file(spec))
 
     def json(self, *args: str) -> Any:
         return json.loads(self.pfsfs(*args, "--json").stdout)
@@ -197,6 +205,12 @@ class Cluster:
     def posts(self) -> int:
         return self.kube.count("POST", r"/jobs$")
 
+    def record_keys(self) -> list[str]:
+        """The job plans and datum records in the bucket (``k8s/jobs/...``)."""
+        prefix = self.store.removeprefix(f"s3://{self.s3.bucket}/") + "/refs/k8s/jobs/"
+        found = self.s3.client().list_objects_v2(Bucket=self.s3.bucket, Prefix=prefix)
+        return [o["Key"][len(prefix) :] for o in found.get("Contents", [])]
+
 
 @pytest.fixture
 def cluster(tmp_path: Path, s3_server: MotoServer, image: str) -> Iterator[Cluster]:
@@ -214,6 +228,7 @@ def cluster(tmp_path: Path, s3_server: MotoServer, image: str) -> Iterator[Clust
         },
     )
     home = tmp_path / "home"
+    proxy = KillableProxy(int(s3_server.endpoint.rsplit(":", 1)[1]))
     with serve(kube, tmp_path) as (_url, kubeconfig), Kubelet(kube, tmp_path / "kubelet") as kl:
         env = {
             **s3_server.env(),
@@ -222,15 +237,20 @@ def cluster(tmp_path: Path, s3_server: MotoServer, image: str) -> Iterator[Clust
             "PFSFS_K8S_IMAGE": image,
             "PFSFS_K8S_HOST_NETWORK": "1",
             "PFSFS_K8S_PENDING_TIMEOUT": "2",
+            "PFSFS_K8S_GRACE": "10",
         }
-        c = Cluster(kube, kubeconfig, kl, home, env)
         store = f"s3://{s3_server.bucket}/k8s-{uuid.uuid4().hex[:10]}"
-        c.pfsfs("init", "--store", store, "--endpoint-url", s3_server.endpoint)
+        c = Cluster(kube, kubeconfig, kl, home, env, s3_server, proxy, store)
+        c.pfsfs("init", "--store", store, "--endpoint-url", proxy.endpoint)
         c.pfsfs("repo", "create", "data")
         c.pfsfs("put", "data@master:/sales", "-f", str(FRUIT / "sales"))
         c.pfsfs("put", "data@master:/sales2", "-f", str(FRUIT / "sales2"))
-        yield c
+        try:
+            yield c
+        finally:
+            proxy.resume()
         assert not kl.errors, kl.errors
+    proxy.kill()
     assert not fuse_mounts(str(tmp_path)), "mounts left behind"
 
 
@@ -257,6 +277,7 @@ def test_fruit_stand_as_a_kubernetes_job(cluster: Cluster, tmp_path: Path) -> No
     assert job["state"] == "success" and prov["job"] == job["id"]
     assert len(c.json("log", "sum@master")) == 1  # one commit, made by the scheduler
     assert c.posts() == 1
+    assert c.record_keys() == []  # committed: the job's plan and datum records are gone
     (kjob,) = c.kube.list("jobs", NS)
     kubernetes_validate.validate(kjob, VERSIONS[0], strict=False)
     assert lint(kjob) == []
@@ -332,6 +353,19 @@ def test_failing_datum_fails_the_job_and_commits_nothing(cluster: Cluster) -> No
     logs = c.pfsfs("logs", job["id"]).stdout
     assert "bad sales2" in logs and "pfsfs: " in logs
     assert len([p for p in c.kube.list("pods", NS) if p["status"]["phase"] == "Failed"]) == 2
+    good = next(d for desc, d in datums.items() if "sales2" not in desc)
+    # the failed job keeps its records: a later job may reuse the datum that succeeded
+    assert f"{job['id']}/datums/{good['id']}" in c.record_keys()
+
+    # Fixed (another transform: nothing reusable), the next job commits; the failed job is
+    # superseded, so its records go too, and gc reclaims the output its pod had stored.
+    c.pfsfs("pipeline", "update", "-f", c.spec_file(per_file_spec(SUM_ONE, parallelism=2)))
+    proc = c.pfsfs("pipeline", "run", code=None)
+    assert proc.returncode == 0, c.explain()
+    assert c.record_keys() == []
+    assert c.json("gc", "--grace", "0")["deleted_blobs"] > 0
+    assert c.pfsfs("cat", "sum@master:/sales2.total").stdout == "16\n"
+    c.pfsfs("fsck", "--deep")
 
 
 def wait_for(what: str, check: Any, timeout: float = 60) -> Any:
@@ -344,11 +378,19 @@ def wait_for(what: str, check: Any, timeout: float = 60) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def running_user_pod(c: Cluster) -> dict[str, Any] | None:
+def running_user_pod(c: Cluster, but: str = "") -> dict[str, Any] | None:
+    """A running pod that is not being deleted (and is not named ``but``)."""
     for pod in c.kube.list("pods", NS):
-        if pod["status"].get("phase") == "Running" and not pod["metadata"].get("killed"):
-            return pod
+        meta = pod["metadata"]
+        if pod["status"].get("phase") == "Running" and not meta.get("deletionTimestamp"):
+            if meta["name"] != but:
+                return pod
     return None
+
+
+def pod_volume(c: Cluster, pod: dict[str, Any], volume: str) -> Path:
+    """The host directory of one of the pod's emptyDirs."""
+    return c.kubelet.root / "pods" / pod["metadata"]["uid"] / "volumes" / volume
 
 
 SLOW_SUM = "sleep 3; " + fruit_spec()["transform"]["cmd"][2]
@@ -368,7 +410,7 @@ def test_killed_sidecar_fails_the_attempt_and_the_retry_commits(cluster: Cluster
     c.create(spec)
     t, result = run_in_background(c)
     pod = wait_for("a running pod", lambda: running_user_pod(c))
-    ctl = c.kubelet.root / "pods" / pod["metadata"]["uid"] / "volumes" / "pfsfs-ctl"
+    ctl = pod_volume(c, pod, "pfsfs-ctl")
     wait_for("the datum offered", lambda: (ctl / "datum.1").exists())  # a datum in flight
     podman("kill", f"k8s-{pod['metadata']['name']}-pfsfs", check=True)  # SIGKILL the sidecar
     t.join(300)
@@ -396,6 +438,123 @@ def test_pod_deleted_mid_run_is_replaced(cluster: Cluster) -> None:
     assert len(c.json("log", "sum@master")) == 1
     (kjob,) = c.kube.list("jobs", NS)
     assert kjob["status"]["failed"] == 1 and kjob["status"]["succeeded"] == 1
+
+
+HOLD = "while [ ! -e /run/pfsfs/go ]; do sleep 0.1; done"
+"""Appended to a transform: it waits, output written, until the test lets it end."""
+
+
+@pytest.mark.parametrize("grace", [3, None], ids=["kubelet-sigkill", "sidecar-gives-up"])
+def test_sigterm_while_the_sidecar_stores_overruns_the_grace(
+    cluster: Cluster, grace: int | None
+) -> None:
+    """The pod is deleted while the sidecar stores the datum's output and the bucket hangs: the
+    wrapper forwards the SIGTERM and exits 143, and the store cannot end. With
+    `kubectl delete pod --grace-period=3` (below the sidecar's own 5 s) the kubelet SIGKILLs
+    the sidecar; with the pod's 10 s the sidecar gives up after its 5 s and exits 1, saying
+    so. Either way: no record, no commit; Kubernetes retries the index, the retry stores and
+    records the datum, and the scheduler makes one commit."""
+    import kubernetes
+
+    c = cluster
+    spec = fruit_spec()
+    spec["transform"]["cmd"][2] += "; " + HOLD
+    c.create(spec)
+    t, result = run_in_background(c)
+    pod = wait_for("a running pod", lambda: running_user_pod(c))
+    name = pod["metadata"]["name"]
+    ctl, pfs = pod_volume(c, pod, "pfsfs-ctl"), pod_volume(c, pod, "pfs")
+    wait_for("the output written", lambda: (pfs / "out" / "apple").exists())
+    c.proxy.stall()  # the bucket hangs: the store of /pfs/out cannot end
+    try:
+        (ctl / "go").write_text("")
+        wait_for("the store requested", lambda: (ctl / "request.1").exists())
+        time.sleep(0.5)  # the sidecar is in its first PUT
+        api = kubernetes.config.new_client_from_config(str(c.kubeconfig))
+        kubernetes.client.CoreV1Api(api).delete_namespaced_pod(
+            name, NS, grace_period_seconds=grace, _preload_content=False
+        )
+        wait_for(
+            "the pod stopped",
+            lambda: name not in {p["metadata"]["name"] for p in c.kube.list("pods", NS)},
+        )
+    finally:
+        c.proxy.resume()
+    gone = c.kubelet.history[name]
+    user = gone["statuses"]["user"]["state"]["terminated"]
+    assert user["exitCode"] == 143 and "SIGTERM" in user["message"], user
+    sidecar = gone["statuses"]["pfsfs"]["state"]["terminated"]
+    if grace is not None:  # the deletion's grace ran out first: SIGKILL
+        assert gone["sigkilled"] == ["pfsfs"] and sidecar["exitCode"] == 137
+    else:  # the sidecar's own deadline came first
+        assert gone["sigkilled"] == [] and sidecar["exitCode"] == 1
+        log = c.kube.logs[(NS, name, "pfsfs")].decode()
+        assert "shutdown overran the 5 s grace: the output of datum" in log, log
+    assert [k for k in c.record_keys() if "/datums/" in k] == []  # nothing recorded
+
+    retry = wait_for("the replacement pod", lambda: running_user_pod(c, but=name))
+    rctl = pod_volume(c, retry, "pfsfs-ctl")
+    wait_for("the retry's datum", lambda: (rctl / "datum.1").exists())
+    (rctl / "go").write_text("")
+    t.join(300)
+    assert result[0].returncode == 0, c.explain()
+    assert totals(c) == FRUIT_TOTALS
+    assert len(c.json("log", "sum@master")) == 1  # one commit, never a partial one
+    (job,) = c.json("job", "list", "--pipeline", "sum")
+    assert job["state"] == "success"
+    assert c.record_keys() == []
+    c.pfsfs("fsck", "--deep")
+
+
+def test_deadline_overrun_fails_the_job_and_the_rerun_keeps_what_was_stored(
+    cluster: Cluster,
+) -> None:
+    """activeDeadlineSeconds ends the Job while one datum's command still runs and ignores
+    SIGTERM: the kubelet SIGKILLs it after the grace. The job fails with the deadline as its
+    reason and commits nothing; the datum that was stored before is kept (its record stays,
+    gc keeps its output) and the rerun with a longer deadline reuses it instead of running
+    it again, and commits both."""
+    c = cluster
+    # sales2's command ends 35 s after it starts, past the 15 s deadline plus the 10 s grace
+    slow = 'if [ -e /pfs/data/sales2 ]; then trap "" TERM; sleep 35; fi; ' + SUM_ONE
+    c.create(per_file_spec(slow, parallelism=2, kubernetes={"job_timeout": "15s"}))
+    proc = c.pfsfs("pipeline", "run", code=None)
+    assert proc.returncode != 0
+    (job,) = c.json("job", "list", "--pipeline", "sum")
+    inspect = c.pfsfs("job", "inspect", job["id"]).stdout
+    assert job["state"] == "failure", c.explain()
+    assert "ran past its deadline (activeDeadlineSeconds 15)" in inspect, inspect
+    assert "1 of 2 datums failed" in job["reason"]
+    assert not c.json("log", "sum@master")  # nothing committed
+    killed = [h for h in c.kubelet.history.values() if "user" in h["sigkilled"]]
+    assert len(killed) == 1, c.kubelet.history  # the slow command overran the grace: SIGKILL
+    datums = {d["desc"]: d for d in c.json("datum", "list", job["id"])}
+    stored = next(d for desc, d in datums.items() if "sales2" not in desc)
+    assert stored["state"] == "processed"
+    assert f"{job['id']}/datums/{stored['id']}" in c.record_keys()
+    c.pfsfs("gc", "--grace", "0")  # the record keeps the stored output
+    c.pfsfs("fsck", "--deep")
+
+    c.pfsfs(
+        "pipeline",
+        "update",
+        "-f",
+        c.spec_file(per_file_spec(slow, parallelism=2, kubernetes={"job_timeout": "5m"})),
+    )
+    proc = c.pfsfs("pipeline", "run", code=None)
+    assert proc.returncode == 0, c.explain()
+    (rerun,) = [j for j in c.json("job", "list", "--pipeline", "sum") if j["id"] != job["id"]]
+    assert rerun["state"] == "success"
+    again = {d["desc"]: d for d in c.json("datum", "list", rerun["id"])}
+    reused = next(d for desc, d in again.items() if "sales2" not in desc)
+    assert reused["state"] == "skipped"  # reused from the failed job, not run again
+    assert c.pfsfs("ls", "sum@master").stdout.split() == ["sales.total", "sales2.total"]
+    assert c.pfsfs("cat", "sum@master:/sales2.total").stdout == "16\n"
+    assert len(c.json("log", "sum@master")) == 1
+    assert c.record_keys() == []  # the commit supersedes the failed job: its records go too
+    c.pfsfs("gc", "--grace", "0")
+    c.pfsfs("fsck", "--deep")
+    assert c.pfsfs("cat", "sum@master:/sales.total").stdout.strip().isdigit()
 
 
 def test_missing_image_fails_with_the_reason(cluster: Cluster) -> None:

@@ -147,6 +147,13 @@ def _user_container(spec: PipelineSpec, job_id: str, mode: str) -> dict[str, Any
     return container
 
 
+def sidecar_grace(pod_grace: int) -> int:
+    """The sidecar's own hard deadline at SIGTERM (``--grace``): below the pod's grace period,
+    which the kubelet enforces with SIGKILL and which the user container's shutdown shares
+    (10 s less, or half of a short one)."""
+    return pod_grace - 10 if pod_grace > 20 else max(1, pod_grace // 2)
+
+
 def _sidecar(spec: PipelineSpec, job_id: str, mode: str, cluster: ClusterConfig) -> dict[str, Any]:
     env = [
         {"name": "PFSFS_STORE", "value": cluster.store_url},
@@ -160,7 +167,7 @@ def _sidecar(spec: PipelineSpec, job_id: str, mode: str, cluster: ClusterConfig)
     if cluster.endpoint_url:
         env.append({"name": "AWS_ENDPOINT_URL", "value": cluster.endpoint_url})
     env += [{"name": k, "value": v} for k, v in sorted(cluster.sidecar_env.items())]
-    grace = max(cluster.grace_seconds - 10, 5)
+    grace = sidecar_grace(cluster.grace_seconds)
     container: dict[str, Any] = {
         "name": SIDECAR,
         "image": cluster.image,

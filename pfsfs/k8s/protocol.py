@@ -8,7 +8,8 @@ directory, and once the wrapper asks, stores the output's chunks and manifests a
 the datum's **record** ``k8s/jobs/<job>/datums/<datum>`` (create-only, like ``If-None-Match:
 *``: the first record of a datum stays). Records and plans are refs of the store, so they live
 in the bucket next to the objects they name. The sidecar never moves a branch: the scheduler
-reads every expected record and makes the one output commit.
+reads every expected record and makes the one output commit, after which the plan and records
+are deleted (``pfsfs.k8s.retention`` says when, for failed jobs too).
 
 The control files (atomic renames, see ``pfsfs-wrap.sh``): ``ready``, ``datum.N``, ``done``
 (sidecar); ``request.N``, ``abort.N`` (wrapper); ``committed.N``, ``failed.N`` (sidecar).

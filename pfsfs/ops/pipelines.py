@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 from ..errors import Conflict
+from ..k8s.retention import forget_jobs
 from ..pipeline.engine import jobs_dir
 from ..pipeline.spec import parse_spec_dict
 from ..pipeline.state import PipelineState
@@ -38,6 +39,7 @@ def delete_pipeline(repository: Repository, name: str, *, keep_repo: bool) -> No
     """Delete pipeline ``name``, its jobs, datum records and cache, its jobs' directories, and
     (unless ``keep_repo``) its output repo. Call ``check_delete`` first."""
     job_ids = PipelineState(repository.index).delete_pipeline(name)
+    forget_jobs(repository.store, job_ids)  # Kubernetes job records in the store
     if not keep_repo and name in {r.name for r in repository.list_repos()}:
         repository.delete_repo(name)
     for job_id in job_ids:

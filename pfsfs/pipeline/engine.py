@@ -230,6 +230,13 @@ class Engine:
     ) -> JobRecord:
         """Run (or rerun) ``job`` to the end; returns its final record. Cancelling the caller
         kills the running datums and marks the job killed with ``stop_reason()``."""
+        job = await self._run_job(job, stop_reason)
+        rec = self.state.get_pipeline(job.pipeline)
+        if job.state == SUCCESS and rec is not None and rec.spec.get("runner") == "kubernetes":
+            await self.repo_call(self.sweep_records)  # its commit is on the branch
+        return job
+
+    async def _run_job(self, job: JobRecord, stop_reason: Callable[[], str]) -> JobRecord:
         rec = self.state.get_pipeline(job.pipeline)
         if rec is None:
             return self.finish_job(job, KILLED, "the pipeline was deleted")
@@ -301,6 +308,17 @@ class Engine:
             self.state.put_job(job)
         log.info("job %s of %s: %s %s", job.id, job.pipeline, state, reason)
         return job
+
+    def sweep_records(self) -> None:
+        """Delete the Kubernetes job records that are done with (``pfsfs.k8s.retention``):
+        after a commit, and at every scheduler start (a crash between the two leaves some).
+        A failure only delays it to the next sweep."""
+        from ..k8s import retention
+
+        try:
+            retention.sweep(self.repository.store, self.state)
+        except (PfsError, OSError) as exc:
+            log.warning("cannot delete finished Kubernetes job records yet: %s", exc)
 
     def _find_output(self, job: JobRecord, rec: PipelineRecord) -> str | None:
         """The output commit of ``job`` if it was made before the process stopped."""

@@ -252,6 +252,7 @@ async def run_pending(
     done the job it finished is reported as if run here (it processed the same pending input),
     and whatever input arrived meanwhile is processed here."""
     home = engine.repository.home
+    await engine.repo_call(engine.sweep_records)  # what a crash after a commit left behind
     if names:
         records = [engine.state.pipeline(n) for n in names]
         for rec in records:
@@ -434,6 +435,7 @@ async def run_scheduler(
         if repo is None:
             repo = await trio.to_thread.run_sync(Repository.open, home)
         scheduler = Scheduler(Engine(repo, options, repo_limiter), poll_interval)
+        await scheduler.engine.repo_call(scheduler.engine.sweep_records)
         log.info("pipeline scheduler started for %s (pid %d)", home, os.getpid())
         task_status.started(scheduler)
         await scheduler.run()

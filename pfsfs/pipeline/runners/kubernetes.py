@@ -16,7 +16,8 @@ beside them and into the datum's error (``pfsfs job inspect``).
 Cluster settings come from the constructor (``EngineOptions.runner_options["kubernetes"]``) or
 the environment: ``PFSFS_K8S_NAMESPACE``, ``PFSFS_K8S_IMAGE`` (the pfsfs image),
 ``PFSFS_K8S_SECRET`` (AWS_* for the sidecar), ``PFSFS_K8S_SERVICE_ACCOUNT``,
-``PFSFS_K8S_PENDING_TIMEOUT``, ``PFSFS_K8S_HOST_NETWORK``, ``KUBECONFIG``; in a pod, the
+``PFSFS_K8S_PENDING_TIMEOUT``, ``PFSFS_K8S_HOST_NETWORK``, ``PFSFS_K8S_GRACE`` (the pods'
+``terminationGracePeriodSeconds``, default 60), ``KUBECONFIG``; in a pod, the
 in-cluster config. The ``kubernetes`` package is an optional extra: ``pip install
 'pfsfs[kubernetes]'``.
 """
@@ -89,7 +90,7 @@ class KubernetesRunner:
         store_secret: str | None = None,
         service_account: str | None = None,
         image_pull_policy: str | None = None,
-        grace_seconds: int = 60,
+        grace_seconds: int | None = None,
         host_network: bool | None = None,
         sidecar_env: Mapping[str, str] | None = None,
         poll_interval: float = 1.0,
@@ -106,7 +107,7 @@ class KubernetesRunner:
             "store_secret": store_secret or env.get("PFSFS_K8S_SECRET") or "pfsfs-s3",
             "service_account": service_account or env.get("PFSFS_K8S_SERVICE_ACCOUNT"),
             "image_pull_policy": image_pull_policy,
-            "grace_seconds": grace_seconds,
+            "grace_seconds": grace_seconds or int(env.get("PFSFS_K8S_GRACE") or 60),
             "host_network": (
                 host_network if host_network is not None else _env_flag("PFSFS_K8S_HOST_NETWORK")
             ),
@@ -244,6 +245,7 @@ class _Batch:
                 await trio.to_thread.run_sync(self.create)
                 continue
             if finished(job):
+                await trio.to_thread.run_sync(self.wait_pods_stopped, abandon_on_cancel=True)
                 break
             pods = await trio.to_thread.run_sync(self.pods, abandon_on_cancel=True)
             self.fatal = self.inspect_pods(pods)
@@ -443,6 +445,26 @@ class _Batch:
             if now - first >= self.runner.pending_timeout:
                 return f"pod {name} could not start for {self.runner.pending_timeout:g}s: {why}"
         return ""
+
+    def wait_pods_stopped(self) -> None:
+        """A finished Job may still have pods stopping (a deadline, a failed index: they get
+        SIGTERM and their grace period); wait for them, so that a record their sidecar writes
+        meanwhile counts and their statuses and logs are final. At most the grace period plus
+        half a minute: what a pod does after that cannot matter (the kubelet SIGKILLs it)."""
+        deadline = time.monotonic() + self.cluster.grace_seconds + 30
+        said = False
+        while time.monotonic() < deadline:
+            live = [
+                p["metadata"]["name"]
+                for p in self.pods()
+                if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+            ]
+            if not live:
+                return
+            if not said:
+                log.info("job %s: waiting for pod(s) %s to stop", self.job_id, ", ".join(live))
+                said = True
+            time.sleep(self.runner.poll_interval)
 
     def all_recorded(self) -> bool:
         assert self.plan is not None
