@@ -107,7 +107,7 @@ def mount_rows(text: str) -> list[tuple[str, ...]]:
 
 def load_section(path: Path, parse: Any, name: str) -> list[tuple[str, ...]]:
     if not path.exists():
-        return [(name, "not run", "", "", "", "", "")]
+        return [(name, "not run (not picked by BENCH_ONLY, or it failed)", "", "", "", "", "")]
     try:
         if path.suffix == ".json":
             return parse(json.loads(path.read_text()))
