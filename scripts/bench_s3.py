@@ -28,6 +28,9 @@ deleted after the round (but the first, which the cold reads read), so moto's me
 bounded. Each timed phase starts with a ``sync``, and cold reads drop the page cache (root).
 
 ``--quick`` uses 128 MiB, 10,000 files and 2 rounds. Exits 0 even if a target is missed.
+To compare with another checkout in the same conditions, point ``PYTHONPATH`` at it: the CLI
+runs as ``python -m pfsfs.cli.main`` with this interpreter, from ``/``.
+
 Usage: ``.venv/bin/python scripts/bench_s3.py [--quick] [--runs 5] [--json FILE] [--size-mib N]
 [--files N]``.
 """
@@ -136,7 +139,10 @@ def raw_boto3(endpoint: str, total: int, size: int) -> tuple[float, float]:
 
 def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **CREDS, "PFSFS_HOME": str(home)}
-    done = subprocess.run([*PFSFS, *args], env=env, capture_output=True, text=True, timeout=1800)
+    # cwd: not the checkout, so that a PYTHONPATH naming another one is what runs
+    done = subprocess.run(
+        [*PFSFS, *args], env=env, capture_output=True, text=True, timeout=1800, cwd="/"
+    )
     if check and done.returncode != 0:
         sys.exit(f"pfsfs {' '.join(args)} failed: {done.stderr.strip()}")
     return done
