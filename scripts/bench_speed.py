@@ -15,6 +15,10 @@ Rows (``ROWS``, in order; ``--only`` picks some by name):
 - ``ref-write``: the disk's write speed: the same bytes from memory (/dev/shm) into one file
   with ``dd conv=fsync`` (the reference of ``get``);
 - ``ref-read``: a cold read of the same files (``cat`` into /dev/null: for cold-read rows);
+- ``ref-rw``: the disk reading and writing at once, what any restore from this disk does: a
+  cold read of the tree (4 ``cat`` in parallel) while ``dd`` writes the in-memory copy with
+  ``conv=fsync`` (the bound of ``get``, which reads its store from the same disk while it
+  writes; ``ref-write`` writes only);
 - ``put``: ``pfsfs put -r`` of the tree into a fresh home on the same disk, + ``sync``;
 - ``reput``: the same put again after 1 MiB in the middle of one file was rewritten;
 - ``small``: ``pfsfs put -r`` of 10k × 1 KiB files into a fresh home, + ``sync``;
@@ -29,12 +33,16 @@ To compare with another checkout in the same conditions, point ``PYTHONPATH`` at
 runs as ``python -m pfsfs.cli.main`` with this interpreter.
 
     .venv/bin/python scripts/bench_speed.py [--runs 3] [--size-mib 1024] [--files 64]
-        [--small-files 10000] [--dir /var/tmp] [--only put,reput] [--quick]
+        [--small-files 10000] [--dir /var/tmp] [--only put,reput] [--quick] [--json FILE]
+
+``--json FILE`` also writes the table's rows as JSON (``scripts/bench.sh`` prints them in its
+summary).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -71,7 +79,7 @@ class Row:
     run: Callable[[Bench], Sample]
     unit: str = "MB/s"  # "MB/s" (amount is bytes), "files/s" (amount is files), "s"
     reference: str | None = None  # the row whose median this one is compared with
-    also: str | None = None  # a second reference, shown beside the first
+    also: tuple[str, ...] = ()  # more references, shown beside the first
     target: str = ""  # issue 19's target, shown beside the figures
     met: Callable[[float, float | None], bool] | None = None  # (median, ratio) → met?
     samples: list[Sample] = field(default_factory=list)
@@ -180,16 +188,9 @@ def row_ref_cp(b: Bench) -> Sample:
 def row_ref_write(b: Bench) -> Sample:
     """The disk's write speed: the tree's bytes from memory (a tmpfs copy) to one file on the
     bench disk, ``dd`` with ``conv=fsync``."""
-    mem = Path("/dev/shm")
-    if not mem.is_dir():
-        raise RuntimeError("no /dev/shm for the in-memory source")
-    src = mem / f"pfsfs-speed-{os.getpid()}.bin"
+    src = _memory_copy(b)
     out = b.base / "dd.bin"
     try:
-        if not src.exists():
-            subprocess.run(
-                ["cat", *sorted(map(str, b.big.iterdir()))], check=True, stdout=src.open("wb")
-            )
         b.cold()
         t = b.timed(
             lambda: subprocess.run(
@@ -203,6 +204,41 @@ def row_ref_write(b: Bench) -> Sample:
 
 def cleanup_ref_write() -> None:
     Path(f"/dev/shm/pfsfs-speed-{os.getpid()}.bin").unlink(missing_ok=True)
+
+
+def _memory_copy(b: Bench) -> Path:
+    """The tree's bytes in one file in memory (/dev/shm), made once per run."""
+    mem = Path("/dev/shm")
+    if not mem.is_dir():
+        raise RuntimeError("no /dev/shm for the in-memory source")
+    src = mem / f"pfsfs-speed-{os.getpid()}.bin"
+    if not src.exists():
+        with src.open("wb") as out:
+            subprocess.run(["cat", *sorted(map(str, b.big.iterdir()))], check=True, stdout=out)
+    return src
+
+
+def row_ref_rw(b: Bench) -> Sample:
+    """The disk reading the tree cold (4 ``cat`` in parallel) while ``dd`` writes the same
+    number of bytes from memory with ``conv=fsync``: until both are done."""
+    src = _memory_copy(b)
+    out = b.base / "dd-rw.bin"
+    files = sorted(str(p) for p in b.big.iterdir())
+    groups = [files[k::4] for k in range(4) if files[k::4]]
+
+    def both() -> None:
+        readers = [subprocess.Popen(["cat", *g], stdout=subprocess.DEVNULL) for g in groups]
+        dd = ["dd", f"if={src}", f"of={out}", "bs=16M", "conv=fsync", "status=none"]
+        subprocess.run(dd, check=True)
+        if any(r.wait() != 0 for r in readers):
+            raise RuntimeError("cat of the tree failed")
+
+    try:
+        b.cold()
+        t = b.timed(both)
+    finally:
+        out.unlink(missing_ok=True)
+    return Sample(t, b.size)
 
 
 def row_ref_read(b: Bench) -> Sample:
@@ -262,6 +298,7 @@ ROWS: list[Row] = [
     Row("ref-cp", "ref: cp -a {size} + sync", row_ref_cp),
     Row("ref-write", "ref: disk write {size} (dd, fsync)", row_ref_write),
     Row("ref-read", "ref: cold read of the {size} (cat)", row_ref_read),
+    Row("ref-rw", "ref: cold read + disk write at once", row_ref_rw),
     Row(
         "put",
         "put {size} directory (+ sync)",
@@ -291,7 +328,7 @@ ROWS: list[Row] = [
         "get {size} (+ sync)",
         row_get,
         reference="ref-write",
-        also="ref-cp",
+        also=("ref-rw", "ref-cp"),
         target=">= 80% of disk write",
         met=_at_least(0.8),
     ),
@@ -325,7 +362,7 @@ def print_table(rows: list[Row], b: Bench, load: tuple[list[float], list[float]]
     by_name = {r.name: r for r in rows}
     sizes = {"size": f"{b.size / MiB:.0f} MiB", "small": f"{b.small_files:,}"}
     print(
-        f"{'workload':<38} {'min':>15} {'median':>15} {'max':>15}  {'ratio':<32} "
+        f"{'workload':<38} {'min':>15} {'median':>15} {'max':>15}  {'ratio':<48} "
         f"{'median s':>8}  target"
     )
     for row in rows:
@@ -336,7 +373,7 @@ def print_table(rows: list[Row], b: Bench, load: tuple[list[float], list[float]]
         lo, med, hi = spread(row)
         times = statistics.median(s.seconds for s in row.samples)
         ratio, shown = None, []
-        for i, name in enumerate((row.reference, row.also)):
+        for i, name in enumerate((row.reference, *row.also)):
             ref = by_name.get(name or "")
             if ref is not None and ref.samples and not ref.error:
                 r = med / spread(ref)[1]
@@ -347,7 +384,7 @@ def print_table(rows: list[Row], b: Bench, load: tuple[list[float], list[float]]
             verdict = f"{row.target}: {'met' if row.met(med, ratio) else 'MISSED'}"
         print(
             f"{label:<38} {fmt(row, lo):>15} {fmt(row, med):>15} {fmt(row, hi):>15}  "
-            f"{', '.join(shown):<32} {times:>8.2f}  {verdict}"
+            f"{', '.join(shown):<48} {times:>8.2f}  {verdict}"
         )
     before, after = load
     print()
@@ -361,6 +398,31 @@ def print_table(rows: list[Row], b: Bench, load: tuple[list[float], list[float]]
         f"tree: {b.files} files, {b.size / MiB:.0f} MiB; {b.small_files} small files; "
         f"bench directory {b.base} ({fs_type(b.base)})"
     )
+
+
+def summary(rows: list[Row], b: Bench) -> list[dict[str, object]]:
+    """The table's rows as plain values (``--json``): figures, ratios to each reference."""
+    by_name = {r.name: r for r in rows}
+    sizes = {"size": f"{b.size / MiB:.0f} MiB", "small": f"{b.small_files:,}"}
+    out: list[dict[str, object]] = []
+    for row in rows:
+        item: dict[str, object] = {"name": row.name, "label": row.label.format(**sizes)}
+        if row.error or not row.samples:
+            item["error"] = row.error or "not run"
+            out.append(item)
+            continue
+        lo, med, hi = spread(row)
+        ratios: dict[str, float] = {}
+        for name in (row.reference, *row.also):
+            ref = by_name.get(name or "")
+            if ref is not None and ref.samples and not ref.error and name:
+                ratios[name] = med / spread(ref)[1]
+        item.update(unit=row.unit, runs=len(row.samples), min=lo, median=med, max=hi)
+        item.update(ratios=ratios, target=row.target)
+        if row.met is not None:
+            item["met"] = row.met(med, ratios.get(row.reference or ""))
+        out.append(item)
+    return out
 
 
 def fs_type(path: Path) -> str:
@@ -382,6 +444,7 @@ def main() -> int:
     ap.add_argument("--dir", default="/var/tmp", help="where trees and homes go (the disk)")
     ap.add_argument("--only", default="", help="comma-separated row names")
     ap.add_argument("--quick", action="store_true", help="128 MiB, 2,000 small files, 1 run")
+    ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON here")
     args = ap.parse_args()
     if args.quick:
         args.size_mib, args.small_files, args.runs = 128, 2000, 1
@@ -407,6 +470,10 @@ def main() -> int:
             cleanup_ref_write()
         load_after = list(os.getloadavg())
         print_table(rows, b, (load_before, load_after))
+        if args.json:
+            doc = {"rows": summary(rows, b), "load": [load_before[0], load_after[0]]}
+            doc.update(cold=b.cold_ok, size_mib=args.size_mib, files=args.files)
+            Path(args.json).write_text(json.dumps(doc, indent=1))
     return 0
 
 

@@ -137,7 +137,6 @@ def test_get_past_the_end(s3: S3ObjectStore) -> None:
         s3.get("pack/ffffffffffffffff", 0, 0)
 
 
-
 def test_get_upto_reads_no_further_than_asked(s3: S3ObjectStore) -> None:
     """From the start and for at least a whole pack's worth, ``get_upto`` asks for the whole
     object but reads only what it needs: a blob longer than that yields exactly ``length``
@@ -428,7 +427,7 @@ def test_uploads_carry_the_configured_checksum(
     store = make_store(s3_server, upload_checksum=mode)
     sent: list[dict[str, str]] = []
     try:
-        store._client().meta.events.register(
+        store._blob_client().meta.events.register(
             "before-send.s3.PutObject", lambda request, **_: sent.append(dict(request.headers))
         )
         body = os.urandom(200_000)
@@ -444,6 +443,49 @@ def test_uploads_carry_the_configured_checksum(
         expected = base64.b64encode(hashlib.md5(body).digest()).decode()
     value = values[0].decode() if isinstance(values[0], bytes) else values[0]
     assert value == expected
+
+
+def _header(headers: dict[str, object], name: str) -> str:
+    value = headers.get(name)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def test_blob_bodies_go_unsigned_over_plain_http_and_refs_signed(s3_server: MotoServer) -> None:
+    """Over plain HTTP a blob's body is not SHA-256 hashed for SigV4 (as botocore does over
+    HTTPS; its id and CRC32 header cover it) and the server stores it; a ref's body, whose value
+    nothing else verifies, is still signed."""
+    store = make_store(s3_server)
+    sent: list[tuple[str, dict[str, object]]] = []
+
+    def record(request: object, **_: object) -> None:
+        sent.append((str(request.url), dict(request.headers)))  # type: ignore[attr-defined]
+
+    try:
+        for client in {id(c): c for c in (store._client(), store._blob_client())}.values():
+            client.meta.events.register("before-send.s3.PutObject", record)
+        body = os.urandom(300_000)
+        key = "chunk/" + "ab" * 32
+        put_and_flush(store, key, body)
+        store.set_ref("heads/x", None, b"value")
+        assert store.get(key) == body
+        assert store.get_ref("heads/x") == b"value"
+    finally:
+        store.close()
+    blob = [h for url, h in sent if "/chunk/" in url]
+    ref = [h for url, h in sent if "/refs/" in url]
+    assert len(blob) == 1 and len(ref) == 1
+    assert _header(blob[0], "X-Amz-Content-SHA256") == "UNSIGNED-PAYLOAD"
+    assert _header(ref[0], "X-Amz-Content-SHA256") == hashlib.sha256(b"value").hexdigest()
+
+
+def test_blob_bodies_keep_the_sdk_default_over_https() -> None:
+    """Only plain-HTTP endpoints get the unsigned-body client: on HTTPS (and AWS) botocore's
+    own rule already leaves bodies that carry a checksum unsigned, so nothing changes there."""
+    for endpoint in ("https://s3.example.com", None):
+        store = S3ObjectStore("b", endpoint_url=endpoint, region="us-east-1")
+        assert store._blob_config is None
+        store.close()
+    assert S3ObjectStore("b", endpoint_url="http://127.0.0.1:1")._blob_config is not None
 
 
 def test_unknown_upload_checksum_is_refused() -> None:

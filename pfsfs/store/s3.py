@@ -248,6 +248,17 @@ class S3ObjectStore(ObjectStore):
             response_checksum_validation=checksum_mode,
             user_agent_extra="pfsfs",
         )
+        # Blob bodies over plain HTTP go unsigned, as botocore sends them over HTTPS anyway:
+        # a blob's name is the BLAKE3 hash of its content, which every read checks, and its
+        # CRC32 header (signed with the other headers) lets the server check the body, so the
+        # SHA-256 of each body that SigV4 would add costs CPU (0.7 s per GiB here: a quarter
+        # of an S3 put's) and protects nothing the reader does not check. Refs, whose values
+        # are not self-verifying, stay signed (``_client``).
+        self._blob_config: Config | None = None
+        if (endpoint_url or "").lower().startswith("http://"):
+            self._blob_config = self._config.merge(
+                Config(s3={"addressing_style": "path", "payload_signing_enabled": False})
+            )
         self._policy = retry_policy or RetryPolicy(max(1, max_attempts), 0.1, 10.0)
         self._transfer = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,
@@ -255,6 +266,7 @@ class S3ObjectStore(ObjectStore):
             max_concurrency=4,
         )
         self._client_obj: Any = None
+        self._blob_client_obj: Any = None
         self._client_lock = threading.Lock()
         self._upload_workers = upload_workers
         self._max_pending_bytes = max_pending_bytes
@@ -283,24 +295,42 @@ class S3ObjectStore(ObjectStore):
             return client
         with self._client_lock:
             if self._client_obj is None:
-                try:
-                    self._client_obj = self._session.client(
-                        "s3",
-                        endpoint_url=self._configured_endpoint,
-                        region_name=self._region,
-                        config=self._config,
-                    )
-                except (*SDK_ERRORS, ValueError) as exc:
-                    raise StoreError(
-                        self._scrub(f"cannot set up an S3 client for {self.location}: {exc}")
-                    ) from None
-                self._client_obj.meta.events.register("before-send.s3", self.requests)
-                # botocore's DEBUG log prints each request's headers, the access key id among
-                # them: even with `pfsfs -vv`, nothing below INFO from botocore is logged.
-                boto_log = logging.getLogger("botocore")
-                boto_log.setLevel(max(boto_log.getEffectiveLevel(), logging.INFO))
-                self._remember_secrets()
+                self._client_obj = self._new_client(self._config)
             return self._client_obj
+
+    def _blob_client(self) -> Any:
+        """The client blob PUTs go through: ``_client`` unless blob bodies go unsigned (plain
+        HTTP: see ``_blob_config``), then a second client (a pool of its own) configured so."""
+        if self._blob_config is None:
+            return self._client()
+        client = self._blob_client_obj
+        if client is not None:
+            return client
+        with self._client_lock:
+            if self._blob_client_obj is None:
+                self._blob_client_obj = self._new_client(self._blob_config)
+            return self._blob_client_obj
+
+    def _new_client(self, config: Config) -> Any:
+        """A boto3 client with the request counter; called under ``_client_lock``."""
+        try:
+            client = self._session.client(
+                "s3",
+                endpoint_url=self._configured_endpoint,
+                region_name=self._region,
+                config=config,
+            )
+        except (*SDK_ERRORS, ValueError) as exc:
+            raise StoreError(
+                self._scrub(f"cannot set up an S3 client for {self.location}: {exc}")
+            ) from None
+        client.meta.events.register("before-send.s3", self.requests)
+        # botocore's DEBUG log prints each request's headers, the access key id among them:
+        # even with `pfsfs -vv`, nothing below INFO from botocore is logged.
+        boto_log = logging.getLogger("botocore")
+        boto_log.setLevel(max(boto_log.getEffectiveLevel(), logging.INFO))
+        self._remember_secrets()
+        return client
 
     def _remember_secrets(self) -> None:
         """Note the resolved credentials so that no message can ever quote them."""
@@ -429,7 +459,7 @@ class S3ObjectStore(ObjectStore):
 
     def _put_now(self, key: str, data: bytes | memoryview) -> None:
         s3key = self._key(key)
-        client = self._client()
+        client = self._blob_client()
         size = memoryview(data).nbytes
         what = f"writing {key}"
         try:
@@ -756,8 +786,11 @@ class S3ObjectStore(ObjectStore):
                 self.requests.by_operation(),
             )
         with self._client_lock:
-            client, self._client_obj = self._client_obj, None
-        if client is not None:
+            clients = (self._client_obj, self._blob_client_obj)
+            self._client_obj = self._blob_client_obj = None
+        for client in clients:
+            if client is None:
+                continue
             try:
                 client.close()
             except Exception:  # noqa: BLE001 - closing must not fail

@@ -1,0 +1,93 @@
+"""Smoke tests of issue 19's benchmarks at tiny sizes: ``bench_speed.py`` and ``bench_s3.py``
+run, print every row with figures (no row failed) and write the JSON that ``bench.sh`` reads,
+and ``bench_summary.py`` makes one table of them and of ``bench_mount.py``'s output. No figure
+is checked against a target: timing asserts never go into tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .s3server import moto_server_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+
+
+def run(*args: str | Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def measured(doc: dict[str, object]) -> dict[str, dict[str, object]]:
+    rows = {str(r["name"]): r for r in doc["rows"]}  # type: ignore[attr-defined]
+    failed = {name: r["error"] for name, r in rows.items() if "error" in r}
+    assert not failed, failed
+    for row in rows.values():
+        assert float(row["median"]) > 0 and row["min"] <= row["median"] <= row["max"], row
+    return rows
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="the disk-write reference needs /dev/shm")
+def test_bench_speed_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    work = tmp_path / "work"
+    work.mkdir()
+    args = ("--size-mib", "8", "--files", "4", "--small-files", "50", "--runs", "2")
+    proc = run(SCRIPTS / "bench_speed.py", *args, "--dir", work, "--json", out)
+    table = proc.stdout
+    for label in ("cp -a", "dd, fsync", "cold read + disk write", "re-put", "get 8 MiB"):
+        assert label in table, table
+    assert "failed" not in table, table
+    rows = measured(json.loads(out.read_text()))
+    assert rows["get"]["runs"] == 2
+    assert set(rows["get"]["ratios"]) == {"ref-write", "ref-rw", "ref-cp"}  # type: ignore[arg-type]
+    assert rows["put"]["met"] in (True, False)
+    assert list(work.iterdir()) == [], "the benchmark left files behind"
+
+
+@pytest.mark.skipif(moto_server_binary() is None, reason="needs moto_server")
+def test_bench_s3_tiny_and_the_summary(tmp_path: Path) -> None:
+    s3 = tmp_path / "s3.json"
+    proc = run(
+        SCRIPTS / "bench_s3.py",
+        "--quick",
+        "--runs",
+        "2",
+        "--size-mib",
+        "16",
+        "--files",
+        "200",
+        "--json",
+        s3,
+    )
+    assert "pfsfs put (CLI, 1 file)" in proc.stdout, proc.stdout
+    rows = measured(json.loads(s3.read_text()))
+    assert rows["put"]["runs"] == 2 and rows["put"]["reference"] == "raw-put"
+    assert 0 < float(rows["put"]["ratio_median"])  # type: ignore[arg-type]
+    assert rows["tree-requests"]["median"] <= 100
+    mount_ok = os.geteuid() == 0 and os.path.exists("/dev/fuse") and shutil.which("fusermount3")
+    if mount_ok:
+        assert rows["mount-read"]["runs"] == 2 and "ratio_median" in rows["mount-read"]
+        bench_mount = run(
+            SCRIPTS / "bench_mount.py", "--quick", "--only", "reference-write", "--base", tmp_path
+        )
+        (tmp_path / "mount.txt").write_text(bench_mount.stdout)
+    summary = run(SCRIPTS / "bench_summary.py", tmp_path, "--load-before", "1.5").stdout
+    lines = summary.splitlines()
+    assert lines[0].split()[:3] == ["section", "workload", "min"], summary
+    assert any("pfsfs put (CLI, 1 file)" in line and "of raw-put" in line for line in lines)
+    assert any(line.startswith("speed") and "not run" in line for line in lines), summary
+    if mount_ok:
+        assert any(line.startswith("mount") and "seq write" in line for line in lines), summary
+    assert "load average (1 min) 1.50 at the start" in summary
