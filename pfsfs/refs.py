@@ -146,6 +146,30 @@ class Refs:
         """(ref name, raw value) of every Kubernetes job plan and datum record."""
         yield from self.store.list_refs(JOB_RECORDS)
 
+    def create_job_record(self, name: str, value: bytes) -> bool:
+        """Create a job plan or datum record (``name`` under ``JOB_RECORDS``) once; False when
+        it exists already (an earlier attempt wrote it: records are immutable)."""
+        self._check_job_record(name)
+        try:
+            self.store.set_ref(name, None, value)
+            return True
+        except RefChanged:
+            return False
+
+    def delete_job_record(self, name: str, value: bytes) -> bool:
+        """Delete a job record that still holds ``value``; False when it is gone already."""
+        self._check_job_record(name)
+        try:
+            self.store.set_ref(name, value, None)
+            return True
+        except RefChanged:
+            return False
+
+    @staticmethod
+    def _check_job_record(name: str) -> None:
+        if not name.startswith(JOB_RECORDS):
+            raise ValueError(f"not a job record name: {name!r}")
+
     def all_refs(self) -> Iterator[tuple[str, bytes]]:
         yield from self.store.list_refs("")
 

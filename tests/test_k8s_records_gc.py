@@ -210,3 +210,19 @@ def test_a_crash_between_commit_and_cleanup_is_swept_at_the_next_start(tmp_path:
         assert {k.split("/")[2] for k in _record_keys(repo)} == {"f" * 24}
     finally:
         repo.close()
+
+
+def test_job_records_are_create_once_and_only_under_their_namespace() -> None:
+    from pfsfs.refs import Refs
+    from pfsfs.store.memory import MemoryObjectStore
+
+    refs = Refs(MemoryObjectStore())
+    name = f"{JOB_RECORDS}j1/datums/d1"
+    assert refs.create_job_record(name, b"first")
+    assert not refs.create_job_record(name, b"second")  # an earlier attempt's record stays
+    assert dict(refs.job_records()) == {name: b"first"}
+    assert not refs.delete_job_record(name, b"second")  # not the value it holds
+    assert refs.delete_job_record(name, b"first")
+    assert not refs.delete_job_record(name, b"first")  # gone already
+    with pytest.raises(ValueError, match="not a job record"):
+        refs.create_job_record("branches/r/master", b"")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import codec
-from ..errors import Corruption, InvalidInput, PfsError, RefChanged
+from ..errors import Corruption, InvalidInput, PfsError
 from ..model import Entry, Locator
 from ..refs import JOB_RECORDS, Refs
 from ..repository import Repository
@@ -151,11 +151,9 @@ class Plan:
 def put_plan(store: ObjectStore, plan: Plan) -> Plan:
     """Write the plan once; if this job already has one (a restarted scheduler adopting its
     Job), return the stored one: the running pods use that."""
-    try:
-        store.set_ref(plan_key(plan.job), None, codec.pack_value(plan.to_wire()))
+    if Refs(store).create_job_record(plan_key(plan.job), codec.pack_value(plan.to_wire())):
         return plan
-    except RefChanged:
-        return get_plan(store, plan.job)
+    return get_plan(store, plan.job)
 
 
 def get_plan(store: ObjectStore, job_id: str) -> Plan:
@@ -203,10 +201,7 @@ class Record:
 def put_record(store: ObjectStore, record: Record) -> str:
     """Create the datum's record; an existing one (an earlier attempt got there) is kept."""
     key = record_key(record.job, record.datum)
-    try:
-        store.set_ref(key, None, codec.pack_value(record.to_wire()))
-    except RefChanged:
-        pass
+    Refs(store).create_job_record(key, codec.pack_value(record.to_wire()))
     return key
 
 

@@ -33,9 +33,8 @@ import logging
 import time
 from collections.abc import Iterable
 
-from ..errors import RefChanged
 from ..pipeline.state import SUCCESS, PipelineState
-from ..refs import JOB_RECORDS
+from ..refs import JOB_RECORDS, Refs
 from ..store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -55,13 +54,11 @@ def delete_job_records(store: ObjectStore, job_id: str) -> int:
     """Delete the job's datum records, then its plan (a plan without records is still a job
     to sweep, records without a plan are not); the number of refs deleted."""
     refs = sorted(store.list_refs(f"{JOB_RECORDS}{job_id}/"), key=lambda r: r[0].endswith("/plan"))
+    refs_owner = Refs(store)
     deleted = 0
     for name, value in refs:
-        try:
-            store.set_ref(name, value, None)
-            deleted += 1
-        except RefChanged:  # deleted meanwhile by another sweep: fine
-            pass
+        # False: deleted meanwhile by another sweep, which is fine
+        deleted += refs_owner.delete_job_record(name, value)
     if deleted:
         log.info("job %s: deleted its plan and %d datum record(s)", job_id, deleted - 1)
     return deleted
