@@ -447,9 +447,25 @@ def datum_inspect(app: AppContext, job_id: str, datum_id: str, as_json: bool) ->
     click.echo("offered (* = read):")
     for path in d["offered"]:
         click.echo(f"  {'*' if path in read else ' '} {path}")
+    _echo_outside(r.outside, r.outside_count, r.outside_trace)
     click.echo("wrote:")
     for path in d["wrote"]:
         click.echo(f"    {path}")
+
+
+def _echo_outside(paths: list[str], count: int, status: str) -> None:
+    """The paths outside /pfs a datum's transform opened (see `pipeline.trace`)."""
+    if status != "ok":
+        why = status if status.startswith("not traced") else "not traced"
+        click.echo(f"outside /pfs: {why}")
+    elif not paths:
+        click.echo("outside /pfs: none opened")
+    else:
+        click.echo("opened outside /pfs (not declared inputs):")
+        for path in paths:
+            click.echo(f"    {path}")
+        if count > len(paths):
+            click.echo(f"    ... and {count - len(paths)} more")
 
 
 @click.command()

@@ -66,7 +66,7 @@ from .state import (
     PipelineState,
     new_job_id,
 )
-from .trace import OFF, Tracer, unread_inputs
+from .trace import OFF, Tracer, outside_warnings, unread_inputs
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ class EngineOptions:
     watch_interval: float = 0.5
     keep_datum_dirs: bool = False
     trace_reads: bool = True
-    """Record which input files each datum's transform opened (``trace``: inotify)."""
+    """Record which input files each datum's transform opened (``trace``: inotify) and which
+    paths outside ``/pfs`` (strace, by the runner)."""
     runner_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
@@ -426,6 +427,14 @@ class _JobRun:
                 offered[name] = offered.get(name, 0) + 1
         names = sorted({p.name for p in self.spec.pfs_inputs()})
         self.job.warnings = unread_inputs(names, [(r.read, r.trace) for r in ran], offered)
+        if self.options.trace_reads:  # the datums run, failed ones too: a missing path may be why
+            runs = [r for r in self.records.values() if r.state in (PROCESSED, FAILED)]
+            outside = [
+                (r.id, r.desc, r.outside, r.outside_trace, r.outside_count)
+                for r in runs
+                if r.outside_trace != OFF
+            ]
+            self.job.warnings += outside_warnings(self.spec.runner, outside)
         for w in self.job.warnings:
             log.warning("job %s of %s: %s", self.job.id, self.job.pipeline, w)
 
@@ -499,10 +508,10 @@ class _JobRun:
                 self.roots.extend(Locator.from_wire(w) for w in hit.locs)
                 if hit.job == self.job.id:  # done before this job was interrupted
                     rec = self._record(datum, dhash, PROCESSED, outputs)  # type: ignore[arg-type]
-                    rec.read, rec.trace = list(hit.read), hit.trace
+                    _traces_from(rec, hit)
                     continue
                 rec = self._record(datum, dhash, SKIPPED, outputs)  # type: ignore[arg-type]
-                rec.read, rec.trace = list(hit.read), hit.trace
+                _traces_from(rec, hit)
                 rec.from_job = hit.job
                 rec.logs = f"../{hit.job}/logs/{hit.datum[:16]}"
             else:
@@ -540,6 +549,7 @@ class _JobRun:
             except (PfsError, OSError) as exc:
                 rec = self._record(datum, dhash, FAILED)
                 rec.error = f"cannot materialise the inputs: {exc}"
+                rec.outside_trace = OFF  # it never ran
                 return
             tracer = self.tracer
             if tracer is not None:
@@ -562,6 +572,8 @@ class _JobRun:
             rec = self._record(datum, dhash, FAILED if rec_error else PROCESSED, outputs)
             rec.error, rec.attempts, rec.duration = rec_error, result.attempts, result.duration
             rec.read, rec.trace = read, trace
+            rec.outside, rec.outside_count = list(result.outside), result.outside_count
+            rec.outside_trace = result.outside_trace
             if not rec_error:
                 self.outputs[datum.id] = outputs
                 self.pending_cache[dhash] = CacheEntry(
@@ -571,6 +583,9 @@ class _JobRun:
                     [loc.to_wire() for _, _, locs in outputs for loc in locs],
                     read,
                     trace,
+                    rec.outside,
+                    rec.outside_count,
+                    rec.outside_trace,
                 )
             else:
                 log.info("job %s: datum %s failed: %s", self.job.id, datum.id[:12], rec_error)
@@ -583,7 +598,7 @@ class _JobRun:
         ctx = DatumContext.for_datum(self.spec, datum, workdir, job_id=self.job.id)
         logs = self.dir / "logs" / datum.id[:16]
         shutil.rmtree(logs, ignore_errors=True)
-        ctx = replace(ctx, log_dir=logs)
+        ctx = replace(ctx, log_dir=logs, trace_outside=self.options.trace_reads)
         made: set[bytes] = set()
         for di in datum.inputs:
             entries = self.entries[(di.repo, di.commit_id)]
@@ -763,6 +778,13 @@ def _gone(i: Mapping[str, str]) -> str:
     return (
         f"input commit {i['repo']}@{i['commit'][:12]} ({i['branch']}) was deleted while the job ran"
     )
+
+
+def _traces_from(rec: DatumRecord, hit: CacheEntry) -> None:
+    """A reused datum keeps the traces of the run that made its output."""
+    rec.read, rec.trace = list(hit.read), hit.trace
+    rec.outside, rec.outside_count = list(hit.outside), hit.outside_count
+    rec.outside_trace = hit.outside_trace
 
 
 async def _drain_events(tracer: Tracer, scope: trio.CancelScope) -> None:
