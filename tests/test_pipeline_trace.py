@@ -240,3 +240,45 @@ def test_podman_clean_transform_gets_no_outside_warning(tmp_path: Path, strace: 
     assert job["warnings"] == []
     datum = as_json(home, "datum", "list", job["id"])[0]
     assert datum["outside_trace"] == "ok" and datum["outside"] == []
+
+
+def many(home: Path, n: int) -> None:
+    run(home, "repo", "create", "data")
+    run(home, "repo", "create", "extra")
+    put_text(home, "extra@master:/notes/readme", "x\n")
+    for i in range(n):
+        put_text(home, f"data@master:/d{i:02d}/in.txt", f"{i}\n")
+
+
+def test_a_big_clean_job_traces_a_sample_outside_pfs(tmp_path: Path, strace: str) -> None:
+    """20 datums: the first 16 traced, then 1 in 32 (none more here); job inspect says so."""
+    home = tmp_path / "home"
+    many(home, 20)
+    cmd = "cat /pfs/data/*/in.txt /pfs/extra/notes/readme > /pfs/out/$(ls /pfs/data)"
+    run(home, "pipeline", "create", "-f", spec(tmp_path / "s.json", cmd))
+    run(home, "pipeline", "run")
+    job = as_json(home, "job", "list")[0]
+    assert job["state"] == "success" and job["warnings"] == [], job
+    datums = as_json(home, "datum", "list", job["id"])
+    assert sorted(d["outside_trace"] for d in datums) == ["off"] * 4 + ["ok"] * 16
+    assert as_json(home, "job", "inspect", job["id"])["outside_traced"] == {
+        "traced": 16,
+        "run": 20,
+    }
+    text = out(run(home, "job", "inspect", job["id"]))
+    assert "outside:   opens outside /pfs traced in 16 of 20 datums run" in text
+    untraced = next(d for d in datums if d["outside_trace"] == "off")
+    shown = out(run(home, "datum", "inspect", job["id"], untraced["id"][:10]))
+    assert "outside /pfs: not traced for this datum (a job traces a sample" in shown
+
+
+def test_once_a_datum_opened_outside_pfs_every_datum_is_traced(tmp_path: Path, strace: str) -> None:
+    home = tmp_path / "home"
+    many(home, 20)
+    run(home, "pipeline", "create", "-f", spec(tmp_path / "s.json", OUTSIDE_CMD))
+    run(home, "pipeline", "run")
+    job = as_json(home, "job", "list")[0]
+    datums = as_json(home, "datum", "list", job["id"])
+    assert all(d["outside_trace"] == "ok" and d["outside"] for d in datums), datums
+    outside = [w for w in job["warnings"] if "outside /pfs" in w]
+    assert len(outside) == 6 and outside[-1] == "15 more datums opened paths outside /pfs"

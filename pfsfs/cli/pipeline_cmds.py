@@ -369,6 +369,9 @@ def job_list(app: AppContext, name: str | None, as_json: bool) -> None:
 def job_inspect(app: AppContext, job_id: str, as_json: bool) -> None:
     """A job: state, reason, input commits, datum counts, output commit."""
     d = _job_dict(_state(app).find_job(job_id))
+    runs = [r for r in _state(app).datums_of(d["id"]) if r.state in ("processed", "failed")]
+    traced = sum(1 for r in runs if r.outside_trace == "ok")
+    d["outside_traced"] = {"traced": traced, "run": len(runs)}
     if as_json:
         emit_json(d)
         return
@@ -383,6 +386,9 @@ def job_inspect(app: AppContext, job_id: str, as_json: bool) -> None:
     click.echo("inputs:")
     for i in d["inputs"]:
         click.echo(f"  {i['repo']}@{i['commit']} ({i['branch']})")
+    if runs:
+        line = f"opens outside /pfs traced in {traced} of {len(runs)} datums run"
+        click.echo(f"{'outside:':<10} {line}")
     for w in d["warnings"]:
         click.echo(f"warning: {w}")
 
@@ -455,9 +461,12 @@ def datum_inspect(app: AppContext, job_id: str, datum_id: str, as_json: bool) ->
 
 def _echo_outside(paths: list[str], count: int, status: str) -> None:
     """The paths outside /pfs a datum's transform opened (see `pipeline.trace`)."""
-    if status != "ok":
-        why = status if status.startswith("not traced") else "not traced"
-        click.echo(f"outside /pfs: {why}")
+    if status.startswith("not traced"):
+        click.echo(f"outside /pfs: {status}")
+    elif status == "off":
+        click.echo("outside /pfs: not traced for this datum (a job traces a sample, see README)")
+    elif status != "ok":
+        click.echo("outside /pfs: not traced (its runner does not trace opens)")
     elif not paths:
         click.echo("outside /pfs: none opened")
     else:

@@ -66,7 +66,14 @@ from .state import (
     PipelineState,
     new_job_id,
 )
-from .trace import OFF, Tracer, outside_warnings, unread_inputs
+from .trace import (
+    OFF,
+    OUTSIDE_EVERY,
+    OUTSIDE_FIRST,
+    Tracer,
+    outside_warnings,
+    unread_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +94,12 @@ class EngineOptions:
     keep_datum_dirs: bool = False
     trace_reads: bool = True
     """Record which input files each datum's transform opened (``trace``: inotify) and which
-    paths outside ``/pfs`` (strace, by the runner)."""
+    paths outside ``/pfs`` (strace, by the runner; see ``outside_every``)."""
+    outside_first: int = OUTSIDE_FIRST
+    outside_every: int = OUTSIDE_EVERY
+    """Opens outside ``/pfs`` are traced on the first ``outside_first`` datums a job runs,
+    then on one in ``outside_every``, and on every datum once one of them opened a path
+    outside ``/pfs`` (``outside_every`` 1: every datum; 0 with ``outside_first`` 0: none)."""
     runner_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
@@ -339,6 +351,10 @@ class _JobRun:
         self.roots: list[Locator] = []
         self.runner: Runner = engine.make_runner(spec.runner)
         self.tracer: Tracer | None = None
+        self._started = 0
+        """Datums started by this run (for the sample traced outside /pfs)."""
+        self._outside_seen = False
+        """A datum of this run opened a path outside /pfs: trace every further one."""
         self._writer_cm: Any = None
         self._writer: Any = None
         self._chunker: Any = None
@@ -545,7 +561,8 @@ class _JobRun:
         async with slots:
             workdir = self.dir / "datums" / datum.id[:16]
             try:
-                ctx = await self.engine.repo_call(self._materialise, datum, workdir)
+                traced = self._trace_outside()
+                ctx = await self.engine.repo_call(self._materialise, datum, workdir, traced)
             except (PfsError, OSError) as exc:
                 rec = self._record(datum, dhash, FAILED)
                 rec.error = f"cannot materialise the inputs: {exc}"
@@ -574,6 +591,7 @@ class _JobRun:
             rec.read, rec.trace = read, trace
             rec.outside, rec.outside_count = list(result.outside), result.outside_count
             rec.outside_trace = result.outside_trace
+            self._outside_seen |= bool(result.outside)
             if not rec_error:
                 self.outputs[datum.id] = outputs
                 self.pending_cache[dhash] = CacheEntry(
@@ -592,13 +610,23 @@ class _JobRun:
             if not self.options.keep_datum_dirs:
                 await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
 
-    def _materialise(self, datum: Datum, workdir: Path) -> DatumContext:
+    def _trace_outside(self) -> bool:
+        """Whether the next datum's opens outside /pfs are traced (see ``outside_every``)."""
+        n, self._started = self._started, self._started + 1
+        if not self.options.trace_reads:
+            return False
+        if n < self.options.outside_first or self._outside_seen:
+            return True
+        every = self.options.outside_every
+        return every > 0 and n % every == 0
+
+    def _materialise(self, datum: Datum, workdir: Path, trace_outside: bool) -> DatumContext:
         if workdir.exists():
             shutil.rmtree(workdir)
         ctx = DatumContext.for_datum(self.spec, datum, workdir, job_id=self.job.id)
         logs = self.dir / "logs" / datum.id[:16]
         shutil.rmtree(logs, ignore_errors=True)
-        ctx = replace(ctx, log_dir=logs, trace_outside=self.options.trace_reads)
+        ctx = replace(ctx, log_dir=logs, trace_outside=trace_outside)
         made: set[bytes] = set()
         for di in datum.inputs:
             entries = self.entries[(di.repo, di.commit_id)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -87,6 +88,8 @@ def host_tracer() -> HostTracer | str:
     return HostTracer(tuple(volumes), launcher)
 
 
+_STRACE_START = re.compile(r"^\S*strace: (Can't stat .*|exec: .*)$")
+"""strace's last line when it could not start the command (its argv[0] is a path here)."""
 PODMAN_ERRORS = {125: "podman failed", 126: "command cannot be invoked", 127: "command not found"}
 
 
@@ -232,6 +235,10 @@ class PodmanRunner:
             cwd=ctx.log_dir,
             on_timeout=lambda proc: self._remove(ctx.run_name),
         )
+        if tracer is not None and result.exit_code == 1 and not result.timed_out:
+            why = _strace_start_failure(result)
+            if why:  # strace could not start the command: what podman says without it
+                return replace(result, error=f"command not found: {why}")
         if result.error is None and result.exit_code in PODMAN_ERRORS and not result.timed_out:
             last = result.stderr()[-300:].decode(errors="replace").strip().splitlines()
             why = last[-1] if last else ""
@@ -251,3 +258,11 @@ class PodmanRunner:
         proc = self._podman("rm", "-f", "-t", "0", "--ignore", name)
         if proc.returncode != 0:
             log.warning("podman rm -f %s failed: %s", name, proc.stderr.strip())
+
+
+def _strace_start_failure(result: DatumResult) -> str:
+    """Why strace could not start the transform ("" if it did): its last stderr line."""
+    lines = result.stderr()[-300:].decode(errors="replace").strip().splitlines()
+    last = lines[-1] if lines else ""
+    m = _STRACE_START.match(last)
+    return m.group(1) if m else ""
