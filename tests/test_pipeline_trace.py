@@ -282,3 +282,27 @@ def test_once_a_datum_opened_outside_pfs_every_datum_is_traced(tmp_path: Path, s
     assert all(d["outside_trace"] == "ok" and d["outside"] for d in datums), datums
     outside = [w for w in job["warnings"] if "outside /pfs" in w]
     assert len(outside) == 6 and outside[-1] == "15 more datums opened paths outside /pfs"
+
+
+def test_outside_paths_are_read_back_exactly_from_the_strace_log(tmp_path: Path) -> None:
+    """A path with a quote, a space, a backslash and non-ASCII bytes, an open relative to a
+    directory fd, and a call strace split in two lines (another process ran in between)."""
+    from pfsfs.pipeline.trace import outside_opens
+
+    log = tmp_path / "opens.strace"
+    log.write_text(
+        '7     openat(AT_FDCWD</pfs/out>, "/data/\\xc3\\xbc \\"q\\" \\\\.csv", O_RDONLY) = -1 '
+        "ENOENT (No such file or directory)\n"
+        '7     openat(AT_FDCWD</pfs/out>, "x.txt", O_RDONLY) = -1 ENOENT (No such file)\n'
+        '8     openat(3</home/me>, "data.csv", O_RDONLY <unfinished ...>\n'
+        '9     openat(AT_FDCWD</srv>, "../opt/y", O_RDONLY) = -1 ENOENT (No such file)\n'
+        "8     <... openat resumed>) = -1 ENOENT (No such file or directory)\n"
+        '8     open("/usr/lib/x.so.1", O_RDONLY) = -1 ENOENT (No such file or directory)\n'
+        '8     open("/opt/lib/libz.so.1", O_RDONLY) = -1 ENOENT (No such file or directory)\n'
+        '9     openat(AT_FDCWD</pfs/out>, "/home/me/ok.csv", O_RDONLY) = 3</home/me/ok.csv>\n'
+    )
+    paths, count = outside_opens(log, cwd="/pfs/out", sandboxed=True)
+    assert paths == ['/data/ü "q" \\.csv', "/opt/y", "/home/me/data.csv"] and count == 3
+    # Unsandboxed, a successful open counts too; host directories read as /pfs/<name>.
+    paths, _ = outside_opens(log, cwd="/pfs/out", sandboxed=False, host_dirs={"/home": "/pfs/h"})
+    assert paths == ['/data/ü "q" \\.csv', "/opt/y"]
