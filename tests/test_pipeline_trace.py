@@ -251,7 +251,7 @@ def many(home: Path, n: int) -> None:
 
 
 def test_a_big_clean_job_traces_a_sample_outside_pfs(tmp_path: Path, strace: str) -> None:
-    """20 datums: the first 16 traced, then 1 in 32 (none more here); job inspect says so."""
+    """20 datums: the first 8 traced, then 1 in 100 (none more here); job inspect says so."""
     home = tmp_path / "home"
     many(home, 20)
     cmd = "cat /pfs/data/*/in.txt /pfs/extra/notes/readme > /pfs/out/$(ls /pfs/data)"
@@ -260,13 +260,13 @@ def test_a_big_clean_job_traces_a_sample_outside_pfs(tmp_path: Path, strace: str
     job = as_json(home, "job", "list")[0]
     assert job["state"] == "success" and job["warnings"] == [], job
     datums = as_json(home, "datum", "list", job["id"])
-    assert sorted(d["outside_trace"] for d in datums) == ["off"] * 4 + ["ok"] * 16
+    assert sorted(d["outside_trace"] for d in datums) == ["off"] * 12 + ["ok"] * 8
     assert as_json(home, "job", "inspect", job["id"])["outside_traced"] == {
-        "traced": 16,
+        "traced": 8,
         "run": 20,
     }
     text = out(run(home, "job", "inspect", job["id"]))
-    assert "outside:   opens outside /pfs traced in 16 of 20 datums run" in text
+    assert "outside:   opens outside /pfs traced in 8 of 20 datums run" in text
     untraced = next(d for d in datums if d["outside_trace"] == "off")
     shown = out(run(home, "datum", "inspect", job["id"], untraced["id"][:10]))
     assert "outside /pfs: not traced for this datum (a job traces a sample" in shown

@@ -182,8 +182,8 @@ SYSTEM_ROOTS = (
 """Where an open is the image's or the system's, not a dependency on outside data."""
 MAX_OUTSIDE = 50
 """Distinct paths outside /pfs kept per datum."""
-OUTSIDE_FIRST = 16
-OUTSIDE_EVERY = 32
+OUTSIDE_FIRST = 8
+OUTSIDE_EVERY = 100
 """The sample of a job's datums traced outside /pfs: the first ``OUTSIDE_FIRST``, then one in
 ``OUTSIDE_EVERY``, and every one after a datum that opened a path outside /pfs."""
 SHOWN_PATHS = 3
