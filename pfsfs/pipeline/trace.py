@@ -38,6 +38,12 @@ relative to, is
   searching its path, not the transform: it does not count.
 
 At most ``MAX_OUTSIDE`` distinct paths are kept per datum, in the order first opened.
+
+strace costs a few milliseconds of CPU per datum (its start, and a stop at each open: a
+trivial datum's cost doubles), so the engine traces a sample (``OUTSIDE_FIRST``,
+``OUTSIDE_EVERY``): a hard-coded path is in the code every datum runs, so the first datums
+show it, and once one does every further datum is traced to show them all. A path only some
+datums open can be missed on the untraced ones; ``job inspect`` says how many were traced.
 """
 
 from __future__ import annotations
