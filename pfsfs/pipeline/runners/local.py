@@ -39,7 +39,7 @@ import shutil
 import stat
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ...errors import InvalidInput, PfsError
@@ -324,8 +324,8 @@ class LocalRunner:
         strace, status = self._tracer(ctx)
         try:
             cmd = self._bwrap_command(ctx, strace)
-        except InvalidInput as exc:
-            return _not_started(ctx, str(exc))
+        except InvalidInput as exc:  # it never ran: nothing was traced
+            return replace(_not_started(ctx, str(exc)), outside_trace=trace.OFF)
         try:
             # The sandbox uid is the daemon's on the host: no other host user may reach what it
             # writes while it runs.
