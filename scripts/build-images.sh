@@ -3,7 +3,7 @@
 #
 #   scripts/build-images.sh [--force] [deps|busybox|python|pfsfs|all]...   (default: all)
 #
-#   deps     install podman, runc, bubblewrap, busybox-static (apt-get, as root)
+#   deps     install podman, runc, bubblewrap, busybox-static, strace (apt-get, as root)
 #   busybox  pfsfs/busybox: `podman import` of a rootfs made from Debian's busybox-static
 #   python   pfsfs/python:  `podman import` of `debootstrap --variant=minbase --include=python3`
 #   pfsfs    pfsfs/pfsfs:   the sidecar / scheduler image: a minbase rootfs with python3, fuse3
@@ -210,10 +210,10 @@ flock 9
 
 for t in "${targets[@]}"; do
     case "$t" in
-        deps) ensure_packages podman runc bubblewrap busybox-static ;;
+        deps) ensure_packages podman runc bubblewrap busybox-static strace ;;
         busybox) build_busybox ;;
         python) build_python ;;
         pfsfs) build_pfsfs ;;
-        all) ensure_packages podman runc bubblewrap busybox-static; build_busybox; build_python ;;
+        all) ensure_packages podman runc bubblewrap busybox-static strace; build_busybox; build_python ;;
     esac
 done

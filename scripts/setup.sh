@@ -26,7 +26,7 @@ fi
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEB_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-venv make git bubblewrap podman runc
-              busybox-static uidmap debootstrap dash)
+              busybox-static uidmap debootstrap dash strace)
 if [ "${PFSFS_SETUP_EXTRA_DEBS:-}" != "" ]; then
   # shellcheck disable=SC2206
   DEB_PACKAGES+=(${PFSFS_SETUP_EXTRA_DEBS})

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -355,3 +356,53 @@ def test_for_datum_lays_out_directories(tmp_path: Path) -> None:
     assert ctx.environment(lambda n: f"/pfs/{n}", "/pfs/out")["PFS_JOB_ID"] == "j1"
     assert isinstance(make_runner("local"), LocalRunner)
     assert isinstance(make_runner("podman"), PodmanRunner)
+
+
+# --- opens outside /pfs (strace) ----------------------------------------------------------------
+
+
+def test_a_traced_run_reports_opens_outside_pfs(runner: Runner, tmp_path: Path) -> None:
+    """Under strace the transform still gets its stdin and its exit code; the opens outside
+    /pfs are reported (a host file that exists; a path that exists nowhere), not those of
+    /pfs, relative to /pfs/out, or of the system."""
+    ctx = make_ctx(
+        tmp_path,
+        "cat /pfs/in/a.txt > /pfs/out/a.txt",
+        "cat /var/lib/dpkg/status > /dev/null 2>&1",
+        "cat /data/pfsfs-missing/x.csv 2>/dev/null",
+        "cat /etc/no-such-file 2>/dev/null",
+        "exit 3",
+        working_dir="/pfs/out",
+    )
+    result = runner.run_datum(replace(ctx, trace_outside=True))
+    assert (result.exit_code, result.outside_trace) == (3, "ok"), result.summary()
+    assert (ctx.output_dir / "a.txt").read_text() == "hello\n"
+    assert sorted(result.outside) == ["/data/pfsfs-missing/x.csv", "/var/lib/dpkg/status"]
+    assert result.outside_count == 2
+    assert (ctx.log_dir / "opens.strace").exists()  # kept: it shows opens outside /pfs
+
+
+def test_an_untraced_or_clean_run_reports_nothing_outside(runner: Runner, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, "cat /pfs/in/a.txt > /pfs/out/a.txt")
+    result = runner.run_datum(ctx)
+    assert result.ok and (result.outside, result.outside_trace) == ((), "off")
+    result = runner.run_datum(replace(ctx, log_dir=tmp_path / "logs2", trace_outside=True))
+    assert result.ok and (result.outside, result.outside_trace) == ((), "ok")
+    assert not (tmp_path / "logs2" / "opens.strace").exists()  # nothing to show: removed
+
+
+def test_a_traced_run_times_out_and_is_killed(runner: Runner, tmp_path: Path) -> None:
+    marker = f"4{uuid.uuid4().int % 10**6:06d}"
+    ctx = make_ctx(tmp_path, f"sleep {marker} &", f"sleep {marker}", timeout=1.0)
+    result = runner.run_datum(replace(ctx, trace_outside=True))
+    assert result.timed_out and not result.ok
+    time.sleep(0.5)
+    assert _alive(f"sleep\0{marker}") == []
+
+
+def test_podman_traced_missing_command_is_the_runners_error(
+    busybox_image: str, tmp_path: Path
+) -> None:
+    ctx = make_ctx(tmp_path, cmd=("no-such-command",))
+    result = PodmanRunner().run_datum(replace(ctx, trace_outside=True))
+    assert result.error is not None and result.error.startswith("command not found"), result

@@ -147,4 +147,8 @@ def test_an_unknown_user_fails_the_datum_naming_it(home: Path) -> None:
     datum = json.loads(run(home, "datum", "list", job_id, "--json").stdout)[0]
     assert datum["state"] == "failed"
     assert "no user 'no-such-user' on this host" in json.dumps(datum)
+    # It never ran: nothing to trace, and no warning that its opens were not traced.
+    assert datum["outside_trace"] == "off"
+    job = json.loads(run(home, "job", "inspect", job_id, "--json").stdout)
+    assert not [w for w in job["warnings"] if "outside /pfs" in w], job["warnings"]
     assert json.loads(run(home, "branch", "list", "who", "--json").stdout) == {"master": None}

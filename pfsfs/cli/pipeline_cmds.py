@@ -350,6 +350,9 @@ def job_list(app: AppContext, name: str | None, as_json: bool) -> None:
 def job_inspect(app: AppContext, job_id: str, as_json: bool) -> None:
     """A job: state, reason, input commits, datum counts, output commit."""
     d = _job_dict(_state(app).find_job(job_id))
+    runs = [r for r in _state(app).datums_of(d["id"]) if r.state in ("processed", "failed")]
+    traced = sum(1 for r in runs if r.outside_trace == "ok")
+    d["outside_traced"] = {"traced": traced, "run": len(runs)}
     if as_json:
         emit_json(d)
         return
@@ -364,6 +367,9 @@ def job_inspect(app: AppContext, job_id: str, as_json: bool) -> None:
     click.echo("inputs:")
     for i in d["inputs"]:
         click.echo(f"  {i['repo']}@{i['commit']} ({i['branch']})")
+    if runs:
+        line = f"opens outside /pfs traced in {traced} of {len(runs)} datums run"
+        click.echo(f"{'outside:':<10} {line}")
     for w in d["warnings"]:
         click.echo(f"warning: {w}")
 
@@ -428,9 +434,28 @@ def datum_inspect(app: AppContext, job_id: str, datum_id: str, as_json: bool) ->
     click.echo("offered (* = read):")
     for path in d["offered"]:
         click.echo(f"  {'*' if path in read else ' '} {path}")
+    _echo_outside(r.outside, r.outside_count, r.outside_trace)
     click.echo("wrote:")
     for path in d["wrote"]:
         click.echo(f"    {path}")
+
+
+def _echo_outside(paths: list[str], count: int, status: str) -> None:
+    """The paths outside /pfs a datum's transform opened (see `pipeline.trace`)."""
+    if status.startswith("not traced"):
+        click.echo(f"outside /pfs: {status}")
+    elif status == "off":
+        click.echo("outside /pfs: not traced for this datum (a job traces a sample, see README)")
+    elif status != "ok":
+        click.echo("outside /pfs: not traced (its runner does not trace opens)")
+    elif not paths:
+        click.echo("outside /pfs: none opened")
+    else:
+        click.echo("opened outside /pfs (not declared inputs):")
+        for path in paths:
+            click.echo(f"    {path}")
+        if count > len(paths):
+            click.echo(f"    ... and {count - len(paths)} more")
 
 
 @click.command()

@@ -66,7 +66,14 @@ from .state import (
     PipelineState,
     new_job_id,
 )
-from .trace import OFF, Tracer, unread_inputs
+from .trace import (
+    OFF,
+    OUTSIDE_EVERY,
+    OUTSIDE_FIRST,
+    Tracer,
+    outside_warnings,
+    unread_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +93,13 @@ class EngineOptions:
     watch_interval: float = 0.5
     keep_datum_dirs: bool = False
     trace_reads: bool = True
-    """Record which input files each datum's transform opened (``trace``: inotify)."""
+    """Record which input files each datum's transform opened (``trace``: inotify) and which
+    paths outside ``/pfs`` (strace, by the runner; see ``outside_every``)."""
+    outside_first: int = OUTSIDE_FIRST
+    outside_every: int = OUTSIDE_EVERY
+    """Opens outside ``/pfs`` are traced on the first ``outside_first`` datums a job runs,
+    then on one in ``outside_every``, and on every datum once one of them opened a path
+    outside ``/pfs`` (``outside_every`` 1: every datum; 0 with ``outside_first`` 0: none)."""
     runner_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
@@ -356,6 +369,10 @@ class _JobRun:
         self.roots: list[Locator] = []
         self.runner: Runner = engine.make_runner(spec.runner)
         self.tracer: Tracer | None = None
+        self._started = 0
+        """Datums started by this run (for the sample traced outside /pfs)."""
+        self._outside_seen = False
+        """A datum of this run opened a path outside /pfs: trace every further one."""
         self._writer_cm: Any = None
         self._writer: Any = None
         self._chunker: Any = None
@@ -444,6 +461,14 @@ class _JobRun:
                 offered[name] = offered.get(name, 0) + 1
         names = sorted({p.name for p in self.spec.pfs_inputs()})
         self.job.warnings = unread_inputs(names, [(r.read, r.trace) for r in ran], offered)
+        if self.options.trace_reads:  # the datums run, failed ones too: a missing path may be why
+            runs = [r for r in self.records.values() if r.state in (PROCESSED, FAILED)]
+            outside = [
+                (r.id, r.desc, r.outside, r.outside_trace, r.outside_count)
+                for r in runs
+                if r.outside_trace != OFF
+            ]
+            self.job.warnings += outside_warnings(self.spec.runner, outside)
         for w in self.job.warnings:
             log.warning("job %s of %s: %s", self.job.id, self.job.pipeline, w)
 
@@ -517,10 +542,10 @@ class _JobRun:
                 self.roots.extend(Locator.from_wire(w) for w in hit.locs)
                 if hit.job == self.job.id:  # done before this job was interrupted
                     rec = self._record(datum, dhash, PROCESSED, outputs)  # type: ignore[arg-type]
-                    rec.read, rec.trace = list(hit.read), hit.trace
+                    _traces_from(rec, hit)
                     continue
                 rec = self._record(datum, dhash, SKIPPED, outputs)  # type: ignore[arg-type]
-                rec.read, rec.trace = list(hit.read), hit.trace
+                _traces_from(rec, hit)
                 rec.from_job = hit.job
                 rec.logs = f"../{hit.job}/logs/{hit.datum[:16]}"
             else:
@@ -554,10 +579,12 @@ class _JobRun:
         async with slots:
             workdir = self.dir / "datums" / datum.id[:16]
             try:
-                ctx = await self.engine.repo_call(self._materialise, datum, workdir)
+                traced = self._trace_outside()
+                ctx = await self.engine.repo_call(self._materialise, datum, workdir, traced)
             except (PfsError, OSError) as exc:
                 rec = self._record(datum, dhash, FAILED)
                 rec.error = f"cannot materialise the inputs: {exc}"
+                rec.outside_trace = OFF  # it never ran
                 return
             tracer = self.tracer
             if tracer is not None:
@@ -580,6 +607,9 @@ class _JobRun:
             rec = self._record(datum, dhash, FAILED if rec_error else PROCESSED, outputs)
             rec.error, rec.attempts, rec.duration = rec_error, result.attempts, result.duration
             rec.read, rec.trace = read, trace
+            rec.outside, rec.outside_count = list(result.outside), result.outside_count
+            rec.outside_trace = result.outside_trace
+            self._outside_seen |= bool(result.outside)
             if not rec_error:
                 self.outputs[datum.id] = outputs
                 self.pending_cache[dhash] = CacheEntry(
@@ -589,19 +619,32 @@ class _JobRun:
                     [loc.to_wire() for _, _, locs in outputs for loc in locs],
                     read,
                     trace,
+                    rec.outside,
+                    rec.outside_count,
+                    rec.outside_trace,
                 )
             else:
                 log.info("job %s: datum %s failed: %s", self.job.id, datum.id[:12], rec_error)
             if not self.options.keep_datum_dirs:
                 await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
 
-    def _materialise(self, datum: Datum, workdir: Path) -> DatumContext:
+    def _trace_outside(self) -> bool:
+        """Whether the next datum's opens outside /pfs are traced (see ``outside_every``)."""
+        n, self._started = self._started, self._started + 1
+        if not self.options.trace_reads:
+            return False
+        if n < self.options.outside_first or self._outside_seen:
+            return True
+        every = self.options.outside_every
+        return every > 0 and n % every == 0
+
+    def _materialise(self, datum: Datum, workdir: Path, trace_outside: bool) -> DatumContext:
         if workdir.exists():
             shutil.rmtree(workdir)
         ctx = DatumContext.for_datum(self.spec, datum, workdir, job_id=self.job.id)
         logs = self.dir / "logs" / datum.id[:16]
         shutil.rmtree(logs, ignore_errors=True)
-        ctx = replace(ctx, log_dir=logs)
+        ctx = replace(ctx, log_dir=logs, trace_outside=trace_outside)
         made: set[bytes] = set()
         for di in datum.inputs:
             entries = self.entries[(di.repo, di.commit_id)]
@@ -781,6 +824,13 @@ def _gone(i: Mapping[str, str]) -> str:
     return (
         f"input commit {i['repo']}@{i['commit'][:12]} ({i['branch']}) was deleted while the job ran"
     )
+
+
+def _traces_from(rec: DatumRecord, hit: CacheEntry) -> None:
+    """A reused datum keeps the traces of the run that made its output."""
+    rec.read, rec.trace = list(hit.read), hit.trace
+    rec.outside, rec.outside_count = list(hit.outside), hit.outside_count
+    rec.outside_trace = hit.outside_trace
 
 
 async def _drain_events(tracer: Tracer, scope: trio.CancelScope) -> None:

@@ -23,7 +23,8 @@ Named databases (opened through ``Index.db``; values are msgpack via ``codec.pac
                    ``error``, ``desc``, ``inputs`` (``[[name, repo, commit, path, content id]]``),
                    ``outputs`` (``[[path, content id, size]]``), ``logs`` (dir relative to the
                    job dir), ``from_job`` (the job that ran it, for a reused datum),
-                   ``read`` (input files the transform opened) and ``trace`` (its status).
+                   ``read`` (input files the transform opened) and ``trace`` (its status),
+                   ``outside``/``outside_count``/``outside_trace`` (opens outside ``/pfs``).
 ``datum_cache``    pipeline + NUL + datum hash → ``{job, datum, outputs, locs}``: the output of a
                    datum that succeeded (``outputs``: entry wires named by their full path;
                    ``locs``: the chunk locators under them, for gc roots). Written only after
@@ -164,6 +165,12 @@ class DatumRecord:
     """The input files the transform opened (``/pfs/<name>/<path>``), from the trace."""
     trace: str = ""
     """``ok``, ``off`` (not traced) or why the trace is incomplete."""
+    outside: list[str] = field(default_factory=list)
+    """Paths outside ``/pfs`` the transform opened (see ``trace``; the first ``MAX_OUTSIDE``)."""
+    outside_count: int = 0
+    """How many distinct paths outside ``/pfs`` it opened."""
+    outside_trace: str = ""
+    """``ok``, ``off`` (not asked), ``not traced: why``, or "" (the runner cannot trace)."""
 
 
 @dataclass
@@ -174,6 +181,9 @@ class CacheEntry:
     locs: list[list[Any]]
     read: list[str] = field(default_factory=list)
     trace: str = ""
+    outside: list[str] = field(default_factory=list)
+    outside_count: int = 0
+    outside_trace: str = ""
 
 
 def new_job_id() -> str:

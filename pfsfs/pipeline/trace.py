@@ -12,6 +12,38 @@ of anything outside the watched input directories.
 One ``Tracer`` per job: ``watch`` a datum's input directories after they are materialised and
 before its transform starts, ``drain`` events while it runs (a kernel queue that overflows
 marks the traces incomplete), ``finish`` the datum after it.
+
+Opens outside ``/pfs`` (what inotify cannot see) are traced by the runner: it starts the
+transform under ``strace -f --seccomp-bpf -e trace=open,openat,openat2,creat``, so only those
+four system calls stop the traced processes (a seccomp filter lets every other call through
+untouched), and ``outside_opens`` reads the log after the run. The local runner runs the host's
+strace inside its bubblewrap sandbox (the sandbox has ``/usr``); the podman runner bind-mounts
+the host's strace, its libraries and its dynamic loader at ``/.pfsfs-trace`` in the container
+and starts it through that loader, so it works whatever the image's libc. A runner without a
+working strace says so per datum (``not traced: ...``) and ``job inspect`` warns.
+
+What counts as an open outside ``/pfs``: an open (any of the four calls, read or write) by the
+transform or any process it starts, whose path, made absolute against the directory it was
+relative to, is
+
+- not below ``/pfs`` (the inputs and the output: inotify traces those),
+- not below a system root: ``/usr /bin /sbin /lib* /etc /proc /sys /dev /run /tmp /var/tmp``
+  (the image or the host system, and scratch space), nor ``/`` itself,
+- and, in a sandbox (bubblewrap or a container), an open that *failed*: everything a
+  sandbox offers besides ``/pfs`` is the image or the system, so a successful open there is
+  part of what the image id already pins, while a failed one is a path the transform expected
+  (``/home/me/data.csv``, ``/data/x``) that exists on some machine and not here. Without a
+  sandbox (local runner, no bwrap) successful opens count as well: there they read the host.
+- A failed open of a shared library name (``*.so``, ``*.so.N``) is the dynamic loader
+  searching its path, not the transform: it does not count.
+
+At most ``MAX_OUTSIDE`` distinct paths are kept per datum, in the order first opened.
+
+strace costs a few milliseconds of CPU per datum (its start, and a stop at each open: a
+trivial datum's cost doubles), so the engine traces a sample (``OUTSIDE_FIRST``,
+``OUTSIDE_EVERY``): a hard-coded path is in the code every datum runs, so the first datums
+show it, and once one does every further datum is traced to show them all. A path only some
+datums open can be missed on the untraced ones; ``job inspect`` says how many were traced.
 """
 
 from __future__ import annotations
@@ -21,8 +53,12 @@ import ctypes.util
 import errno
 import logging
 import os
+import posixpath
+import re
+import shutil
 import struct
-from collections.abc import Mapping
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -140,3 +176,220 @@ def unread_inputs(
         for name in names
         if offered.get(name) and name not in opened
     ]
+
+
+# --- opens outside /pfs (strace) ----------------------------------------------------------------
+
+TRACED_CALLS = "open,openat,openat2,creat"
+SYSTEM_ROOTS = (
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    "/etc", "/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp",
+)  # fmt: skip
+"""Where an open is the image's or the system's, not a dependency on outside data."""
+MAX_OUTSIDE = 50
+"""Distinct paths outside /pfs kept per datum."""
+OUTSIDE_FIRST = 8
+OUTSIDE_EVERY = 100
+"""The sample of a job's datums traced outside /pfs: the first ``OUTSIDE_FIRST``, then one in
+``OUTSIDE_EVERY``, and every one after a datum that opened a path outside /pfs."""
+SHOWN_PATHS = 3
+"""Paths named per datum in a job warning."""
+SHOWN_DATUMS = 5
+"""Datums named in the job warnings (then one line for the rest)."""
+TRACE_DIR = "/.pfsfs-trace"
+"""Where a runner puts the tracer's log (and, in a container, the tracer) in the sandbox."""
+TRACE_LOG = "opens.strace"
+"""The tracer's log, in the datum's log directory on the host."""
+NOT_TRACED = "not traced"
+
+_LIBRARY = re.compile(r"\.so(\.[0-9]+)*$")
+_LINE = re.compile(r"^(?:\[pid\s+)?(\d+)\]?\s+(.*)$")
+_CALL = re.compile(r"^(open|openat|openat2|creat)\((.*)$")
+_RESUMED = re.compile(r"^<\.\.\. (open|openat|openat2|creat) resumed>(.*)$")
+_DIRFD = re.compile(r"^(AT_FDCWD|-?\d+)(?:<((?:[^>\\]|\\.)*)>)?, ")
+
+
+def strace_options(log_path: str, *, failed_only: bool) -> list[str]:
+    """The strace arguments (after the binary) before the transform's argv: follow every
+    process, stop only at opens (seccomp-bpf), no signals or exit lines, fd paths (``-y``,
+    for relative opens), escapes in hex."""
+    argv = ["-f", "--seccomp-bpf", "-qq", "-y", "-x", "-e", "signal=none"]
+    argv += ["-e", f"trace={TRACED_CALLS}", "-o", log_path]
+    if failed_only:
+        argv.append("-Z")
+    return [*argv, "--"]
+
+
+def find_strace() -> str | None:
+    """The strace to trace with: ``$PFSFS_STRACE`` (a path or a name) or ``strace`` on PATH."""
+    return shutil.which(os.environ.get("PFSFS_STRACE") or "strace")
+
+
+def probe(argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 120) -> str:
+    """Run a tracer check; "" if it worked, else why not (its last line of output)."""
+    try:
+        proc = subprocess.run(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"strace check failed: {exc}"
+    if proc.returncode == 0:
+        return ""
+    lines = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
+    return f"strace does not work here: {lines[-1] if lines else f'exit code {proc.returncode}'}"
+
+
+def not_traced(why: str) -> str:
+    return f"{NOT_TRACED}: {why}"
+
+
+def is_outside(path: str, *, failed: bool, sandboxed: bool) -> bool:
+    """Whether an open of absolute, normalised ``path`` counts as outside (see the module
+    docstring)."""
+    if path == "/" or _below(path, "/pfs") or any(_below(path, r) for r in SYSTEM_ROOTS):
+        return False
+    if failed and _LIBRARY.search(path):
+        return False
+    return failed or not sandboxed
+
+
+def _below(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/")
+
+
+def outside_opens(
+    log_path: Path,
+    *,
+    cwd: str,
+    sandboxed: bool,
+    host_dirs: Mapping[str, str] | None = None,
+) -> tuple[list[str], int]:
+    """The paths outside /pfs that the strace log at ``log_path`` shows opened (the first
+    ``MAX_OUTSIDE`` distinct ones, in order) and how many distinct ones there were. ``cwd``
+    is the transform's working directory (for a relative open whose directory strace could
+    not name); ``host_dirs`` maps host directories to the ``/pfs/<name>`` they stand for
+    (unsandboxed runs, which see the host paths)."""
+    seen: dict[str, None] = {}
+    for path, failed in _opens(log_path, cwd):
+        path = _to_pfs(path, host_dirs) if host_dirs else path
+        if path not in seen and is_outside(path, failed=failed, sandboxed=sandboxed):
+            seen[path] = None
+    return list(seen)[:MAX_OUTSIDE], len(seen)
+
+
+def _to_pfs(path: str, host_dirs: Mapping[str, str]) -> str:
+    for host, shown in host_dirs.items():
+        if _below(path, host):
+            return shown + path[len(host) :]
+    return path
+
+
+def _opens(log_path: Path, cwd: str) -> Iterable[tuple[str, bool]]:
+    """``(absolute path, failed)`` of each open in a strace log; an interrupted call
+    (``<unfinished ...>``) is joined to its ``<... resumed>`` line."""
+    pending: dict[str, str] = {}
+    try:
+        f = open(log_path, encoding="latin-1")
+    except FileNotFoundError:
+        return
+    with f:
+        for raw in f:
+            m = _LINE.match(raw.rstrip("\n"))
+            if m is None:
+                continue
+            pid, text = m.groups()
+            if text.endswith("<unfinished ...>"):
+                pending[pid] = text[: -len("<unfinished ...>")].rstrip()
+                continue
+            resumed = _RESUMED.match(text)
+            if resumed is not None:
+                text = pending.pop(pid, "") + resumed.group(2)
+            call = _CALL.match(text)
+            if call is None:
+                continue
+            parsed = _parse_call(call.group(1), call.group(2), cwd)
+            if parsed is not None:
+                yield parsed
+
+
+def _parse_call(name: str, rest: str, cwd: str) -> tuple[str, bool] | None:
+    base = cwd
+    if name in ("openat", "openat2"):
+        m = _DIRFD.match(rest)
+        if m is None:
+            return None
+        if m.group(2) is not None:
+            base = _unescape(m.group(2))
+        elif m.group(1) != "AT_FDCWD":
+            base = ""  # a directory strace could not name: only an absolute path is usable
+        rest = rest[m.end() :]
+    if not rest.startswith('"'):
+        return None
+    path, end = _quoted(rest)
+    if path is None:
+        return None
+    if not path.startswith("/"):
+        if not base.startswith("/"):
+            return None
+        path = base.rstrip("/") + "/" + path
+    result = rest[end:].rsplit(") = ", 1)
+    failed = len(result) == 2 and result[1].startswith("-1 ")
+    return posixpath.normpath(path).replace("//", "/", 1), failed
+
+
+def _quoted(text: str) -> tuple[str | None, int]:
+    """The string of strace's quoted argument at the start of ``text`` and where it ends."""
+    i = 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == '"':
+            return _unescape(text[1:i]), i + 1
+        i += 1
+    return None, len(text)
+
+
+def _unescape(text: str) -> str:
+    """strace's C escapes (``\\x2f``, ``\\"``, ``\\n``, octal) back to the path's bytes."""
+    if "\\" not in text:
+        return text
+    raw = text.encode("latin-1").decode("unicode_escape").encode("latin-1")
+    return os.fsdecode(raw)
+
+
+def outside_warnings(
+    kind: str, datums: Sequence[tuple[str, str, list[str], str, int]]
+) -> list[str]:
+    """Job warnings from the outside traces of the datums it ran: ``(datum id, desc,
+    outside paths, status, distinct count)`` each. One line per datum that opened paths
+    outside /pfs (the first ``SHOWN_DATUMS``, then one for the rest), and one for each
+    reason the opens of some datums were not traced."""
+    out = []
+    flagged = [d for d in datums if d[2]]
+    for datum_id, desc, paths, _status, count in flagged[:SHOWN_DATUMS]:
+        shown = ", ".join(paths[:SHOWN_PATHS])
+        more = f" (+{count - SHOWN_PATHS} more)" if count > SHOWN_PATHS else ""
+        out.append(
+            f"datum {datum_id[:12]} ({desc}) opened outside /pfs: {shown}{more}; "
+            "not a declared input (pfsfs datum inspect)"
+        )
+    if len(flagged) > SHOWN_DATUMS:
+        out.append(f"{len(flagged) - SHOWN_DATUMS} more datums opened paths outside /pfs")
+    reasons: dict[str, int] = {}
+    for _id, _desc, _paths, status, _count in datums:
+        if status != OK:
+            why = status.removeprefix(NOT_TRACED + ": ") if status else ""
+            reasons[why] = reasons.get(why, 0) + 1
+    for why, n in reasons.items():
+        what = f"{n} of {len(datums)} datum{'s' if len(datums) != 1 else ''}"
+        out.append(
+            f"reads outside /pfs not traced for runner {kind} ({what})"
+            + (f": {why}" if why else "")
+        )
+    return out

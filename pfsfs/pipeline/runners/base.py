@@ -17,10 +17,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from .. import trace
 from ..datums import Datum
 from ..spec import PipelineSpec, ResourceLimits, Transform, input_env_key
 
@@ -55,6 +56,8 @@ class DatumContext:
     """Unique per run: the container name for podman."""
     cancel: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
     """Set by `Runner.kill`: stop now and start no further attempt."""
+    trace_outside: bool = False
+    """Trace the transform's opens outside `/pfs` (see `trace`), if the runner can."""
 
     @classmethod
     def for_datum(
@@ -111,6 +114,12 @@ class DatumResult:
     error: str | None = None
     """Why the runner itself failed (no podman, image missing...), else None."""
     attempts: int = 1
+    outside: tuple[str, ...] = ()
+    """Paths outside `/pfs` the transform opened (see `trace.outside_opens`), if traced."""
+    outside_count: int = 0
+    """How many distinct ones (`outside` keeps the first `trace.MAX_OUTSIDE`)."""
+    outside_trace: str = ""
+    """`ok` (traced), `off` (not asked), `not traced: why`, or "" (this runner cannot)."""
 
     @property
     def ok(self) -> bool:
@@ -269,3 +278,33 @@ def run_process(
     if ctx.cancel.is_set():
         return result(proc.returncode, timed_out, error="cancelled")
     return result(proc.returncode, timed_out)
+
+
+def new_trace_log(ctx: DatumContext, mode: int = 0o600) -> Path:
+    """An empty tracer log (`trace.TRACE_LOG`) in the datum's log directory, for the runner
+    to bind into its sandbox or hand to strace."""
+    ctx.log_dir.mkdir(parents=True, exist_ok=True)
+    path = ctx.log_dir / trace.TRACE_LOG
+    path.write_bytes(b"")
+    os.chmod(path, mode)
+    return path
+
+
+def with_outside(
+    result: DatumResult,
+    ctx: DatumContext,
+    status: str,
+    *,
+    cwd: str,
+    sandboxed: bool,
+    host_dirs: Mapping[str, str] | None = None,
+) -> DatumResult:
+    """`result` with the opens outside /pfs that its tracer log shows (`status`: how the
+    run was traced). The log is kept only if it shows some, to see those calls in full."""
+    if status != trace.OK or result.exit_code is None:
+        return replace(result, outside_trace=status if status != trace.OK else trace.OFF)
+    log_path = ctx.log_dir / trace.TRACE_LOG
+    paths, count = trace.outside_opens(log_path, cwd=cwd, sandboxed=sandboxed, host_dirs=host_dirs)
+    if not count:
+        log_path.unlink(missing_ok=True)
+    return replace(result, outside=tuple(paths), outside_count=count, outside_trace=trace.OK)

@@ -19,6 +19,12 @@ Without `bwrap` (warned once): a plain subprocess; `/pfs/<name>` and `/pfs/out` 
 working_dir and env values are replaced by the host directories, which `PFS_<NAME>` and
 `PFS_OUT` also give. Neither enforces cpu/memory limits; the plain one ignores
 `transform.user` (warned once). A timeout SIGKILLs the whole process group.
+
+Opens outside `/pfs` (`ctx.trace_outside`, see `..trace`): the transform starts under the
+host's strace, inside the sandbox (its log bound at `/.pfsfs-trace/opens.strace`, only failed
+opens: nothing else of the host is there to succeed) or, unsandboxed, on the host (every open:
+there the host is readable). strace is checked once per process; without a working one each
+datum says `not traced: ...`.
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ import re
 import shutil
 import stat
 import subprocess
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ...errors import InvalidInput, PfsError
+from .. import trace
 from .base import (
     DatumContext,
     DatumResult,
@@ -43,8 +51,10 @@ from .base import (
     check_host_path,
     host_env,
     kill_group,
+    new_trace_log,
     run_process,
     stdin_bytes,
+    with_outside,
 )
 
 log = logging.getLogger(__name__)
@@ -82,6 +92,8 @@ SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 HOSTNAME = "pfsfs"
 NSSWITCH = b"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\n"
 
+_probes: dict[tuple[str, ...], str] = {}
+_probe_lock = threading.Lock()
 _PFS_PATH = re.compile(r"/pfs/([A-Za-z0-9][A-Za-z0-9_-]*)(?![A-Za-z0-9_-])")
 _warned: set[str] = set()
 
@@ -253,6 +265,8 @@ class LocalRunner:
         self._procs = ProcessTable()
         self._system: dict[bool, list[str]] = {}
         self._options: list[str] | None = None
+        self._traceable: str | None = None
+        """"" once strace is known to work here, else why not (None: not checked yet)."""
 
     @property
     def sandboxed(self) -> bool:
@@ -277,7 +291,7 @@ class LocalRunner:
             self._options = options
         return self._options
 
-    def _bwrap_command(self, ctx: DatumContext) -> Command:
+    def _bwrap_command(self, ctx: DatumContext, strace: str | None = None) -> Command:
         assert self.bwrap is not None
         t = ctx.transform
         user = sandbox_user(t.user)
@@ -296,16 +310,22 @@ class LocalRunner:
         sandbox_env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "TMPDIR": "/tmp"}
         sandbox_env.update(USER=user.name, LOGNAME=user.name)
         sandbox_env.update(ctx.environment(lambda n: f"/pfs/{n}", "/pfs/out"))
+        tracer: list[str] = []
+        if strace is not None:
+            inside = f"{trace.TRACE_DIR}/{trace.TRACE_LOG}"
+            argv += ["--bind", check_host_path(new_trace_log(ctx)), inside]
+            tracer = [strace, *trace.strace_options(inside, failed_only=True)]
         data_args, fds = _data_fds(etc_files(user))  # last: nothing may fail with fds open
         argv += data_args
-        argv += ["--remount-ro", "/", "--chdir", t.working_dir or "/pfs/out", "--", *t.cmd]
-        return Command(argv, host_env(**sandbox_env), None, tuple(fds))
+        argv += ["--remount-ro", "/", "--chdir", t.working_dir or "/pfs/out", "--"]
+        return Command([*argv, *tracer, *t.cmd], host_env(**sandbox_env), None, tuple(fds))
 
     def _run_sandboxed(self, ctx: DatumContext, stdin: bytes | None) -> DatumResult:
+        strace, status = self._tracer(ctx)
         try:
-            cmd = self._bwrap_command(ctx)
-        except InvalidInput as exc:
-            return _not_started(ctx, str(exc))
+            cmd = self._bwrap_command(ctx, strace)
+        except InvalidInput as exc:  # it never ran: nothing was traced
+            return replace(_not_started(ctx, str(exc)), outside_trace=trace.OFF)
         try:
             # The sandbox uid is the daemon's on the host: no other host user may reach what it
             # writes while it runs.
@@ -316,11 +336,12 @@ class LocalRunner:
         finally:
             _close(list(cmd.pass_fds))
         clear_set_id_bits(ctx.output_dir)
-        return result
+        cwd = ctx.transform.working_dir or "/pfs/out"
+        return with_outside(result, ctx, status, cwd=cwd, sandboxed=True)
 
     # --- plain subprocess ---------------------------------------------------------------------
 
-    def _plain_command(self, ctx: DatumContext) -> Command:
+    def _plain_command(self, ctx: DatumContext, strace: str | None = None) -> Command:
         _warn_once(
             "plain",
             "local runner without bubblewrap (bwrap): transforms run unsandboxed "
@@ -333,7 +354,14 @@ class LocalRunner:
         env = ctx.environment(lambda n: mounts[n], mounts["out"])
         env = {k: _to_host(mounts, v) for k, v in env.items()}
         cwd = _to_host(mounts, t.working_dir) if t.working_dir else mounts["out"]
-        return Command([_to_host(mounts, a) for a in t.cmd], host_env(**env), cwd)
+        argv = [_to_host(mounts, a) for a in t.cmd]
+        if strace is not None:
+            argv = [
+                strace,
+                *trace.strace_options(str(new_trace_log(ctx)), failed_only=False),
+                *argv,
+            ]
+        return Command(argv, host_env(**env), cwd)
 
     # --- the Runner protocol ----------------------------------------------------------------
 
@@ -345,8 +373,47 @@ class LocalRunner:
             return self._run_sandboxed(ctx, stdin)
         if stdin is not None:
             stdin = _to_host(_host_mounts(ctx), stdin.decode()).encode()
-        cmd = self._plain_command(ctx)
-        return run_process(cmd.argv, ctx, self._procs, env=cmd.env, cwd=cmd.cwd, stdin=stdin)
+        strace, status = self._tracer(ctx)
+        cmd = self._plain_command(ctx, strace)
+        result = run_process(cmd.argv, ctx, self._procs, env=cmd.env, cwd=cmd.cwd, stdin=stdin)
+        host_dirs = {host: f"/pfs/{name}" for name, host in _host_mounts(ctx).items()}
+        return with_outside(
+            result, ctx, status, cwd=cmd.cwd or "/", sandboxed=False, host_dirs=host_dirs
+        )
+
+    # --- tracing opens outside /pfs -----------------------------------------------------------
+
+    def _tracer(self, ctx: DatumContext) -> tuple[str | None, str]:
+        """The strace to start `ctx`'s transform under (None: none) and the trace status."""
+        if not ctx.trace_outside:
+            return None, trace.OFF
+        strace = trace.find_strace()
+        if strace is None:
+            return None, trace.not_traced("strace is not installed (apt-get install strace)")
+        strace = os.path.realpath(strace)
+        if self.bwrap is not None and not strace.startswith("/usr/"):
+            return None, trace.not_traced(f"{strace} is not below /usr, so not in the sandbox")
+        if self._traceable is None:
+            self._traceable = self._probe(strace)
+        why = self._traceable
+        return (None, trace.not_traced(why)) if why else (strace, trace.OK)
+
+    def _probe(self, strace: str) -> str:
+        """Whether strace can trace a process in this runner's sandbox ("" if so): once per
+        process and sandbox kind (ptrace or seccomp may be forbidden here)."""
+        check = [strace, *trace.strace_options("/dev/null", failed_only=True), "true"]
+        if self.bwrap is not None:
+            system = self._system.get(False) or system_args(False)
+            check = [self.bwrap, *self._namespace_options(), "--unshare-net", *system]
+            check += ["--proc", "/proc", "--dev", "/dev", "--", strace]
+            check += [*trace.strace_options("/dev/null", failed_only=True), "true"]
+        key = tuple(check)
+        with _probe_lock:
+            if key not in _probes:
+                _probes[key] = trace.probe(check, env=host_env())
+                if _probes[key]:
+                    log.warning("reads outside /pfs are not traced: %s", _probes[key])
+            return _probes[key]
 
     def kill(self, ctx: DatumContext) -> None:
         ctx.cancel.set()
