@@ -494,10 +494,7 @@ def rotate(tree: Tree) -> None:
         return
     tree.staging.rewrite_journal([tree.header()])
     tree.bound = {1, *(v.root for v in tree.volumes)}
-    live = {n.ino for n in tree.nodes.values() if n.staged}
-    for ino in tree.staging.data_inos():
-        if ino not in live:
-            tree.staging.drop(ino)
+    tree.staging.keep_only({n.ino for n in tree.nodes.values() if n.staged})
 
 
 def reconcile(tree: Tree, node: Node, ours: Entry, new: Entry) -> list[tuple[str, int, bytes]]:
