@@ -47,7 +47,7 @@ from pfsfs.refspec import check_name, parse_ref
 from pfsfs.repository import Repository
 
 from .chunkcache import ChunkCache
-from .fs import PfsOperations
+from .fs import PfsOperations, serve
 from .inodes import Tree
 from .malloc import trim_when_idle
 from .mountinfo import (
@@ -346,7 +346,7 @@ class Worker:
                         lambda: self.unmounting,
                     )
                     nursery.start_soon(self.precommit.run)
-                await pyfuse3.main()
+                await serve()
                 clean = True
                 nursery.cancel_scope.cancel()
         finally:
@@ -656,6 +656,7 @@ class Worker:
                 "background chunking: %d files in %d jobs", self.precommit.files_done,
                 self.precommit.jobs,
             )
+            self.precommit.close()
         try:
             if not self.discard and any(
                 not v.read_only and self.tree.nodes[v.root].dirty for v in self.tree.volumes
