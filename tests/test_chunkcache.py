@@ -90,3 +90,19 @@ def test_a_seek_backwards_hints_from_the_new_place() -> None:
         assert reader.hinted[-1][:STORE_READ_AHEAD] == ids[50 : 50 + STORE_READ_AHEAD]
     finally:
         cache.close()
+
+
+def test_opening_a_file_fetches_its_first_chunks_ahead() -> None:
+    cache, reader, data = make()
+    manifest = Locator(b"m" * 32)
+    cache.start(manifest)
+    first = reader.manifest[0].loc.id
+    assert eventually(lambda: cache._pending[first].done())
+    # the first read finds its chunk fetched (no miss on the mount's thread) and counts as
+    # sequential: the chunks after it are fetched ahead at once
+    assert bytes(cache.read(manifest, 0, CHUNK)) == data[:CHUNK]
+    assert cache.misses == 0
+    assert reader.manifest[2].loc.id in cache._pending or reader.manifest[2].loc.id in (
+        cache._chunks
+    )
+    cache.close()
