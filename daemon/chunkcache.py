@@ -146,6 +146,9 @@ class ChunkCache:
             if loc.id in self._chunks or loc.id in self._pending:
                 continue
             self._pending[loc.id] = self._workers().submit(self._fetch, loc)
+        self._forget_abandoned()
+
+    def _forget_abandoned(self) -> None:
         if len(self._pending) > 4 * self.read_ahead:  # abandoned read-aheads: forget them
             for chunk_id in list(self._pending)[: len(self._pending) - 2 * self.read_ahead]:
                 self._pending.pop(chunk_id).cancel()
@@ -173,21 +176,27 @@ class ChunkCache:
             self.reader.prefetch(locs)
 
     def start(self, manifest_loc: Locator | None) -> None:
-        """A committed file was opened for reading: fetch its first ``OPEN_AHEAD`` chunks
-        ahead and count a read from its start as sequential. (``cat`` of many files otherwise
-        waited for the first chunk of every file, read on the mount's thread.)"""
-        if manifest_loc is None or not self.read_ahead:
+        """A committed file of a local store was opened for reading: have the kernel read its
+        first ``read_ahead`` chunk files, fetch the first ``OPEN_AHEAD`` chunks, and count a
+        read from its start as sequential. (``cat`` of many files otherwise waited for the
+        first chunk of every file, read on the mount's thread.) Nothing for a remote store:
+        there a fetch costs a request, and a file opened is not always read."""
+        if manifest_loc is None or not self.read_ahead or self._disk_ahead is None:
             return
         mid = manifest_loc.id
         if mid in self._next_offset:  # being read already
             return
         m = self.manifest(manifest_loc)
         self._next_offset[mid] = 0
-        self._hint_store(mid, m, 0)
+        locs = [c.loc for c in m.chunks[: self.read_ahead]]
+        self._workers().submit(
+            self._disk_ahead, [(blob_key(loc), loc.offset, loc.length) for loc in locs]
+        )
         for i in range(min(OPEN_AHEAD, len(m.chunks))):
             loc = m.chunks[i].loc
             if loc.id not in self._chunks and loc.id not in self._pending:
                 self._pending[loc.id] = self._workers().submit(self._fetch, loc)
+        self._forget_abandoned()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -240,8 +249,10 @@ class ChunkCache:
         # Sequential: near where the last read of this file ended. The kernel's read-ahead
         # sends several requests at once, so they may arrive slightly out of order.
         last_end = self._next_offset.get(mid)
-        sequential = bool(self.read_ahead) and last_end is not None and (
-            last_end - SEQUENTIAL_SLACK <= offset <= last_end + SEQUENTIAL_SLACK
+        sequential = (
+            bool(self.read_ahead)
+            and last_end is not None
+            and (last_end - SEQUENTIAL_SLACK <= offset <= last_end + SEQUENTIAL_SLACK)
         )
         if sequential:
             self._hint_store(mid, m, i)

@@ -279,13 +279,22 @@ class Staging:
             if fd is not None:
                 os.close(fd)
         new = self.path / DATA_NEW
-        new.mkdir(exist_ok=True)
-        for ino in inos:
-            if ino in live:  # open descriptors follow the file
-                os.rename(self.data_path(ino), new / str(ino))
-        trash = self._trash_name()
-        os.rename(self.data_dir, trash)
-        os.rename(new, self.data_dir)
+        try:
+            new.mkdir(exist_ok=True)
+            for ino in inos:
+                if ino in live:  # open descriptors follow the file
+                    os.rename(self.data_path(ino), new / str(ino))
+            trash = self._trash_name()
+            os.rename(self.data_dir, trash)
+            os.rename(new, self.data_dir)
+        except OSError as exc:  # put back what moved, then the slow way
+            log.warning(
+                "cannot swap the staged data directory (%s); removing files one by one", exc
+            )
+            self._finish_swap()
+            for ino in dead:
+                self.drop(ino)
+            return
         remove_in_background(trash)
 
     def _finish_swap(self) -> None:
