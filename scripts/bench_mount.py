@@ -22,12 +22,21 @@ The ratio column is pfsfs speed / reference speed (timed rows: reference time / 
 Notes under the table: pfsfs commit and ``put`` times, CLI start-up, bdi ``read_ahead_kb``
 during cold reads, and the peak RSS of each filesystem process.
 
+A second table (``PhysicalBench``; ``--only physical`` runs it alone, ``--phys-runs``) puts
+pfsfs with its home on the disk (``--disk-base``, /var/tmp by default) next to the physical
+references measured in the same run: create + write 1 KiB + stat of small files against ext4
+and tmpfs, a cold ``cat`` of the big files (16 MiB each) through a fresh mount against a cold
+``cat`` of the same files on the disk, ``cp -a`` in against ``cp -a`` + ``sync``, and
+``pfsfs unmount`` right after ``cp -a`` of the big files and after the workload set (big files
++ small files + ``make -j2``), with no idle pause; median [min-max] over the runs.
+
 Every mount is unmounted in a ``finally`` (``fusermount3 -u``, lazily if that fails), every
 process started here is stopped, temporary directories are removed. Needs root for tmpfs mounts
 and ``drop_caches``; without root, tmpfs is a directory in /dev/shm and "cold" reads are warm.
 The exit code is 0 when the tmpfs and reference columns could be measured, whatever pfsfs does.
 
     .venv/bin/python scripts/bench_mount.py [--quick] [--only reference,write,pfsfs-ls,...]
+    .venv/bin/python scripts/bench_mount.py --only physical [--phys-runs 3] [--quick]
 """
 
 from __future__ import annotations
