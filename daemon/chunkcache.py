@@ -4,7 +4,10 @@ A FUSE read asks for 128 KiB–1 MiB at a time while chunks average 1 MiB, so a 
 touches each chunk several times; chunks are fetched (and verified against their hash) once and
 kept in a small in-memory LRU. Sequential reads trigger read-ahead: background threads
 (``read_ahead_workers``) fetch and verify the next ``read_ahead`` chunks (file reads and BLAKE3
-release the GIL) while the mount thread answers the kernel. For a remote store without a read
+release the GIL) while the mount thread answers the kernel; on a local store the kernel is also
+asked (``read_ahead_ranges``: ``POSIX_FADV_WILLNEED``, from a worker thread) to read the chunk
+files of the next ``STORE_READ_AHEAD`` chunks, so a cold disk serves many reads at once instead
+of the few the fetching threads wait for. For a remote store without a read
 cache of its own, a disk cache under ``<home>/cache/chunks`` keeps verified chunks across
 mounts (S3 has one: ``CachingStore``), so re-reading committed data does not hit the network.
 Memory use is bounded (``max_bytes``, ``MAX_ENTRIES``) whatever the file sizes, plus the
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from pfsfs.heldbytes import HeldBytes, owner_of
 from pfsfs.ids import hash_bytes
-from pfsfs.model import Locator, ManifestChunk
+from pfsfs.model import Locator, ManifestChunk, blob_key
 from pfsfs.objects import ObjectReader
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ STORE_READ_AHEAD = 56  # chunks (~64 MiB) a remote store may fetch ahead of a se
 
 Chunk = bytes | memoryview
 MAX_ENTRIES = 4096  # chunks held at most
+OPEN_AHEAD = 2  # chunks fetched ahead when a file is opened for reading
 
 
 class Manifest:
@@ -80,6 +84,8 @@ class ChunkCache:
         self._pending: dict[bytes, Future[Chunk]] = {}
         self._next_offset: dict[bytes, int] = {}  # manifest id → where a sequential read goes on
         self._hinted: dict[bytes, int] = {}  # manifest id → chunk the store was told about upto
+        # a local store's kernel read-ahead of blob ranges (None: a store without one)
+        self._disk_ahead = getattr(getattr(reader, "store", None), "read_ahead_ranges", None)
 
     def manifest(self, loc: Locator) -> Manifest:
         m = self._manifests.get(loc.id)
@@ -140,6 +146,9 @@ class ChunkCache:
             if loc.id in self._chunks or loc.id in self._pending:
                 continue
             self._pending[loc.id] = self._workers().submit(self._fetch, loc)
+        self._forget_abandoned()
+
+    def _forget_abandoned(self) -> None:
         if len(self._pending) > 4 * self.read_ahead:  # abandoned read-aheads: forget them
             for chunk_id in list(self._pending)[: len(self._pending) - 2 * self.read_ahead]:
                 self._pending.pop(chunk_id).cancel()
@@ -154,6 +163,10 @@ class ChunkCache:
             return  # it still reaches half a window ahead, or to the end of the file
         self._hinted[mid] = i + STORE_READ_AHEAD
         locs = [c.loc for c in m.chunks[i : i + STORE_READ_AHEAD]]
+        if self._disk_ahead is not None:  # blocking calls: never on the mount's thread
+            ranges = [(blob_key(loc), loc.offset, loc.length) for loc in locs]
+            self._workers().submit(self._disk_ahead, ranges)
+            return
         if sliding:  # half a window ahead of the reader: a worker thread can spare the mount's
             self._workers().submit(self.reader.prefetch, locs)
         else:
@@ -161,6 +174,29 @@ class ChunkCache:
             # queued: they must find their blocks claimed by it, or each would fetch its own
             # blocks in a small GET.
             self.reader.prefetch(locs)
+
+    def start(self, manifest_loc: Locator | None) -> None:
+        """A committed file of a local store was opened for reading: have the kernel read its
+        first ``read_ahead`` chunk files, fetch the first ``OPEN_AHEAD`` chunks, and count a
+        read from its start as sequential. (``cat`` of many files otherwise waited for the
+        first chunk of every file, read on the mount's thread.) Nothing for a remote store:
+        there a fetch costs a request, and a file opened is not always read."""
+        if manifest_loc is None or not self.read_ahead or self._disk_ahead is None:
+            return
+        mid = manifest_loc.id
+        if mid in self._next_offset:  # being read already
+            return
+        m = self.manifest(manifest_loc)
+        self._next_offset[mid] = 0
+        locs = [c.loc for c in m.chunks[: self.read_ahead]]
+        self._workers().submit(
+            self._disk_ahead, [(blob_key(loc), loc.offset, loc.length) for loc in locs]
+        )
+        for i in range(min(OPEN_AHEAD, len(m.chunks))):
+            loc = m.chunks[i].loc
+            if loc.id not in self._chunks and loc.id not in self._pending:
+                self._pending[loc.id] = self._workers().submit(self._fetch, loc)
+        self._forget_abandoned()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -213,8 +249,10 @@ class ChunkCache:
         # Sequential: near where the last read of this file ended. The kernel's read-ahead
         # sends several requests at once, so they may arrive slightly out of order.
         last_end = self._next_offset.get(mid)
-        sequential = bool(self.read_ahead) and last_end is not None and (
-            last_end - SEQUENTIAL_SLACK <= offset <= last_end + SEQUENTIAL_SLACK
+        sequential = (
+            bool(self.read_ahead)
+            and last_end is not None
+            and (last_end - SEQUENTIAL_SLACK <= offset <= last_end + SEQUENTIAL_SLACK)
         )
         if sequential:
             self._hint_store(mid, m, i)

@@ -29,6 +29,7 @@ from pfsfs.launch import CHILD_CWD, python_module_argv
 
 from .malloc import worker_environment
 from .protocol import Channel
+from .staging import clear_trash
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,11 @@ class MountManager:
             if code:
                 log.warning("mount worker %s exited with code %s", m.id, code)
             m.exited.set()
+            # what the worker's background removal of its staged files did not finish
+            self.nursery.start_soon(self._clear_trash, m.id)
+
+    async def _clear_trash(self, mount_id: str) -> None:
+        await trio.to_thread.run_sync(clear_trash, self.home, mount_id, abandon_on_cancel=True)
 
     async def request(self, m: Mount, op: str, **params: Any) -> dict[str, Any]:
         """Send a request to a worker and wait for its response (raises its error)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -27,7 +28,7 @@ from pfsfs.errors import DaemonError
 from pfsfs.index import Index
 from pfsfs.repository import Repository
 
-from . import recovery
+from . import recovery, staging
 from .control import Controller
 from .mounts import MountManager
 from .pipelines import supervise_scheduler
@@ -103,6 +104,12 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 self.manager = MountManager(self.home, nursery, self.verbose)
                 nursery.start_soon(self._signals)
+                # what background removals of staged files left when their process ended
+                nursery.start_soon(
+                    functools.partial(trio.to_thread.run_sync, abandon_on_cancel=True),
+                    staging.clear_trash,
+                    self.home,
+                )
                 nursery.start_soon(self._serve, listener, controller)
                 if self.run_pipelines:
                     await nursery.start(supervise_scheduler, self.home, self.verbose)

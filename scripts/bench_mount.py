@@ -22,12 +22,21 @@ The ratio column is pfsfs speed / reference speed (timed rows: reference time / 
 Notes under the table: pfsfs commit and ``put`` times, CLI start-up, bdi ``read_ahead_kb``
 during cold reads, and the peak RSS of each filesystem process.
 
+A second table (``PhysicalBench``; ``--only physical`` runs it alone, ``--phys-runs``) puts
+pfsfs with its home on the disk (``--disk-base``, /var/tmp by default) next to the physical
+references measured in the same run: create + write 1 KiB + stat of small files against ext4
+and tmpfs, a cold ``cat`` of the big files (16 MiB each) through a fresh mount against a cold
+``cat`` of the same files on the disk, ``cp -a`` in against ``cp -a`` + ``sync``, and
+``pfsfs unmount`` right after ``cp -a`` of the big files and after the workload set (big files
++ small files + ``make -j2``), with no idle pause; median [min-max] over the runs.
+
 Every mount is unmounted in a ``finally`` (``fusermount3 -u``, lazily if that fails), every
 process started here is stopped, temporary directories are removed. Needs root for tmpfs mounts
 and ``drop_caches``; without root, tmpfs is a directory in /dev/shm and "cold" reads are warm.
 The exit code is 0 when the tmpfs and reference columns could be measured, whatever pfsfs does.
 
     .venv/bin/python scripts/bench_mount.py [--quick] [--only reference,write,pfsfs-ls,...]
+    .venv/bin/python scripts/bench_mount.py --only physical [--phys-runs 3] [--quick]
 """
 
 from __future__ import annotations
@@ -74,6 +83,10 @@ class Config:
     pfsfs: str
     selected: frozenset[tuple[str, str]]
     verbose: bool
+    physical: bool = False  # the physical-reference table (PhysicalBench)
+    phys_files: int = 64  # 16 MiB files in its big set
+    phys_runs: int = 3
+    disk_base: Path = Path("/var/tmp")
 
     def wants(self, backend: str, group: str) -> bool:
         return (backend, group) in self.selected
@@ -1053,6 +1066,315 @@ class Bench:
         return "\n".join(out)
 
 
+# -- the physical references (issue 19): pfsfs with its home on the disk, against the disk ---------
+
+
+@dataclass
+class Spread:
+    """Values of one measurement over several runs."""
+
+    values: list[float] = field(default_factory=list)
+
+    def add(self, v: float) -> None:
+        self.values.append(v)
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+    def show(self, unit: str) -> str:
+        if not self.values:
+            return "-"
+        fmt = (lambda v: f"{v:.2f}") if unit == "s" else (lambda v: f"{v:,.0f}")
+        lo, med, hi = min(self.values), statistics.median(self.values), max(self.values)
+        if len(self.values) == 1:
+            return f"{fmt(med)} {unit}"
+        return f"{fmt(med)} {unit} [{fmt(lo)}-{fmt(hi)}]"
+
+
+@dataclass(frozen=True)
+class PhysRow:
+    key: str
+    label: str
+    unit: str
+    reference: str  # what the reference column is ("" for absolute targets)
+    target: str
+    need: float  # ratio (pfsfs/reference) at least, or seconds at most for absolute rows
+    absolute: bool = False  # a time with an absolute bound (no reference)
+
+
+def physical_rows(cfg: Config) -> list[PhysRow]:
+    size = f"{cfg.size / 2**30:g} GiB" if cfg.size >= 2**30 else f"{cfg.size // MiB} MiB"
+    files = f"{cfg.phys_files} x 16 MiB"
+    n = f"{cfg.create_files:,}"
+    return [
+        PhysRow(
+            "create-ext4",
+            f"create+write 1 KiB+stat, {n} files",
+            "files/s",
+            "ext4",
+            ">= 5,000 files/s",
+            5000,
+            absolute=True,
+        ),
+        PhysRow("create-tmpfs", f"  same, vs tmpfs ({n} files)", "files/s", "tmpfs", "-", 0.0),
+        PhysRow(
+            "cold-read",
+            f"cold read {size} ({files}), cat",
+            "MB/s",
+            "disk cold read",
+            ">= 80% of disk",
+            0.8,
+        ),
+        PhysRow(
+            "cp-in", f"cp -a {size} in (+ sync on disk)", "MB/s", "cp -a + sync, disk", "-", 0.0
+        ),
+        PhysRow(
+            "unmount-big",
+            f"unmount right after cp -a {size}",
+            "s",
+            "",
+            "<= 2 s",
+            2.0,
+            absolute=True,
+        ),
+        PhysRow(
+            "unmount-all", "unmount after the workload set", "s", "", "<= 3 s", 3.0, absolute=True
+        ),
+    ]
+
+
+def worker_create_1k(root: Path, count: int) -> float:
+    """create + write 1 KiB + close + stat of `count` new files in `root` (a child process)."""
+    root.mkdir()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    payload = b"x" * 1024
+    start = time.perf_counter()
+    for i in range(count):
+        p = f"{root}/f{i:06d}"
+        fd = os.open(p, flags, 0o644)
+        os.write(fd, payload)
+        os.close(fd)
+        os.stat(p)
+    return time.perf_counter() - start
+
+
+class PhysicalBench:
+    """pfsfs with ``PFSFS_HOME`` on the disk (``--disk-base``) against that disk and tmpfs, in
+    one run, each measurement ``--phys-runs`` times (min/median/max shown), interleaved:
+
+    - create+write 1 KiB+stat of small files: in a mount, in a directory on the disk, on tmpfs;
+    - ``cp -a`` of ``--size-mib`` in 16 MiB files into a fresh mount, then ``pfsfs unmount`` at
+      once (no idle pause: background chunking must keep up by itself); the disk's reference is
+      ``cp -a`` + ``sync`` of the same files;
+    - cold read (``cat`` of every file, caches dropped) of the committed files through a fresh
+      mount, against a cold read of the same files on the disk;
+    - the workload set in a fresh mount: ``cp -a`` of the big files + the small files + a
+      ``make -j2`` of ``--make-targets`` targets, then ``pfsfs unmount`` at once.
+    """
+
+    def __init__(self, cfg: Config, shm: Path, build: Callable[[], Path]) -> None:
+        self.cfg = cfg
+        self.shm = shm
+        self.build = build
+        self.rows = physical_rows(cfg)
+        self.pf: dict[str, Spread] = {r.key: Spread() for r in self.rows}
+        self.ref: dict[str, Spread] = {r.key: Spread() for r in self.rows}
+        self.notes: list[str] = []
+        self.work = Path(tempfile.mkdtemp(prefix="pfsfs-bench-disk-", dir=cfg.disk_base))
+        self.dropped = True
+
+    # helpers
+    def cold(self) -> None:
+        os.sync()
+        if not drop_caches():
+            self.dropped = False
+
+    def sources(self) -> Path:
+        src = self.shm / "phys-src"
+        if not src.exists():
+            progress(f"making {self.cfg.phys_files} files of 16 MiB")
+            src.mkdir()
+            for i in range(self.cfg.phys_files):
+                write_random(src / f"f{i:03d}.bin", 16 * MiB)
+        return src
+
+    def create(self, where: Path) -> float:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-create-1k"]
+        n = self.cfg.create_files
+        _, out = run([*cmd, str(where), str(n)], timeout=max(600.0, n / 10))
+        return n / float(out.strip().splitlines()[-1])
+
+    def run(self) -> None:
+        cfg = self.cfg
+        src = self.sources()
+        size = cfg.phys_files * 16 * MiB
+        home = self.work / "home"
+        mnt = self.work / "mnt"
+        mnt.mkdir()
+        home.mkdir()
+        env = {**os.environ, "PFSFS_HOME": str(home)}
+        log_path = self.work / "daemon.log"
+        daemon: subprocess.Popen[bytes] | None = None
+
+        def cli(*args: str, timeout: float = 1800) -> float:
+            t, _ = timed([cfg.pfsfs, *args], timeout=timeout, env=env)
+            return t
+
+        def mount() -> None:
+            cli("mount", "bench@master", str(mnt), timeout=120)
+            wait_mounted(mnt)
+
+        def unmount_timed() -> float:
+            t = cli("unmount", str(mnt))
+            if mount_at(mnt) is not None:
+                raise CommandFailed(f"pfsfs unmount returned but {mnt} is still mounted")
+            return t
+
+        try:
+            run([cfg.pfsfs, "repo", "create", "bench"], timeout=120, env=env)
+            with open(log_path, "ab") as log:
+                daemon = subprocess.Popen(
+                    [cfg.pfsfs, "--home", str(home), "daemon", "run"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=env,
+                    start_new_session=True,
+                )
+            deadline = time.monotonic() + 60
+            while not (home / "daemon.sock").exists():
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise CommandFailed(
+                        "the pfsfs daemon did not start: "
+                        + last_lines(log_path.read_text(errors="replace"))
+                    )
+                time.sleep(0.05)
+            for i in range(cfg.phys_runs):
+                progress(f"physical references: run {i + 1} of {cfg.phys_runs}")
+                self.one_run(i, src, size, mnt, mount, unmount_timed)
+        finally:
+            if mount_at(mnt) is not None:
+                with contextlib.suppress(CommandFailed, OSError):
+                    cli("unmount", str(mnt), timeout=600)
+            if daemon is not None:
+                stop_process(daemon, term_timeout=120)
+            unmount(mnt)
+            kill_pids(pids_mentioning(str(home)))
+            unmount(mnt)
+            if mount_at(mnt) is None:
+                shutil.rmtree(self.work, ignore_errors=True)
+
+    def one_run(
+        self,
+        i: int,
+        src: Path,
+        size: int,
+        mnt: Path,
+        mount: Callable[[], None],
+        unmount_timed: Callable[[], float],
+    ) -> None:
+        disk = self.work / f"disk-{i}"
+        disk.mkdir()
+        tmpfs = Path(tempfile.mkdtemp(prefix="phys-", dir=self.shm))
+        try:
+            # small files: disk, tmpfs, mount (a fresh one, committed by the unmount after)
+            ext4 = self.create(disk / "small")
+            self.ref["create-ext4"].add(ext4)
+            self.ref["create-tmpfs"].add(self.create(tmpfs / "small"))
+            mount()
+            pf = self.create(mnt / f"small-{i}")
+            self.pf["create-ext4"].add(pf)
+            self.pf["create-tmpfs"].add(pf)
+            unmount_timed()
+            # cp -a in, then unmount at once
+            t, _ = timed(
+                ["sh", "-c", 'cp -a "$1" "$2" && sync', "cp", str(src), str(disk / "big")],
+                timeout=3600,
+            )
+            self.ref["cp-in"].add(size / 1e6 / t)
+            mount()
+            t, _ = timed(["cp", "-a", str(src), str(mnt / f"big-{i}")], timeout=3600)
+            self.pf["cp-in"].add(size / 1e6 / t)
+            self.pf["unmount-big"].add(unmount_timed())
+            # cold reads: the disk's copy, then the committed copy through a fresh mount
+            cat = ["sh", "-c", 'cat "$1"/* > /dev/null', "cat"]
+            self.cold()
+            t, _ = timed([*cat, str(disk / "big")], timeout=3600)
+            self.ref["cold-read"].add(size / 1e6 / t)
+            mount()
+            self.cold()
+            t, _ = timed([*cat, str(mnt / f"big-{i}")], timeout=3600)
+            self.pf["cold-read"].add(size / 1e6 / t)
+            unmount_timed()
+            # the workload set, then unmount at once
+            mount()
+            timed(["cp", "-a", str(src), str(mnt / f"set-{i}")], timeout=3600)
+            self.create(mnt / f"set-{i}" / "small")
+            timed(["cp", "-a", str(self.build()), str(mnt / f"set-{i}" / "build")], timeout=3600)
+            _, out = timed(["make", "-C", str(mnt / f"set-{i}" / "build"), "-j2"], timeout=3600)
+            built = sum(1 for line in out.splitlines() if line.startswith("tr "))
+            if built != self.cfg.make_targets:
+                self.notes.append(f"run {i + 1}: make built {built} of {self.cfg.make_targets}")
+            self.pf["unmount-all"].add(unmount_timed())
+        finally:
+            shutil.rmtree(disk, ignore_errors=True)
+            shutil.rmtree(tmpfs, ignore_errors=True)
+
+    def ratio(self, row: PhysRow) -> float | None:
+        pf, ref = self.pf[row.key].median, self.ref[row.key].median
+        if row.absolute and row.unit == "s" or pf is None or ref is None or not ref:
+            return None
+        return pf / ref
+
+    def verdict(self, row: PhysRow) -> str:
+        pf = self.pf[row.key].median
+        if pf is None:
+            return "n/a"
+        if row.absolute:
+            ok = pf <= row.need if row.unit == "s" else pf >= row.need
+            return "met" if ok else "MISSED"
+        if not row.need:
+            return "-"
+        ratio = self.ratio(row)
+        return "n/a" if ratio is None else ("met" if ratio >= row.need else "MISSED")
+
+    def table(self) -> str:
+        head = (
+            "operation",
+            "pfsfs (median [min-max])",
+            "reference",
+            "reference value",
+            "pfsfs/ref",
+            "target",
+            "result",
+        )
+        lines = []
+        for row in self.rows:
+            ratio = self.ratio(row)
+            lines.append(
+                (
+                    row.label,
+                    self.pf[row.key].show(row.unit),
+                    row.reference or "-",
+                    self.ref[row.key].show(row.unit) if row.reference else "-",
+                    f"{ratio:.2f}" if ratio is not None else "-",
+                    row.target,
+                    self.verdict(row),
+                )
+            )
+        widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
+
+        def fmt_line(cols: tuple[str, ...]) -> str:
+            return "  ".join(
+                c.ljust(w) if i in (0, 2, 5, 6) else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+            ).rstrip()
+
+        out = [fmt_line(head), fmt_line(tuple("-" * w for w in widths))]
+        return "\n".join(out + [fmt_line(line) for line in lines])
+
+
 def fs_type(path: Path) -> str:
     best = ""
     fstype = "?"
@@ -1064,7 +1386,9 @@ def fs_type(path: Path) -> str:
 
 def parse_only(spec: str | None) -> frozenset[tuple[str, str]]:
     """`--only`: backends and groups combine (``reference,write`` = reference-write); a
-    BACKEND-GROUP token adds that one case."""
+    BACKEND-GROUP token adds that one case. (``physical`` is taken out by ``parse_args``.)"""
+    if spec is not None and not spec.strip(","):
+        return frozenset()
     if not spec:
         return frozenset((b, g) for b in BACKENDS for g in GROUPS)
     backends: set[str] = set()
@@ -1106,9 +1430,18 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--no-warmup", action="store_true", help="skip the unmeasured warm-up write")
     p.add_argument("--base", default="/dev/shm", help="where mounts, homes and inputs go")
     p.add_argument("--pfsfs", default=default_pfsfs(), help="the pfsfs command")
+    p.add_argument(
+        "--disk-base",
+        default="/var/tmp",
+        help="a directory on the disk: the physical table's pfsfs home and disk references",
+    )
+    p.add_argument("--phys-runs", type=int, help="runs of the physical table (3; quick 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks of failures")
     a = p.parse_args(argv)
     q = a.quick
+    tokens = [t.strip() for t in (a.only or "").split(",") if t.strip()]
+    physical = not tokens or "physical" in tokens
+    only = ",".join(t for t in tokens if t != "physical") if a.only else None
     return Config(
         size=(a.size_mib or (128 if q else 1024)) * MiB,
         create_files=a.create_files or (1000 if q else 10_000),
@@ -1119,8 +1452,12 @@ def parse_args(argv: list[str] | None) -> Config:
         warmup=not a.no_warmup,
         base=Path(a.base).resolve(),
         pfsfs=a.pfsfs,
-        selected=parse_only(a.only),
+        selected=parse_only(only),
         verbose=a.verbose,
+        physical=physical,
+        phys_files=max(1, (a.size_mib or (128 if q else 1024)) // 16),
+        phys_runs=a.phys_runs or (1 if q else 3),
+        disk_base=Path(a.disk_base).resolve(),
     )
 
 
@@ -1138,6 +1475,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--worker-create"]:
         print(f"{worker_create(Path(args[1]), int(args[2])):.6f}")
+        return 0
+    if args[:1] == ["--worker-create-1k"]:
+        print(f"{worker_create_1k(Path(args[1]), int(args[2])):.6f}")
         return 0
     cfg = parse_args(args)
 
@@ -1158,6 +1498,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, "
         f"kernel {os.uname().release}, load {os.getloadavg()[0]:.1f}"
     )
+    phys: PhysicalBench | None = None
     try:
         progress(f"pfsfs mount benchmark, {started}, {machine}")
         bench.run(
@@ -1166,6 +1507,15 @@ def main(argv: list[str] | None = None) -> int:
                 for cls in (TmpfsBackend, ReferenceBackend, PfsfsBackend)
             ]
         )
+        if cfg.physical:
+            phys = PhysicalBench(cfg, shm, bench.build_dir)
+            try:
+                phys.run()
+            except Exception as e:  # noqa: BLE001 - reported under its table
+                phys.notes.append(f"the physical table stopped: {e}")
+                progress(f"[physical] FAILED: {e}")
+                if cfg.verbose:
+                    traceback.print_exc()
     finally:
         cleanup(work)
         if shm != work:
@@ -1179,15 +1529,34 @@ def main(argv: list[str] | None = None) -> int:
         + ("" if bench.dropped else "; caches NOT dropped (not root): cold = warm"),
         file=out,
     )
-    print(bench.table(), file=out)
-    for name, reason in bench.results.unavailable.items():
-        print(f"{name}: not available ({reason})", file=out)
-    print(
-        "pfsfs/ref: pfsfs speed / reference speed (timed rows: reference time / pfsfs time)",
-        file=out,
-    )
-    for note in bench.results.notes:
-        print(f"  - {note}", file=out)
+    if bench.results.cells or bench.results.unavailable:
+        print(bench.table(), file=out)
+        for name, reason in bench.results.unavailable.items():
+            print(f"{name}: not available ({reason})", file=out)
+        print(
+            "pfsfs/ref: pfsfs speed / reference speed (timed rows: reference time / pfsfs time)",
+            file=out,
+        )
+        for note in bench.results.notes:
+            print(f"  - {note}", file=out)
+    if phys is not None:
+        print(file=out)
+        print(
+            f"physical references: pfsfs home and disk directories in {cfg.disk_base} "
+            f"({fs_type(cfg.disk_base)}), tmpfs {shm} ({fs_type(shm)}); median [min-max] of "
+            f"{cfg.phys_runs} interleaved run(s)"
+            + ("" if phys.dropped else "; caches NOT dropped (not root): cold = warm"),
+            file=out,
+        )
+        print(phys.table(), file=out)
+        print(
+            "pfsfs/ref: ratio of the medians; unmount rows: `pfsfs unmount` right after the "
+            "last write (no idle pause); the workload set = cp -a of the big files + "
+            f"{cfg.create_files:,} small files + make -j2 of {cfg.make_targets:,} targets",
+            file=out,
+        )
+        for note in phys.notes:
+            print(f"  - {note}", file=out)
     return 0 if bench.ok else 1
 
 

@@ -8,6 +8,7 @@ import errno
 import functools
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -102,3 +103,42 @@ def test_reference_fs_semantics(reffs: Path) -> None:
     big = os.urandom(3 << 20)
     (reffs / "big").write_bytes(big)
     assert (reffs / "big").read_bytes() == big
+
+
+def test_quick_physical_table(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    args = ["--quick", "--only", "physical", "--size-mib", "32", "--create-files", "200"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            *args,
+            "--make-targets",
+            "20",
+            "--disk-base",
+            disk,
+            "--base",
+            tmp_path,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "physical references:" in out, out
+    for label in (
+        "create+write 1 KiB+stat",
+        "cold read 32 MiB",
+        "unmount right after cp -a",
+        "unmount after the workload set",
+    ):
+        row = next((line for line in out.splitlines() if line.startswith(label)), None)
+        assert row is not None, out
+        pfsfs_value = re.split(r"\s{2,}", row.strip())[1]
+        assert pfsfs_value != "-", row  # measured
+    assert "stopped" not in out, out
+    bench = load_bench()
+    assert not bench.mounts_under(tmp_path), "the benchmark left a mount behind"
+    assert list(disk.iterdir()) == [], "the benchmark left files on the disk"

@@ -38,6 +38,16 @@ class MemoryReader:
         self.hinted.append([loc.id for loc in locs])
 
 
+class LocalStoreHints:
+    """A local store's kernel read-ahead hook (``read_ahead_ranges``), recorded."""
+
+    def __init__(self) -> None:
+        self.ranges: list[list[tuple[str, int, int]]] = []
+
+    def read_ahead_ranges(self, ranges: Iterable[tuple[str, int, int]]) -> None:
+        self.ranges.append(list(ranges))
+
+
 def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
     """Hints past the first go through the cache's worker threads: wait for them."""
     deadline = time.monotonic() + timeout
@@ -90,3 +100,43 @@ def test_a_seek_backwards_hints_from_the_new_place() -> None:
         assert reader.hinted[-1][:STORE_READ_AHEAD] == ids[50 : 50 + STORE_READ_AHEAD]
     finally:
         cache.close()
+
+
+def local() -> tuple[ChunkCache, MemoryReader, bytes]:
+    """``make`` with a local store's read-ahead hook."""
+    chunks = [os.urandom(CHUNK) for _ in range(NCHUNKS)]
+    reader = MemoryReader(chunks)
+    reader.store = LocalStoreHints()  # type: ignore[attr-defined]
+    return ChunkCache(reader), reader, b"".join(chunks)  # type: ignore[arg-type]
+
+
+def test_opening_a_file_fetches_its_first_chunks_ahead() -> None:
+    cache, reader, data = local()
+    manifest = Locator(b"m" * 32)
+    cache.start(manifest)
+    first = reader.manifest[0].loc.id
+    assert eventually(lambda: cache._pending[first].done())
+    # the first read finds its chunk fetched (no miss on the mount's thread) and counts as
+    # sequential: the chunks after it are fetched ahead at once
+    hints = reader.store.ranges  # type: ignore[attr-defined]
+    assert eventually(lambda: len(hints) == 1)  # the first chunk files
+    assert len(hints[0]) == cache.read_ahead
+    assert bytes(cache.read(manifest, 0, CHUNK)) == data[:CHUNK]
+    assert cache.misses == 0
+    assert reader.manifest[2].loc.id in cache._pending or reader.manifest[2].loc.id in (
+        cache._chunks
+    )
+    cache.close()
+
+
+def test_opening_many_files_keeps_the_read_aheads_bounded() -> None:
+    chunks = [os.urandom(CHUNK) for _ in range(NCHUNKS)]
+    reader = MemoryReader(chunks)
+    reader.store = LocalStoreHints()  # type: ignore[attr-defined]
+    cache = ChunkCache(reader, read_ahead=2)  # type: ignore[arg-type]
+    for i in range(NCHUNKS):  # one file per chunk, opened and never read
+        one = reader.manifest[i : i + 1]
+        reader.read_manifest = lambda loc, one=one: one  # type: ignore[method-assign]
+        cache.start(Locator(bytes([i % 256]) * 31 + bytes([i // 256])))
+    assert len(cache._pending) <= 4 * cache.read_ahead
+    cache.close()

@@ -299,10 +299,8 @@ class Content:
             node.base_len = 0
 
     def drop_unstaged_data(self) -> None:
-        """Remove the data files of nodes whose content is no longer staged."""
+        """Remove the data files of nodes whose content is no longer staged (many at once go
+        to the trash in the background: ``Staging.keep_only``)."""
         if self.staging is None:
             return
-        live = {n.ino for n in self.table.nodes.values() if n.staged}
-        for ino in self.staging.data_inos():
-            if ino not in live:
-                self.staging.drop(ino)
+        self.staging.keep_only({n.ino for n in self.table.nodes.values() if n.staged})

@@ -1,0 +1,117 @@
+"""The staging directory's bulk removals (pfsfsd.staging): after a snapshot the files still
+staged keep their bytes and their open descriptors while the others go in the background; a
+crash in the middle of that swap loses no staged byte; an unmount leaves no staged file behind
+once the daemon has cleared its trash. And the mount's request loop (``serve``) still answers
+control requests while a writer keeps it busy."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from pfsfsd import staging as st
+from pfsfsd.staging import Staging
+
+from .fusehelpers import Env, env, no_leftovers
+
+__all__ = ["env", "no_leftovers"]
+
+
+def _stage(s: Staging, ino: int, data: bytes) -> None:
+    os.pwrite(s.fd(ino), data, 0)
+
+
+def _wait_gone(path: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        assert time.monotonic() < deadline, f"{path} was not removed"
+        time.sleep(0.05)
+
+
+def test_keep_only_drops_many_files_and_keeps_the_live_ones(tmp_path: Path) -> None:
+    s = Staging.create(tmp_path, "m1", {})
+    n = st.SWAP_MIN * 2
+    for ino in range(10, 10 + n):
+        _stage(s, ino, b"file %d" % ino)
+    live = {10, 11}
+    fd_before = s.fd(10)
+    s.keep_only(live)
+    assert sorted(s.data_inos()) == [10, 11]
+    assert Path(s.data_path(11)).read_bytes() == b"file 11"
+    os.pwrite(s.fd(10), b"FILE", 0)  # the open descriptor still is the live file
+    assert s.fd(10) == fd_before
+    assert Path(s.data_path(10)).read_bytes() == b"FILE 10"
+    _stage(s, 12, b"again")  # a dropped inode staged again starts empty
+    assert Path(s.data_path(12)).read_bytes() == b"again"
+    deadline = time.monotonic() + 20
+    while any(st.trash_root(tmp_path).iterdir()):
+        assert time.monotonic() < deadline, "the old data directory was not removed"
+        time.sleep(0.05)
+    s.destroy()
+    _wait_gone(tmp_path / "staging" / "m1")
+
+
+def test_a_crash_in_the_middle_of_a_swap_loses_no_staged_file(tmp_path: Path) -> None:
+    s = Staging.create(tmp_path, "m1", {"id": "m1"})
+    _stage(s, 5, b"dead")
+    _stage(s, 7, b"live")
+    s.close()
+    # what keep_only leaves when killed after moving the live files, before the last rename
+    new = s.path / st.DATA_NEW
+    new.mkdir()
+    os.rename(s.data_path(7), new / "7")
+    os.rename(s.data_dir, s.path / "old")
+    reopened = Staging.open(tmp_path, "m1")
+    assert Path(reopened.data_path(7)).read_bytes() == b"live"
+    assert not new.exists()
+    assert sorted(reopened.data_inos()) == [7]
+
+
+def test_snapshot_of_many_files_then_rewrite_and_unmount(env: Env) -> None:
+    with env.mounted("data@master", "mnt", "--create") as mp:
+        for i in range(300):
+            (mp / f"f{i:03d}").write_bytes(b"first %d\n" % i)
+        env.run("snapshot", str(mp), "-m", "many")
+        (mp / "f007").write_bytes(b"second\n")
+        with open(mp / "f008", "ab") as f:
+            f.write(b"more\n")
+        env.unmount(mp)
+    assert env.cat("data@master:/f007") == b"second\n"
+    assert env.cat("data@master:/f008") == b"first 8\nmore\n"
+    assert env.cat("data@master:/f299") == b"first 299\n"
+    deadline = time.monotonic() + 20
+    staging = env.home / "staging"
+    while any(p.name != st.TRASH for p in staging.iterdir()) or any(
+        (staging / st.TRASH).glob("*")
+    ):
+        assert time.monotonic() < deadline, f"left in staging: {list(staging.rglob('*'))[:5]}"
+        time.sleep(0.1)
+
+
+def test_control_requests_are_answered_while_a_writer_keeps_the_mount_busy(env: Env) -> None:
+    with env.mounted("data@master", "mnt", "--create") as mp:
+        stop = threading.Event()
+        made: list[int] = []
+
+        def writer() -> None:
+            i = 0
+            while not stop.is_set():
+                (mp / f"w{i:06d}").write_bytes(b"x")
+                os.stat(mp / f"w{i:06d}")
+                i += 1
+            made.append(i)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            time.sleep(0.5)
+            out = env.run("snapshot", str(mp), "-m", "busy", timeout=60)
+            assert out.returncode == 0
+        finally:
+            stop.set()
+            t.join(60)
+        env.unmount(mp)
+    assert made and made[0] > 0
+    assert env.cat(f"data@master:/w{made[0] - 1:06d}") == b"x"
