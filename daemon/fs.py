@@ -24,8 +24,9 @@ from typing import Any, TypeVar
 import pyfuse3
 
 from pfsfs.errors import Corruption, NotFound, PfsError, ReadOnly, StoreFull
+from pfsfs.model import DIR, FILE, SYMLINK, Kind
 
-from .tree import MODE_KIND, RO_VOL, FsError, Node, Tree
+from .tree import RO_VOL, FsError, Node, Tree
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,10 @@ async def serve() -> None:
     which lets the worker's other tasks (control requests, background chunking) run.
     """
     fd = _fuse_fd()
-    slow = pyfuse3._wait_fuse_readable  # type: ignore[attr-defined]
-    if fd is not None:
+    # A private function of pyfuse3 (3.3 to 3.5 at least); a version without it runs the
+    # ordinary loop, only slower.
+    slow = getattr(pyfuse3, "_wait_fuse_readable", None)
+    if fd is not None and slow is not None:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         served = 0
@@ -93,7 +96,8 @@ async def serve() -> None:
     try:
         await pyfuse3.main(min_tasks=1, max_tasks=1)
     finally:
-        pyfuse3._wait_fuse_readable = slow  # type: ignore[attr-defined]
+        if slow is not None:
+            pyfuse3._wait_fuse_readable = slow  # type: ignore[attr-defined]
 
 
 def to_fuse_error(exc: Exception) -> pyfuse3.FUSEError:
@@ -172,7 +176,7 @@ class PfsOperations(pyfuse3.Operations):
         a.entry_timeout = t if entry_timeout is None else entry_timeout
         a.attr_timeout = t
         a.st_mode = node.st_mode
-        if node.kind == "d":
+        if node.kind == DIR:
             a.st_nlink = self.tree.dir_nlink(node) if node.nlink else 0
             a.st_size = 4096
         else:
@@ -190,7 +194,7 @@ class PfsOperations(pyfuse3.Operations):
 
     def _blocks(self, node: Node, size: int) -> int:
         """512-byte blocks really held, so that ``du`` of a sparse file is what it stores."""
-        if node.kind != "f" or not size:
+        if node.kind != FILE or not size:
             return (size + 511) // 512
         base = node.base
         base_alloc = base.alloc if base is not None else None
@@ -261,7 +265,7 @@ class PfsOperations(pyfuse3.Operations):
     @fuse_op
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self.tree.node(inode)
-        if node.kind != "l":
+        if node.kind != SYMLINK:
             raise FsError(errno.EINVAL)
         return node.target
 
@@ -303,8 +307,11 @@ class PfsOperations(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        kind = MODE_KIND.get(stat.S_IFMT(mode))
-        if kind is None or kind == "d" or kind == "l":
+        try:
+            kind = Kind.of_mode(mode)
+        except ValueError:
+            raise FsError(errno.EINVAL) from None
+        if kind in (DIR, SYMLINK):  # mkdir and symlink have requests of their own
             raise FsError(errno.EINVAL)
         node = self._new(parent_inode, name, kind, stat.S_IMODE(mode), ctx, rdev=rdev)
         return self._entry(node)
@@ -360,17 +367,17 @@ class PfsOperations(pyfuse3.Operations):
     @fuse_op
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self.tree.node(inode)
-        if node.kind == "d":
+        if node.kind == DIR:
             raise FsError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             self.tree.check_writable(node)
-        if flags & os.O_TRUNC and node.kind == "f" and node.size:
+        if flags & os.O_TRUNC and node.kind == FILE and node.size:
             # libfuse enables atomic O_TRUNC: the kernel sends no setattr(size=0) of its own,
             # it empties its page cache and trusts us to empty the file. Without this an
             # overwrite with shorter content committed the old file's tail. (The new mtime
             # comes from the kernel, which stamps the truncation itself.)
             self.tree.setattr(inode, fs_now(), {"size": 0})
-        elif not flags & (os.O_WRONLY | os.O_RDWR) and node.kind == "f" and not node.staged:
+        elif not flags & (os.O_WRONLY | os.O_RDWR) and node.kind == FILE and not node.staged:
             self._read_ahead(node)
         return self._open_info(node)
 
@@ -431,7 +438,7 @@ class PfsOperations(pyfuse3.Operations):
     @fuse_op
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self.tree.node(inode)
-        if node.kind != "d":
+        if node.kind != DIR:
             raise FsError(errno.ENOTDIR)
         fh = self._fh()
         self._dirs[fh] = _DirHandle(inode)

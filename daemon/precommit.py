@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from pfsfs.model import Locator, ManifestChunk
+from pfsfs.model import FILE, Locator, ManifestChunk
 
 from .tree import Node, Tree
 
@@ -81,7 +81,7 @@ class Precomputed:
 
 def eligible(tree: Tree, node: Node) -> bool:
     return (
-        node.kind == "f"
+        node.kind == FILE
         and node.staged
         and node.dirty
         and not node.base_len

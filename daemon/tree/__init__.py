@@ -22,10 +22,9 @@ is synchronous, and errors are ``FsError(errno)``; the FUSE layer turns them int
 """
 
 from .facade import Tree
-from .nodes import MODE_KIND, PFS_NAME, RO_VOL, ROOT, FsError, Node, Volume
+from .nodes import PFS_NAME, RO_VOL, ROOT, FsError, Node, Volume
 
 __all__ = [
-    "MODE_KIND",
     "PFS_NAME",
     "RO_VOL",
     "ROOT",

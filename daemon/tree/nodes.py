@@ -22,8 +22,6 @@ ROOT = 1
 RO_VOL = -1  # nodes of .pfs/ and of the synthetic multi-repo root: never writable
 PFS_NAME = RESERVED_ROOT_NAME  # the hidden time-travel directory at a volume root
 
-# st_mode file-type bits -> kind (model.Kind owns the mapping; this is the lookup fs.py uses)
-MODE_KIND = {kind.mode_bits: kind for kind in Kind}
 
 
 class FsError(Exception):
