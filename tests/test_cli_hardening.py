@@ -519,6 +519,8 @@ def test_a_signal_while_pfsfs_starts_up_is_one_line(tmp_path: Path, sig: signal.
     imports."""
     script = Path(sys.executable).with_name("pfsfs")
     env = {**os.environ, "PFSFS_HOME": str(tmp_path / "home")}
+    # the put must get as far as reading stdin (a missing repo fails before it reads)
+    run(tmp_path / "home", "repo", "create", "r")
     for delay in (0.0, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08):
         proc = subprocess.Popen(  # reads stdin, which never ends: it is still running
             [str(script), "put", "r@master:/x", "-f", "-"],
