@@ -361,6 +361,22 @@ def wait_mounted(
         time.sleep(0.02)
 
 
+def tear_down(
+    mnt: Path, home: Path, pfsfs_unmount: Callable[[], Any], daemon: subprocess.Popen[bytes] | None
+) -> bool:
+    """Unmount ``mnt`` the pfsfs way, stop its daemon, then force whatever is left (a mount, a
+    worker of ``home``); True when nothing is mounted there any more."""
+    if mount_at(mnt) is not None:
+        with contextlib.suppress(CommandFailed, OSError):
+            pfsfs_unmount()
+    if daemon is not None:
+        stop_process(daemon, term_timeout=120)
+    unmount(mnt)
+    kill_pids(pids_mentioning(str(home)))
+    unmount(mnt)
+    return mount_at(mnt) is None
+
+
 def unmount(path: Path) -> None:
     """Unmount if mounted: cleanly, then lazily, then by aborting the FUSE connection."""
     info = mount_at(path)
@@ -620,15 +636,7 @@ class PfsfsBackend(Backend):
                 self.results.notes.append(f"pfsfs [{group}] daemon log tail: {tail}")
             raise
         finally:
-            if mount_at(path) is not None:
-                with contextlib.suppress(CommandFailed, OSError):
-                    sess.unmount()
-            if proc is not None:
-                stop_process(proc, term_timeout=120)
-            unmount(path)
-            kill_pids(pids_mentioning(str(home)))
-            unmount(path)
-            if mount_at(path) is None:
+            if tear_down(path, home, sess.unmount, proc):
                 shutil.rmtree(path, ignore_errors=True)
                 shutil.rmtree(home, ignore_errors=True)
 
@@ -1254,15 +1262,7 @@ class PhysicalBench:
                 progress(f"physical references: run {i + 1} of {cfg.phys_runs}")
                 self.one_run(i, src, size, mnt, mount, unmount_timed)
         finally:
-            if mount_at(mnt) is not None:
-                with contextlib.suppress(CommandFailed, OSError):
-                    cli("unmount", str(mnt), timeout=600)
-            if daemon is not None:
-                stop_process(daemon, term_timeout=120)
-            unmount(mnt)
-            kill_pids(pids_mentioning(str(home)))
-            unmount(mnt)
-            if mount_at(mnt) is None:
+            if tear_down(mnt, home, lambda: cli("unmount", str(mnt), timeout=600), daemon):
                 shutil.rmtree(self.work, ignore_errors=True)
 
     def one_run(
