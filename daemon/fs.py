@@ -378,18 +378,8 @@ class PfsOperations(pyfuse3.Operations):
             # comes from the kernel, which stamps the truncation itself.)
             self.tree.setattr(inode, fs_now(), {"size": 0})
         elif not flags & (os.O_WRONLY | os.O_RDWR) and node.kind == FILE and not node.staged:
-            self._read_ahead(node)
+            self.tree.content.start_reading(node)
         return self._open_info(node)
-
-    def _read_ahead(self, node: Node) -> None:
-        """Start fetching a committed file's first chunks (a hint: a failure here is the
-        first read's to report)."""
-        if node.virt is not None or node.base is None or not node.size:
-            return
-        try:
-            self.tree.cache.start(node.base.ref)
-        except Exception as exc:  # noqa: BLE001 - the read reports it
-            log.debug("read-ahead at open failed: %s", exc)
 
     @fuse_op
     async def create(

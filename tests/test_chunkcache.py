@@ -12,9 +12,11 @@ import time
 from collections.abc import Callable, Iterable
 
 from pfsfsd.chunkcache import STORE_READ_AHEAD, ChunkCache
+from pfsfsd.tree.content import Content
+from pfsfsd.tree.nodes import Node
 
 from pfsfs.ids import hash_bytes
-from pfsfs.model import Locator, ManifestChunk
+from pfsfs.model import DIR, FILE, Entry, Locator, ManifestChunk
 
 CHUNK = 4096
 NCHUNKS = 300
@@ -139,4 +141,57 @@ def test_opening_many_files_keeps_the_read_aheads_bounded() -> None:
         reader.read_manifest = lambda loc, one=one: one  # type: ignore[method-assign]
         cache.start(Locator(bytes([i % 256]) * 31 + bytes([i // 256])))
     assert len(cache._pending) <= 4 * cache.read_ahead
+    cache.close()
+
+
+class FilesReader(MemoryReader):
+    """``MemoryReader`` with one manifest per file (by the manifest locator's id)."""
+
+    def __init__(self, files: dict[bytes, list[bytes]]) -> None:
+        super().__init__([c for chunks in files.values() for c in chunks])
+        self.manifests = {
+            mid: [ManifestChunk(Locator(hash_bytes(c), length=len(c)), len(c)) for c in chunks]
+            for mid, chunks in files.items()
+        }
+        self.store = LocalStoreHints()
+
+    def read_manifest(self, loc: Locator) -> list[ManifestChunk]:
+        return self.manifests[loc.id]
+
+
+class Nodes:
+    """The inode table's part ``Content`` reads committed files through."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, Node] = {}
+
+
+def test_reading_a_file_to_its_end_fetches_the_next_file_in_its_directory() -> None:
+    big = 2 << 20  # a file of 2 MiB: 512 chunks of 4 KiB
+    files = {bytes([n]) * 32: [os.urandom(CHUNK) for _ in range(big // CHUNK)] for n in (1, 2)}
+    reader = FilesReader(files)
+    cache = ChunkCache(reader, read_ahead=4)  # type: ignore[arg-type]
+    table = Nodes()
+    root = Node(1, DIR, 0)
+    root.children = {}
+    table.nodes[1] = root
+    for ino, (name, mid) in enumerate(zip((b"a", b"b"), files, strict=True), start=2):
+        node = Node(ino, FILE, 0)
+        node.size, node.parent, node.name = big, 1, name
+        node.base = Entry(FILE, 0o644, 0, 0, 0, big, Locator(mid))
+        table.nodes[ino] = node
+        root.children[name] = ino
+    content = Content(table, None, None, cache, None)  # type: ignore[arg-type]
+    a, b = table.nodes[2], table.nodes[3]
+    content.start_reading(a)
+    got = b"".join(bytes(content.read(a, off, 1 << 20)) for off in range(0, big, 1 << 20))
+    assert got == b"".join(files[bytes([1]) * 32])
+    # the next file's first chunk is being fetched before anything opened it ...
+    first_b = reader.manifests[bytes([2]) * 32][0].loc.id
+    assert first_b in cache._pending or first_b in cache._chunks
+    # ... and its first read finds it there: no fetch on the mount's thread
+    misses = cache.misses
+    content.start_reading(b)
+    assert bytes(content.read(b, 0, CHUNK)) == files[bytes([2]) * 32][0]
+    assert cache.misses == misses
     cache.close()

@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _COPY = 4 << 20  # bytes copied at a time when filling in committed bytes of a rewritten file
+# A read of a committed file this close to its end starts fetching the file after it in its
+# directory; only for files at least this big (small ones: see ``_start_next``).
+NEXT_FILE_AHEAD = 4 << 20
+NEXT_FILE_MIN = 1 << 20
+NEXT_FILE_SCAN = 16  # entries looked at past the file for the next committed file
 
 
 class Content:
@@ -58,6 +63,10 @@ class Content:
         # and what that produced (see ``precommit``)
         self.closed_files: dict[int, int] = {}
         self.precomputed: dict[int, Precomputed] = {}
+        self._next_started = 0  # the inode whose next file was started last
+        # (directory inode, entry count, names, name → position) of the directory looked in
+        # last (one directory's names: built once while its files are read one after another)
+        self._order: tuple[int, int, list[bytes], dict[bytes, int]] | None = None
 
     @property
     def _io(self) -> bool:
@@ -205,7 +214,10 @@ class Content:
         if offset >= end:
             return b""
         if not node.staged:
-            return self.cache.read(node.base.ref if node.base else None, offset, end)
+            data = self.cache.read(node.base.ref if node.base else None, offset, end)
+            if end + NEXT_FILE_AHEAD >= node.size and node.ino != self._next_started:
+                self._start_next(node)
+            return data
         if not node.base_len:
             return self._read_data(node, offset, end)
         parts: list[bytes] = []
@@ -228,6 +240,49 @@ class Content:
                     parts.append(bytes(seg - pos))
             pos = seg
         return b"".join(parts)
+
+    def start_reading(self, node: Node) -> None:
+        """A committed file was opened for reading: the cache starts fetching its first
+        chunks (for a local store; a hint, a failure is the first read's to report)."""
+        if node.kind != FILE or node.staged or node.virt is not None or not node.size:
+            return
+        if node.base is None:
+            return
+        try:
+            self.cache.start(node.base.ref)
+        except Exception as exc:  # noqa: BLE001 - the read reports it
+            log.debug("read-ahead of %s failed: %s", node.name, exc)
+
+    def _start_next(self, node: Node) -> None:
+        """A committed file is read near its end: start the file after it in its directory
+        (readdir's order, the stored one: sorted names, which ``cat dir/*``, ``cp -r`` and
+        ``tar`` follow), so a reader going from file to file finds the next one's first chunks
+        fetched instead of waiting for them at its first read (a cold 1 MiB chunk costs ~2 ms:
+        13% of a cold ``cat`` of 16 MiB files). Only after big files: after small ones a
+        wrong guess (``make`` opening files in its own order) would cost more than the wait
+        saved. Nothing is loaded for it: a directory not listed yet is not looked in."""
+        self._next_started = node.ino
+        if node.size < NEXT_FILE_MIN or node.nlink != 1:
+            return
+        parent = self.table.nodes.get(node.parent)
+        children = parent.children if parent is not None else None
+        if not children:
+            return
+        order = self._order
+        if order is None or order[0] != parent.ino or order[1] != len(children):
+            names = list(children)
+            order = (parent.ino, len(names), names, {n: i for i, n in enumerate(names)})
+            self._order = order
+        names, pos = order[2], order[3].get(node.name)
+        if pos is None:
+            return
+        for name in names[pos + 1 : pos + 1 + NEXT_FILE_SCAN]:
+            ino = children.get(name)
+            nxt = self.table.nodes.get(ino) if ino is not None else None
+            if nxt is not None and nxt.kind == FILE:
+                if not nxt.opens:
+                    self.start_reading(nxt)
+                return
 
     def _read_data(self, node: Node, offset: int, end: int) -> bytes:
         assert self.staging is not None
