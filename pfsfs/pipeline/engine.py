@@ -974,15 +974,12 @@ def merge_outputs(
     """The first datum (by id) that wrote each directory itself."""
     merged: dict[bytes, Entry] = {}
 
-    def both(a: str, b: str) -> str:
-        first, second = sorted((a, b))
-        return (
-            f"datums {first[:12]} ({records[first].desc}) and {second[:12]} "
-            f"({records[second].desc}) both"
-        )
-
     def clash(a: str, b: str, path: bytes) -> PfsError:
-        return PfsError(f"{both(a, b)} write {os.fsdecode(path)}")
+        first, second = sorted((a, b))
+        return PfsError(
+            f"datums {first[:12]} ({records[first].desc}) and {second[:12]} "
+            f"({records[second].desc}) both write {os.fsdecode(path)}"
+        )
 
     for datum_id in sorted(outputs):
         for path, entry, _ in outputs[datum_id]:
@@ -1004,10 +1001,12 @@ def merge_outputs(
                 made[path], merged[path] = datum_id, entry
                 continue
             if (have.mode, have.uid, have.gid) != (entry.mode, entry.uid, entry.gid):
+                (a, ea), (b, eb) = sorted([(made[path], have), (datum_id, entry)])
                 raise PfsError(
-                    f"{both(made[path], datum_id)} create directory {os.fsdecode(path)}, with "
-                    f"different {_dir_meta(have)} and {_dir_meta(entry)}"
-                    " (a directory several datums write must have one mode and owner)"
+                    f"datums {a[:12]} ({records[a].desc}) and {b[:12]} ({records[b].desc}) "
+                    f"create directory {os.fsdecode(path)} with different metadata: "
+                    f"{_dir_meta(ea)} and {_dir_meta(eb)} (a directory several datums write "
+                    "must have one mode and owner)"
                 )
             if entry.mtime_ns > have.mtime_ns:
                 merged[path] = entry
