@@ -247,3 +247,6 @@ def test_output_directories_are_committed_as_written(env: Env) -> None:
     assert set(got.paths("d")) == {b"private", b"private/empty"}
     private = got.items[b"private"]
     assert (private.mode, private.mtime_ns) == (0o700, 1_500_000_000_123_456_789)
+    # an empty directory is an output of the datum that made it, as a file is
+    why = env.out("why", f"{ref}:/private/empty")
+    assert "made by pipeline dirs" in why and "\n  datum " in why, why

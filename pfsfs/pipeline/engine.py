@@ -578,11 +578,7 @@ class _JobRun:
                 for di in datum.inputs
                 for f in di.files
             ],
-            outputs=[  # the files and symlinks written (directories: in the cache entry)
-                [os.fsdecode(p), to_hex(e.content_id() or b""), e.size]
-                for p, e, _ in outputs or []
-                if not e.is_dir
-            ],
+            outputs=shown_outputs(outputs or []),
             logs=f"logs/{datum.id[:16]}",
         )
         self.records[datum.id] = rec
@@ -956,6 +952,18 @@ def _parents(path: bytes) -> Iterator[bytes]:
         path = path[:cut]
         yield path
         cut = path.rfind(b"/")
+
+
+def shown_outputs(outputs: list[Output]) -> list[list[Any]]:
+    """A datum record's ``[[path, content id, size]]``: its files and symlinks, and the
+    directories with nothing written below them (the others show through the paths below:
+    ``why`` and ``datum inspect`` find each output either way)."""
+    parents = {q for path, _, _ in outputs for q in _parents(path)}
+    return [
+        [os.fsdecode(p), to_hex(e.content_id() or b""), e.size]
+        for p, e, _ in outputs
+        if not (e.is_dir and p in parents)
+    ]
 
 
 def merge_outputs(

@@ -21,9 +21,9 @@ Named databases (opened through ``Index.db``; values are msgpack via ``codec.pac
 ``datums``         job id + NUL + datum id → ``DatumRecord`` map: ``state``
                    (``processed``/``skipped``/``failed``), ``hash``, ``attempts``, ``duration``,
                    ``error``, ``desc``, ``inputs`` (``[[name, repo, commit, path, content id]]``),
-                   ``outputs`` (``[[path, content id, size]]`` of the files and symlinks
-                   written), ``logs`` (dir relative to the job dir), ``from_job`` (the job
-                   that ran it, for a reused datum),
+                   ``outputs`` (``[[path, content id, size]]`` of the files, symlinks and
+                   empty directories written), ``logs`` (dir relative to the job dir),
+                   ``from_job`` (the job that ran it, for a reused datum),
                    ``read`` (input files the transform opened) and ``trace`` (its status),
                    ``outside``/``outside_count``/``outside_trace`` (opens outside ``/pfs``).
 ``datum_cache``    pipeline + NUL + datum hash → ``{job, datum, outputs, locs}``: the output of a
