@@ -15,15 +15,16 @@ or two datums writing one path fail the job: no commit, the branch is untouched.
 
 An output is what the transform left in ``/pfs/out``: files and symlinks with their content,
 mode and mtime, and directories as written (empty ones too, with their mode and mtime; the
-root of ``/pfs/out`` itself is not an output). Hard links are stored as copies. Several datums
-may create one directory: its mode and owner must agree (else the job fails naming both
-datums, like two datums writing one file) and its mtime is the latest of theirs, so the
-result does not depend on the order datums ran in. The commit holds exactly the merged
-outputs of every datum of the job (run or reused), so a datum re-run after its input changed
-replaces its outputs: a file or directory only it made, that it no longer makes, is deleted. A
-directory that is only implied by a path (datum cache entries and Kubernetes records written
-before directories were recorded) keeps its metadata from the previous commit, or gets the
-default one when new.
+root of ``/pfs/out`` itself is not an output; a directory's mtime moves whenever an entry is
+added to it, so it is reproducible only when the transform sets it last, as with ``touch``).
+Hard links are stored as copies. Several datums may create one directory: its mode and owner
+must agree (else the job fails naming both datums, like two datums writing one file) and its
+mtime is the latest of theirs, so the result does not depend on the order datums ran in. The
+commit holds exactly the merged outputs of every datum of the job (run or reused), so a datum
+re-run after its input changed replaces its outputs: a file or directory only it made, that it
+no longer makes, is deleted. A directory only implied by a path (datum cache entries and
+Kubernetes records written before directories were recorded) keeps its metadata from the
+previous commit, or gets the default one when new.
 
 Objects a running job wrote or reuses are declared as gc roots (``gc_roots`` owner
 ``pipeline-job/<id>``) until the job ends; they are made durable and recorded in the cache
