@@ -226,3 +226,46 @@ def test_job_records_are_create_once_and_only_under_their_namespace() -> None:
     assert not refs.delete_job_record(name, b"first")  # gone already
     with pytest.raises(ValueError, match="not a job record"):
         refs.create_job_record("branches/r/master", b"")
+
+
+def _dirs_of(repo: Repository, commit: bytes) -> dict[bytes, int]:
+    return {p: e.mode for p, e in repo.walk(repo.root_of(commit)) if e.is_dir}
+
+
+def test_datum_records_carry_directories_and_old_records_still_read(tmp_path: Path) -> None:
+    """A sidecar's record holds the directories of ``/pfs/out`` (empty ones, modes) as it holds
+    its files; a record written before that (files only) still reads, its directories implied
+    by the paths, as they were."""
+    from pfsfs.pipeline.engine import merge_outputs, output_changes
+    from pfsfs.pipeline.state import DatumRecord
+
+    out = tmp_path / "out"
+    (out / "keep" / "empty").mkdir(parents=True)
+    (out / "keep" / "f").write_bytes(b"x")
+    (out / "keep").chmod(0o700)
+    repo = memory_repository(tmp_path)
+    try:
+        repo.create_repo("new")
+        repo.create_repo("old")
+        datum = protocol.PlanDatum("d1", "h", "/", ())
+        protocol.store_datum(repo, "job1", datum, out)
+        record = protocol.get_record(repo.store, "job1", "d1")
+        assert record is not None
+        kinds = {p: e.type for p, e, _ in record.entries()}
+        assert kinds == {b"/keep": "d", b"/keep/empty": "d", b"/keep/f": "f"}
+        old = protocol.Record.from_wire(
+            {**record.to_wire(), "outputs": [w for w in record.outputs if w[1] != "d"]}
+        )
+        records = {"d1": DatumRecord(id="d1", state="processed", hash="h", desc="data:/")}
+        for name, rec in (("new", record), ("old", old)):
+            desired = merge_outputs({"d1": rec.entries()}, records)
+            commit = repo.commit(name, "master", output_changes(repo, None, desired), "m")
+            assert commit is not None
+            modes = _dirs_of(repo, commit)
+            if name == "new":
+                empty = (out / "keep" / "empty").stat().st_mode & 0o7777  # as the umask made it
+                assert modes == {b"/keep": 0o700, b"/keep/empty": empty}
+            else:
+                assert modes == {b"/keep": 0o755}  # implied: the default
+    finally:
+        repo.close()

@@ -177,6 +177,73 @@ def test_output_collision_fails_naming_both_datums(repo: Repository) -> None:
     assert head(repo, "copy") is None
 
 
+def dirs(repo: Repository, name: str) -> dict[str, tuple[int, int]]:
+    """Every directory of ``name@master``: ``(mode, mtime_ns)``."""
+    root = repo.root_of(head(repo, name))
+    return {p.decode(): (e.mode, e.mtime_ns) for p, e in repo.walk(root) if e.is_dir}
+
+
+# Each datum (/one holds "1", /two "2") makes /shared/$n and /shared/empty-$n, sets the mode of
+# /shared (MODE_ONE for datum 1, 0755 for datum 2) and its mtime to $n000000000 s.
+SHARED = (
+    "n=$(cat /pfs/data/*); mkdir -p /pfs/out/shared/empty-$n; echo $n > /pfs/out/shared/$n; "
+    'if [ "$n" = 1 ]; then chmod MODE_ONE /pfs/out/shared; else chmod 755 /pfs/out/shared; fi; '
+    "touch -d @${n}000000000 /pfs/out/shared"
+)
+
+
+def test_a_directory_several_datums_write_has_their_mode_and_the_latest_mtime(
+    repo: Repository,
+) -> None:
+    put(repo, {"/one": b"1", "/two": b"2"})
+    create_pipeline(repo, spec(cmd=SHARED.replace("MODE_ONE", "755")))
+    job = only_job(repo)
+    assert job.state == "success", job.reason
+    got = dirs(repo, "copy")
+    assert got["/shared"] == (0o755, 2_000_000_000 * 10**9)  # the latest of the two
+    assert set(got) == {"/shared", "/shared/empty-1", "/shared/empty-2"}
+    assert set(files(repo, "copy")) == {"/shared/1", "/shared/2"}
+
+    before = head(repo, "copy")
+    update_pipeline(repo, spec(cmd=SHARED.replace("MODE_ONE", "700")))
+    job = only_job(repo)
+    assert job.state == "failure"
+    assert "create directory /shared with different metadata" in job.reason, job.reason
+    assert "mode 0700" in job.reason and "mode 0755" in job.reason
+    assert "data:/one" in job.reason and "data:/two" in job.reason
+    assert head(repo, "copy") == before
+
+
+def test_a_rerun_datum_replaces_its_directories(repo: Repository) -> None:
+    # Each datum makes /$n/empty, /common/$n-dir (empty) and /common/$n-file ($n: its content).
+    cmd = (
+        "n=$(cat /pfs/data/*); mkdir -p /pfs/out/$n/empty /pfs/out/common/$n-dir; "
+        "echo > /pfs/out/common/$n-file; chmod 700 /pfs/out/$n"
+    )
+    put(repo, {"/a": b"x", "/b": b"y"})
+    create_pipeline(repo, spec(cmd=cmd))
+    assert only_job(repo).state == "success"
+    both = {"/common", "/common/x-dir", "/common/y-dir", "/x", "/x/empty", "/y", "/y/empty"}
+    assert set(dirs(repo, "copy")) == both
+    assert dirs(repo, "copy")["/x"][0] == 0o700
+
+    put(repo, {"/a": b"z"})  # datum /a runs again; /b is reused from the cache, its dirs too
+    job = only_job(repo)
+    assert job.state == "success" and job.counts["skipped"] == 1, job.counts
+    after = {"/common", "/common/y-dir", "/common/z-dir", "/y", "/y/empty", "/z", "/z/empty"}
+    assert set(dirs(repo, "copy")) == after
+    assert dirs(repo, "copy")["/z"][0] == 0o700
+    assert set(files(repo, "copy")) == {"/common/y-file", "/common/z-file"}
+
+    put(repo, {"/b": None})  # only /a is left: what only /b made goes, /common stays
+    assert only_job(repo).state == "success"
+    assert set(dirs(repo, "copy")) == {"/common", "/common/z-dir", "/z", "/z/empty"}
+
+    put(repo, {"/a": None})  # nothing left: an empty output commit
+    assert only_job(repo).state == "success"
+    assert dirs(repo, "copy") == {} and files(repo, "copy") == {}
+
+
 def test_failing_datum_is_retried_then_fails_the_job(repo: Repository) -> None:
     put(repo, {"/good": b"ok", "/bad": b"boom"})
     create_pipeline(

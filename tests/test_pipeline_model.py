@@ -4,16 +4,16 @@ what its output commit holds.
 A seeded generator (``GENERATOR``, a python3 script given as the transform's cmd) writes a random
 tree: files of random sizes (empty, small, several MiB), sparse files, nested directories,
 symlinks (relative, absolute, dangling), hard links, modes, files overwritten with shorter
-content (``open(..., "w")``, shell ``>``, truncate), appends, atomic replaces, and mtimes set
-explicitly with ``os.utime`` (ns) and ``touch -d``. The transform runs with the local runner in
-bubblewrap (the daemon's scheduler runs the job); the same script runs in a plain local
-directory; the output commit, read back with ``pfsfs get`` and mounted read-only, must equal it:
-content, type, mode, size, symlink targets, and the mtimes the script set (symlinks' through the
-mount, since ``pfsfs get`` does not restore those yet).
+content (``open(..., "w")``, shell ``>``, truncate), appends, atomic replaces, empty directories,
+directory modes, and mtimes (of files, symlinks and directories) set explicitly with
+``os.utime`` (ns) and ``touch -d``. The transform runs with the local runner in bubblewrap (the
+daemon's scheduler runs the job); the same script runs in a plain local directory; the output
+commit, read back with ``pfsfs get`` and mounted read-only, must equal it: content, type, mode
+(directories' too), size, symlink targets, every directory (empty ones too), and the mtimes the
+script set (symlinks' through the mount, since ``pfsfs get`` does not restore those yet).
 
-Not compared, because ``/pfs/out`` is ingested as its files and symlinks only
-(``pfsfs/pipeline/engine.py`` ``walk_output``): hard links (committed as copies), and directories'
-own mode and mtime and empty directories (see the strict xfail below).
+Not compared: hard links (``/pfs/out`` is ingested as copies), and the mtimes the script did not
+set (a directory's changes whenever an entry is added, so only explicit ones are deterministic).
 """
 
 from __future__ import annotations
@@ -124,7 +124,19 @@ for step in range(rng.randint(40, 70)):
     elif op == "chmod":  # applied at the end: the sandbox's uid may not write a 0444 file
         modes[rng.choice(files)] = rng.choice([0o644, 0o600, 0o755, 0o700, 0o444, 0o640])
 
+# directories: a stream of their own, so the one above (and what it makes) stays as it was
+drng = random.Random(seed * 1000 + 7)
+for i in range(drng.randint(2, 4)):  # empty directories, some nested in another
+    rel = os.path.join(drng.choice(dirs), f"e{i}")
+    os.makedirs(full(rel))
+    dirs.append(rel)
+    if drng.random() < 0.5:
+        dirs.append(os.path.join(rel, "deeper"))
+        os.mkdir(full(dirs[-1]))
+dir_modes = {d: drng.choice([0o700, 0o750, 0o711, 0o775]) for d in dirs[1:] if drng.random() < 0.5}
 for rel, mode in modes.items():
+    os.chmod(full(rel), mode)
+for rel, mode in dir_modes.items():
     os.chmod(full(rel), mode)
 # mtimes last (anything written after would move them); hard-linked names share one inode, so
 # the last one set wins for all of them
@@ -140,6 +152,11 @@ for rel in files + links:
         for other in files + links:
             if os.lstat(full(other)).st_ino == st.st_ino:
                 explicit[other] = True
+for rel in dirs[1:]:  # after every write below them (a write moves a directory's mtime)
+    if drng.random() < 0.5:
+        ns = drng.randint(0, 2_000_000_000) * 10**9 + drng.randint(0, 10**9 - 1)
+        os.utime(full(rel), ns=(ns, ns))
+        explicit[rel] = True
 if len(sys.argv) > 3:
     with open(sys.argv[3], "w") as f:
         json.dump(sorted(explicit), f)
@@ -195,32 +212,28 @@ def test_output_commit_is_what_the_transform_wrote(env: Env, seed: int) -> None:
     assert any(it.size > 1 << 20 for it in reference.items.values())
     assert any(it.size == 0 for it in reference.items.values() if it.kind == "f")
     assert any(p.rsplit(b"/", 1)[-1].startswith(b"s") for p in reference.paths("f"))  # sparse
+    dirs = reference.paths("d")
+    assert any(not any(q.startswith(d + b"/") for q in reference.items) for d in dirs)  # empty
+    assert len({reference.items[d].mode for d in dirs}) > 1
     ref = _run_pipeline(env, "gen", ["python3", "-c", GENERATOR, str(seed), "/pfs/out"])
 
     got = got_tree(env, ref)
-    compare(only(reference, "fl"), only(got, "fl"), f"`pfsfs get` of {ref}", mtime=False,
+    compare(only(reference, "fld"), only(got, "fld"), f"`pfsfs get` of {ref}", mtime=False,
             xattrs=False, links=False)
-    assert set(got.paths("d")) == set(reference.paths("d"))
-    files = [p for p in explicit if reference.items[p].kind == "f"]
-    assert files and _mtimes(got, files) == _mtimes(reference, files)
+    kept = [p for p in explicit if reference.items[p].kind in "fd"]
+    assert any(reference.items[p].kind == "d" for p in kept)
+    assert _mtimes(got, kept) == _mtimes(reference, kept)
 
     mp = env.mount(ref, "out-mnt", "--read-only")
     try:
         mounted = Tree(mp)
     finally:
         force_unmount(mp)
-    compare(only(reference, "fl"), only(mounted, "fl"), f"{ref} mounted read-only",
+    compare(only(reference, "fld"), only(mounted, "fld"), f"{ref} mounted read-only",
             mtime=False, xattrs=False, links=False)
     assert _mtimes(mounted, explicit) == _mtimes(reference, explicit)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="/pfs/out is ingested as its files and symlinks only (pfsfs/pipeline/engine.py "
-    "walk_output yields non-directories), so the output commit's directories are implied by "
-    "paths: an empty directory is dropped and a directory's mode (0700 here) and mtime are not "
-    "what the transform set",
-)
 def test_output_directories_are_committed_as_written(env: Env) -> None:
     script = (
         "import os\n"
@@ -234,3 +247,6 @@ def test_output_directories_are_committed_as_written(env: Env) -> None:
     assert set(got.paths("d")) == {b"private", b"private/empty"}
     private = got.items[b"private"]
     assert (private.mode, private.mtime_ns) == (0o700, 1_500_000_000_123_456_789)
+    # an empty directory is an output of the datum that made it, as a file is
+    why = env.out("why", f"{ref}:/private/empty")
+    assert "made by pipeline dirs" in why and "\n  datum " in why, why

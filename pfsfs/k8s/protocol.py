@@ -174,7 +174,9 @@ class Record:
     datum: str
     hash: str
     outputs: list[list[Any]]
-    """``Entry.to_wire(path)`` of every output file."""
+    """``Entry.to_wire(path)`` of every output: files, symlinks and directories (records
+    written before directories were recorded hold no directory entries; theirs are implied
+    by the paths, as they were)."""
     locs: list[list[Any]]
     """Every object the outputs reference (gc roots, cache checks)."""
     pod: str = ""
@@ -191,7 +193,7 @@ class Record:
         return cls(**{k: v for k, v in w.items() if k != "v"})
 
     def entries(self) -> list[Output]:
-        """``(path, entry, [])`` per output file, as the engine merges them."""
+        """``(path, entry, [])`` per output (directories too), as the engine merges them."""
         return [(*Entry.from_wire(w), []) for w in self.outputs]  # type: ignore[misc]
 
     def locators(self) -> list[Locator]:
@@ -218,8 +220,8 @@ def has_record(store: ObjectStore, job_id: str, datum_id: str) -> bool:
 
 
 def ingest(repository: Repository, out_dir: Path, warn: Callable[[str], None]) -> list[Output]:
-    """Store every file and symlink below ``out_dir`` (durable when this returns); the same
-    entries the engine's local ingest makes."""
+    """Store every file, symlink and directory below ``out_dir`` (durable when this returns);
+    the same entries the engine's local ingest makes."""
     from ..pipeline.engine import ingest_output  # (the engine imports runners: no cycle here)
 
     with repository.writer() as writer:

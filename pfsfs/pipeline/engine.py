@@ -13,6 +13,19 @@ On success the merged outputs become ONE commit on the output branch (only the p
 changed are rewritten), with ``provenance = {pipeline, spec, job, inputs}``. Any failed datum
 or two datums writing one path fail the job: no commit, the branch is untouched.
 
+An output is what the transform left in ``/pfs/out``: files and symlinks with their content,
+mode and mtime, and directories as written (empty ones too, with their mode and mtime; the
+root of ``/pfs/out`` itself is not an output; a directory's mtime moves whenever an entry is
+added to it, so it is reproducible only when the transform sets it last, as with ``touch``).
+Hard links are stored as copies. Several datums may create one directory: its mode and owner
+must agree (else the job fails naming both datums, like two datums writing one file) and its
+mtime is the latest of theirs, so the result does not depend on the order datums ran in. The
+commit holds exactly the merged outputs of every datum of the job (run or reused), so a datum
+re-run after its input changed replaces its outputs: a file or directory only it made, that it
+no longer makes, is deleted. A directory only implied by a path (datum cache entries and
+Kubernetes records written before directories were recorded) keeps its metadata from the
+previous commit, or gets the default one when new.
+
 Objects a running job wrote or reuses are declared as gc roots (``gc_roots`` owner
 ``pipeline-job/<id>``) until the job ends; they are made durable and recorded in the cache
 every ``flush_interval`` seconds, so a restarted job reuses what finished before the crash.
@@ -40,11 +53,11 @@ from ..chunking import Chunker
 from ..display import plural
 from ..errors import BranchMoved, PfsError
 from ..ids import to_hex
-from ..model import FILE, SYMLINK, Entry, Locator
+from ..model import DIR, FILE, SYMLINK, Entry, Locator
 from ..objects import ObjectWriter
 from ..repository import Repository
 from ..transfer import export_file, file_entry, store_chunks
-from ..treediff import same_entry
+from ..treediff import same_entry, same_meta
 from .commitsets import job_origins
 from .datums import Datum, compute_datums, datum_hash, missing_code, select_code
 from .inputs import InputCommit, InputFile
@@ -78,7 +91,8 @@ from .trace import (
 log = logging.getLogger(__name__)
 
 Output = tuple[bytes, Entry, list[Locator]]
-"""One output file of a datum: path below /pfs/out (b"/a/b"), its entry, every locator under it."""
+"""One output of a datum: path below /pfs/out (b"/a/b"), its entry (a file, symlink or
+directory; a directory's entry has no tree: ``ref`` None), every locator under it."""
 
 
 @dataclass(frozen=True)
@@ -565,9 +579,7 @@ class _JobRun:
                 for di in datum.inputs
                 for f in di.files
             ],
-            outputs=[
-                [os.fsdecode(p), to_hex(e.content_id() or b""), e.size] for p, e, _ in outputs or []
-            ],
+            outputs=shown_outputs(outputs or []),
             logs=f"logs/{datum.id[:16]}",
         )
         self.records[datum.id] = rec
@@ -861,12 +873,15 @@ def _ignore(_n: int) -> None:
 def ingest_output(
     out_dir: Path, chunker: Chunker, writer: ObjectWriter, skipped: Callable[[str], None]
 ) -> list[Output]:
-    """Store every file and symlink below a transform's ``/pfs/out`` through ``writer``:
-    ``(path, entry, locators it needs)`` each (``skipped`` hears about anything else). The one
-    ingest of outputs, for local, podman and Kubernetes runs alike."""
+    """Store every file, symlink and directory below a transform's ``/pfs/out`` through
+    ``writer``: ``(path, entry, locators it needs)`` each, a directory before what it holds
+    (``skipped`` hears about anything else). The one ingest of outputs, for local, podman and
+    Kubernetes runs alike."""
     outputs: list[Output] = []
     for rel, path, st in walk_output(os.fsencode(out_dir)):
-        if stat.S_ISREG(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            outputs.append((rel, dir_entry(st), []))
+        elif stat.S_ISREG(st.st_mode):
             manifest, size = store_chunks(chunker.cut_file(path), writer, _ignore)
             loc = writer.put_manifest(manifest)
             outputs.append((rel, file_entry(st, loc, size), [loc, *(c.loc for c in manifest)]))
@@ -887,21 +902,29 @@ def ingest_output(
     return outputs
 
 
+def dir_entry(st: os.stat_result) -> Entry:
+    """A directory's metadata as the transform left it (its tree is made at commit time)."""
+    return Entry(DIR, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
+
+
 def walk_output(root: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
-    """``(path below root as b"/a/b", host path, lstat)`` of every non-directory, sorted."""
+    """``(path below root as b"/a/b", host path, lstat)`` of everything below ``root``, each
+    directory's entries in name order and a directory before its contents (listing a
+    directory does not change its mtime)."""
     stack = [(root, b"")]
     while stack:
         host, rel = stack.pop()
         with os.scandir(host) as it:
             names = sorted(e.name for e in it)
-        for name in reversed(names):
+        subdirs = []
+        for name in names:
             check_name(name)
             full, sub = os.path.join(host, name), rel + b"/" + name
             st = os.lstat(full)
+            yield sub, full, st
             if stat.S_ISDIR(st.st_mode):
-                stack.append((full, sub))
-            else:
-                yield sub, full, st
+                subdirs.append((full, sub))
+        stack.extend(reversed(subdirs))
 
 
 def tree_size(root: Path) -> int:
@@ -932,13 +955,32 @@ def _parents(path: bytes) -> Iterator[bytes]:
         cut = path.rfind(b"/")
 
 
+def shown_outputs(outputs: list[Output]) -> list[list[Any]]:
+    """A datum record's ``[[path, content id, size]]``: its files and symlinks, and the
+    directories with nothing written below them (the others show through the paths below:
+    ``why`` and ``datum inspect`` find each output either way)."""
+    parents = {q for path, _, _ in outputs for q in _parents(path)}
+    return [
+        [os.fsdecode(p), to_hex(e.content_id() or b""), e.size]
+        for p, e, _ in outputs
+        if not (e.is_dir and p in parents)
+    ]
+
+
 def merge_outputs(
     outputs: Mapping[str, list[Output]], records: Mapping[str, DatumRecord]
 ) -> dict[bytes, Entry]:
-    """All datums' outputs as one ``path → entry`` map; two datums writing one path (or one
-    writing a file where another writes a directory) is an error naming both."""
+    """All datums' outputs as one ``path → entry`` map (the directories they wrote included).
+    Two datums writing one file or symlink path, or one writing a file where another has a
+    directory, is an error naming both. A directory several datums wrote is one entry: their
+    mode and owner must agree (else an error naming both and what differs) and its mtime is
+    the latest of theirs, whatever order the datums ran in."""
     owner: dict[bytes, str] = {}
+    """Who wrote each file or symlink."""
     dirs: dict[bytes, str] = {}
+    """The first datum (by id) with each directory, written or implied by a path below it."""
+    made: dict[bytes, str] = {}
+    """The first datum (by id) that wrote each directory itself."""
     merged: dict[bytes, Entry] = {}
 
     def clash(a: str, b: str, path: bytes) -> PfsError:
@@ -952,40 +994,75 @@ def merge_outputs(
         for path, entry, _ in outputs[datum_id]:
             if path in owner:
                 raise clash(owner[path], datum_id, path)
-            if path in dirs and dirs[path] != datum_id:
-                raise clash(dirs[path], datum_id, path)
             for parent in _parents(path):
                 if parent in owner:
                     raise clash(owner[parent], datum_id, parent)
                 dirs.setdefault(parent, datum_id)
-            owner[path] = datum_id
-            merged[path] = entry
+            if not entry.is_dir:
+                if path in dirs and dirs[path] != datum_id:
+                    raise clash(dirs[path], datum_id, path)
+                owner[path] = datum_id
+                merged[path] = entry
+                continue
+            dirs.setdefault(path, datum_id)
+            have = merged.get(path)
+            if have is None:
+                made[path], merged[path] = datum_id, entry
+                continue
+            if (have.mode, have.uid, have.gid) != (entry.mode, entry.uid, entry.gid):
+                (a, ea), (b, eb) = sorted([(made[path], have), (datum_id, entry)])
+                raise PfsError(
+                    f"datums {a[:12]} ({records[a].desc}) and {b[:12]} ({records[b].desc}) "
+                    f"create directory {os.fsdecode(path)} with different metadata: "
+                    f"{_dir_meta(ea)} and {_dir_meta(eb)} (a directory several datums write "
+                    "must have one mode and owner)"
+                )
+            if entry.mtime_ns > have.mtime_ns:
+                merged[path] = entry
     return merged
+
+
+def _dir_meta(entry: Entry) -> str:
+    return f"mode {entry.mode:04o} owner {entry.uid}:{entry.gid}"
 
 
 def output_changes(
     repository: Repository, base: bytes | None, desired: Mapping[bytes, Entry]
 ) -> ChangeSet:
     """The change set that turns commit ``base`` into exactly ``desired``: deletes of what
-    vanished (files and emptied directories), puts of what is new or changed."""
-    old_files: dict[bytes, Entry] = {}
-    old_dirs: set[bytes] = set()
+    vanished (files and directories no longer written nor implied by a path), the directories
+    whose metadata is new or changed (their contents kept), puts of the files and symlinks
+    that are new or changed. A directory only implied by a path keeps what it had."""
+    old: dict[bytes, Entry] = {}
     if base is not None:
-        for path, entry in repository.walk(repository.root_of(base)):
-            if entry.is_dir:
-                old_dirs.add(path)
-            else:
-                old_files[path] = entry
+        old = dict(repository.walk(repository.root_of(base)))
     new_dirs = {p for path in desired for p in _parents(path)}
-    gone = {p for p in old_files if p not in desired} | {d for d in old_dirs if d not in new_dirs}
+    new_dirs |= {path for path, entry in desired.items() if entry.is_dir}
+    gone = {path for path, entry in old.items() if not _stays(path, entry, desired, new_dirs)}
     changes = ChangeSet()
     for path in sorted(gone):
         if not any(parent in gone for parent in _parents(path)):
             changes.delete(split_path(path))
     for path in sorted(desired):
-        if not same_entry(old_files.get(path), desired[path]):
-            changes.put(split_path(path), desired[path])
+        entry, was = desired[path], old.get(path)
+        if entry.is_dir:
+            if was is None or not was.is_dir or not same_meta(was, entry):
+                changes.mkdir(split_path(path), entry)
+        elif not same_entry(was, entry):
+            changes.put(split_path(path), entry)
     return changes
+
+
+def _stays(
+    path: bytes, old: Entry, desired: Mapping[bytes, Entry], new_dirs: set[bytes]
+) -> bool:
+    """Whether ``path`` of the base commit (``old``) is still there as the same kind: a
+    directory still written or implied by a path, or a non-directory that a desired one
+    replaces in place (a put) rather than after a delete."""
+    if old.is_dir:
+        return path in new_dirs
+    new = desired.get(path)
+    return new is not None and not new.is_dir
 
 
 def remove_job_containers(runner: PodmanRunner, job_id: str) -> None:

@@ -21,13 +21,16 @@ Named databases (opened through ``Index.db``; values are msgpack via ``codec.pac
 ``datums``         job id + NUL + datum id → ``DatumRecord`` map: ``state``
                    (``processed``/``skipped``/``failed``), ``hash``, ``attempts``, ``duration``,
                    ``error``, ``desc``, ``inputs`` (``[[name, repo, commit, path, content id]]``),
-                   ``outputs`` (``[[path, content id, size]]``), ``logs`` (dir relative to the
-                   job dir), ``from_job`` (the job that ran it, for a reused datum),
+                   ``outputs`` (``[[path, content id, size]]`` of the files, symlinks and
+                   empty directories written), ``logs`` (dir relative to the job dir),
+                   ``from_job`` (the job that ran it, for a reused datum),
                    ``read`` (input files the transform opened) and ``trace`` (its status),
                    ``outside``/``outside_count``/``outside_trace`` (opens outside ``/pfs``).
 ``datum_cache``    pipeline + NUL + datum hash → ``{job, datum, outputs, locs}``: the output of a
-                   datum that succeeded (``outputs``: entry wires named by their full path;
-                   ``locs``: the chunk locators under them, for gc roots). Written only after
+                   datum that succeeded (``outputs``: entry wires named by their full path,
+                   directories included; older entries hold files and symlinks only, their
+                   directories implied by the paths; ``locs``: the chunk locators under
+                   them, for gc roots). Written only after
                    the objects are durable. A hit is reused only if every locator is still in
                    the ``objects`` database (gc drops entries of what it deletes).
 
