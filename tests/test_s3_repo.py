@@ -593,3 +593,42 @@ def test_the_repository_holds_the_read_cache_and_gc_empties_it(
         report = maintenance.gc(repo, grace=0.0)
         assert report.deleted_blobs > 0
         assert not any(p.is_file() for p in blocks.rglob("*"))
+
+
+def test_a_put_sends_all_its_file_data_before_the_commits_ref_reads(
+    tmp_path: Path, s3_server: MotoServer
+) -> None:
+    """The end of a put on S3: the last, partly filled data pack goes up as soon as the file is
+    read, not after the commit's ref reads (which, queued behind the bulk uploads on a busy
+    server, took a tenth of a second or more per GiB before it could start); the branch
+    still moves only after everything the commit reaches has landed. (Puts of less than
+    ``EARLY_BARRIER_BYTES`` skip this: see test_push_and_pull_move_only_missing_objects.)"""
+    from pfsfs.ops.put import put, resolve_target
+
+    store = {"type": "s3", "bucket": s3_server.bucket, "prefix": new_prefix()}
+    store["endpoint_url"] = s3_server.endpoint
+    data = os.urandom(40 << 20)  # full data packs and a partly filled one
+    (tmp_path / "big.bin").write_bytes(data)
+    sent: list[tuple[str, str, int]] = []  # (operation, url, body bytes), in sending order
+
+    def record(request: object, event_name: str = "", **_: object) -> None:
+        size = int(request.headers.get("Content-Length", 0) or 0)  # type: ignore[attr-defined]
+        sent.append((event_name.rsplit(".", 1)[-1], str(request.url), size))  # type: ignore[attr-defined]
+
+    with Repository.init(tmp_path / "home", HomeConfig(store)) as repo:
+        repo.create_repo("data")
+        s3 = repo.store
+        assert isinstance(s3, S3ObjectStore)
+        for client in {id(c): c for c in (s3._client(), s3._blob_client())}.values():
+            client.meta.events.register("before-send.s3", record)
+        target = resolve_target(repo, "data@master:/big.bin", str(tmp_path / "big.bin"))
+        put(repo, target, recursive=False)
+    run(tmp_path / "home", "get", "data@master:/big.bin", "-o", str(tmp_path / "out.bin"))
+    assert (tmp_path / "out.bin").read_bytes() == data
+
+    data_puts = [n for n, (op, _u, size) in enumerate(sent) if op == "PutObject" and size > 1 << 20]
+    ref_reads = [n for n, (op, url, _s) in enumerate(sent) if op == "GetObject" and "/refs/" in url]
+    ref_move = [n for n, (op, url, _s) in enumerate(sent) if op == "PutObject" and "/refs/" in url]
+    assert len(data_puts) >= 3, sent
+    assert max(data_puts) < ref_reads[-1], sent  # the data went up before the commit's reads
+    assert max(n for n, (op, _u, _s) in enumerate(sent) if op == "PutObject") == ref_move[-1]

@@ -53,7 +53,6 @@ import logging
 import threading
 import time
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -63,6 +62,14 @@ import boto3.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError, IncompleteReadError
+
+try:
+    # ISA-L's CRC32: the same function as zlib's (same polynomial, same values), 0.04 s of CPU
+    # per GiB here against zlib 1.2's 0.24 s, a tenth of a put's CPU on a 2-core machine
+    # that the S3 server shares. zlib's stays the fallback where no isal wheel installs.
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - isal is a dependency
+    from zlib import crc32
 
 from ..errors import InvalidInput, NotFound, PfsError, RefChanged, StoreError
 from .base import BlobInfo, ObjectStore, StoreProperties, check_blob_key, check_key
@@ -102,12 +109,12 @@ MULTIPART_THRESHOLD = 32 * 1024 * 1024
 _WRITER_META = "pfsfs-writer"
 
 #: How the server is shown that an uploaded body arrived intact (``store.upload_checksum``):
-#: ``crc32`` — an ``x-amz-checksum-crc32`` header computed here (0.26 s of CPU per GiB on this
-#: machine against 1.4 s for MD5), checked by AWS and servers with flexible-checksum support,
-#: accepted unchecked by older ones (and by moto); ``md5`` — a ``Content-MD5`` header, checked
-#: by S3 servers old and new; ``sdk`` — whatever botocore adds by itself (on AWS: CRC32).
-#: Either way every read re-hashes the content with BLAKE3, so a corrupted blob is never
-#: returned, whatever the server checked.
+#: ``crc32`` — an ``x-amz-checksum-crc32`` header computed here (with ISA-L: 0.04 s of CPU per
+#: GiB on this machine, zlib 0.24 s, MD5 1.4 s), checked by AWS and servers with
+#: flexible-checksum support, accepted unchecked by older ones (and by moto); ``md5`` — a
+#: ``Content-MD5`` header, checked by S3 servers old and new; ``sdk`` — whatever botocore
+#: adds by itself (on AWS: CRC32). Either way every read re-hashes the content with BLAKE3,
+#: so a corrupted blob is never returned, whatever the server checked.
 UPLOAD_CHECKSUMS = ("crc32", "md5", "sdk")
 
 #: ``config.json`` store keys that tune the client, with their types (see ``from_config``).
@@ -484,7 +491,7 @@ class S3ObjectStore(ObjectStore):
         """The integrity header the server checks the body against (see ``UPLOAD_CHECKSUMS``);
         none when botocore adds its own (``sdk``, AWS)."""
         if self.upload_checksum == "crc32":
-            crc = zlib.crc32(body).to_bytes(4, "big")
+            crc = crc32(body).to_bytes(4, "big")
             return {"ChecksumCRC32": base64.b64encode(crc).decode()}
         if self.upload_checksum == "md5":
             digest = hashlib.md5(body, usedforsecurity=False).digest()
