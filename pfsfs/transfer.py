@@ -1,6 +1,7 @@
 """Moving files between the local filesystem and commits: ``put`` (ingest) and ``get`` (export).
 
-What round-trips, both ways, in the encoding mounts use (``daemon/inodes.py`` ``entry_meta``):
+What round-trips, both ways, in the encoding mounts use (``InodeTable.entry_meta`` in
+``daemon/tree/table.py``):
 
 - regular files (content, mode incl. setuid/setgid/sticky, mtime in ns), directories,
   symlinks (also dangling), FIFOs;
