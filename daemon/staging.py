@@ -87,7 +87,9 @@ def clear_trash(home: Path, mount_id: str | None = None) -> None:
         return
     for name in names:
         if mount_id is None or name.split(".", 1)[0] == mount_id:
-            _remove_tree(root / name)
+            # not _remove_tree: this runs on a pooled thread (trio's), which must not keep
+            # the lowest priority for the work it does next
+            shutil.rmtree(root / name, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -279,6 +281,7 @@ class Staging:
             if fd is not None:
                 os.close(fd)
         new = self.path / DATA_NEW
+        moved = False
         try:
             new.mkdir(exist_ok=True)
             for ino in inos:
@@ -286,6 +289,7 @@ class Staging:
                     os.rename(self.data_path(ino), new / str(ino))
             trash = self._trash_name()
             os.rename(self.data_dir, trash)
+            moved = True
             os.rename(new, self.data_dir)
         except OSError as exc:  # put back what moved, then the slow way
             log.warning(
@@ -294,6 +298,8 @@ class Staging:
             self._finish_swap()
             for ino in dead:
                 self.drop(ino)
+            if moved:  # the old directory, now holding only dead files, is in the trash
+                remove_in_background(trash)
             return
         remove_in_background(trash)
 

@@ -115,3 +115,45 @@ def test_control_requests_are_answered_while_a_writer_keeps_the_mount_busy(env: 
         env.unmount(mp)
     assert made and made[0] > 0
     assert env.cat(f"data@master:/w{made[0] - 1:06d}") == b"x"
+
+
+def test_a_swap_that_fails_at_its_last_rename_keeps_the_live_files_and_empties_the_trash(
+    tmp_path: Path, monkeypatch
+) -> None:
+    s = Staging.create(tmp_path, "m1", {})
+    n = st.SWAP_MIN * 2
+    for ino in range(10, 10 + n):
+        _stage(s, ino, b"file %d" % ino)
+    real_rename = os.rename
+
+    def rename(src, dst):  # the data.new -> data rename fails (EXDEV, a full inode table...)
+        if Path(src).name == st.DATA_NEW:
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(st.os, "rename", rename)
+    s.keep_only({10, 11})
+    monkeypatch.setattr(st.os, "rename", real_rename)
+    assert sorted(s.data_inos()) == [10, 11]
+    assert Path(s.data_path(11)).read_bytes() == b"file 11"
+    deadline = time.monotonic() + 20
+    while any(st.trash_root(tmp_path).iterdir()):  # the dead files moved aside are removed
+        assert time.monotonic() < deadline, "the old data directory stayed in the trash"
+        time.sleep(0.05)
+    s.destroy()
+
+
+def test_clearing_the_trash_leaves_the_calling_threads_priority_alone(tmp_path: Path) -> None:
+    (st.trash_root(tmp_path) / "m9.x").mkdir(parents=True)
+    seen: list[int] = []
+
+    def clear() -> None:
+        st.clear_trash(tmp_path)
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    t = threading.Thread(target=clear)
+    t.start()
+    t.join()
+    assert seen == [before]  # a pooled thread would otherwise run its next work at nice 19
+    assert not any(st.trash_root(tmp_path).iterdir())
