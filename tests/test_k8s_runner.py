@@ -336,7 +336,10 @@ def test_copy_mode_two_shards(cluster: Cluster) -> None:
 
 def test_failing_datum_fails_the_job_and_commits_nothing(cluster: Cluster) -> None:
     c = cluster
-    cmd = SUM_ONE + '; if [ -e /pfs/data/sales2 ]; then echo "bad sales2" >&2; exit 3; fi'
+    # The bad datum fails late: once its index has failed datum_tries times the Job fails and
+    # its other pods are stopped, so the good datum must have stored its record by then (on a
+    # loaded machine its pod could still be starting after two quick failures).
+    cmd = SUM_ONE + '; if [ -e /pfs/data/sales2 ]; then sleep 6; echo "bad sales2" >&2; exit 3; fi'
     c.create(per_file_spec(cmd, parallelism=2, datum_tries=2))
     proc = c.pfsfs("pipeline", "run", code=None)
     assert proc.returncode != 0
