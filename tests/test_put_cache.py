@@ -245,9 +245,10 @@ def test_racy_files_are_not_recorded(home: Path, tmp_path: Path) -> None:
 def test_get_of_a_tree_with_a_corrupt_chunk_writes_no_wrong_bytes(
     home: Path, tmp_path: Path
 ) -> None:
-    """``get`` reads chunks ahead in a thread and verifies them as it writes: a corrupt chunk
+    """``get`` reads chunks ahead in threads and verifies them as it writes: a corrupt chunk
     stops it with the one corruption error, the file it belongs to never appears, and the
-    files written before it are whole."""
+    files written before it are whole (files after it may be written meanwhile by another
+    stream: whole too, and no temp file is left)."""
     src = tmp_path / "src"
     files = {"a": os.urandom(2 * MiB), "b": os.urandom(3 * MiB), "c": os.urandom(10)}
     _tree(src, files)
@@ -268,7 +269,10 @@ def test_get_of_a_tree_with_a_corrupt_chunk_writes_no_wrong_bytes(
     assert len(err) == 1 and "corrupt" in err[0], err
     assert (out / "a").read_bytes() == files["a"]
     assert not (out / "b").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["a"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names in (["a"], ["a", "c"]), names
+    if "c" in names:
+        assert (out / "c").read_bytes() == files["c"]
 
 
 def test_small_file_read_cuts_like_cut_file(tmp_path: Path) -> None:
