@@ -4,10 +4,14 @@ A FUSE read asks for 128 KiB–1 MiB at a time while chunks average 1 MiB, so a 
 touches each chunk several times; chunks are fetched (and verified against their hash) once and
 kept in a small in-memory LRU. Sequential reads trigger read-ahead: background threads
 (``read_ahead_workers``) fetch and verify the next ``read_ahead`` chunks (file reads and BLAKE3
-release the GIL) while the mount thread answers the kernel; on a local store the kernel is also
-asked (``read_ahead_ranges``: ``POSIX_FADV_WILLNEED``, from a worker thread) to read the chunk
-files of the next ``STORE_READ_AHEAD`` chunks, so a cold disk serves many reads at once instead
-of the few the fetching threads wait for. For a remote store without a read
+release the GIL) while the mount thread answers the kernel. A local store's chunks are read
+past the page cache where it can (``ObjectReader.read_chunk``: the kernel keeps the bytes in
+the mount's own page cache, a second cached copy of the chunk file only cost): cold 1 GiB reads
+~1,220 -> ~1,360 MB/s, and with ``OPEN_AHEAD_UNCACHED`` chunks fetched at open ~1,560 (A/B,
+interleaved, 3-4 runs each). Where it cannot (no ``cachestat``, no ``O_DIRECT``) the kernel is
+asked instead (``read_ahead_ranges``: ``POSIX_FADV_WILLNEED``, from a worker thread) to read
+the chunk files of the next ``STORE_READ_AHEAD`` chunks, so a cold disk serves many reads at
+once instead of the few the fetching threads wait for. For a remote store without a read
 cache of its own, a disk cache under ``<home>/cache/chunks`` keeps verified chunks across
 mounts (S3 has one: ``CachingStore``), so re-reading committed data does not hit the network.
 Memory use is bounded (``max_bytes``, ``MAX_ENTRIES``) whatever the file sizes, plus the
@@ -28,6 +32,7 @@ from pfsfs.heldbytes import HeldBytes, owner_of
 from pfsfs.ids import hash_bytes
 from pfsfs.model import Locator, ManifestChunk, blob_key
 from pfsfs.objects import ObjectReader
+from pfsfs.store.directio import reads_uncached
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,7 @@ STORE_READ_AHEAD = 56  # chunks (~64 MiB) a remote store may fetch ahead of a se
 Chunk = bytes | memoryview
 MAX_ENTRIES = 4096  # chunks held at most
 OPEN_AHEAD = 2  # chunks fetched ahead when a file is opened for reading
+OPEN_AHEAD_UNCACHED = 8  # the same when chunks are read past the page cache (no kernel hints)
 
 
 class Manifest:
@@ -84,8 +90,14 @@ class ChunkCache:
         self._pending: dict[bytes, Future[Chunk]] = {}
         self._next_offset: dict[bytes, int] = {}  # manifest id → where a sequential read goes on
         self._hinted: dict[bytes, int] = {}  # manifest id → chunk the store was told about upto
+        store = getattr(reader, "store", None)
         # a local store's kernel read-ahead of blob ranges (None: a store without one)
-        self._disk_ahead = getattr(getattr(reader, "store", None), "read_ahead_ranges", None)
+        self._disk_ahead = getattr(store, "read_ahead_ranges", None)
+        # Chunks read past the page cache (``ObjectReader.read_chunk``): the kernel's
+        # read-ahead would only fill the page cache they skip; fetching more chunks at open
+        # stands in for it.
+        self._uncached = hasattr(store, "get_uncached") and reads_uncached()
+        self._open_ahead = OPEN_AHEAD_UNCACHED if self._uncached else OPEN_AHEAD
 
     def manifest(self, loc: Locator) -> Manifest:
         m = self._manifests.get(loc.id)
@@ -117,7 +129,7 @@ class ChunkCache:
         """Read and verify one chunk (thread-safe: no LMDB, no shared state)."""
         data = self._from_disk(loc)
         if data is None:
-            data = self.reader.read_raw(loc)  # verifies; Corruption if missing or wrong
+            data = self.reader.read_chunk(loc)  # verifies; Corruption if missing or wrong
             self._to_disk(loc, data)
         return data
 
@@ -164,6 +176,8 @@ class ChunkCache:
         self._hinted[mid] = i + STORE_READ_AHEAD
         locs = [c.loc for c in m.chunks[i : i + STORE_READ_AHEAD]]
         if self._disk_ahead is not None:  # blocking calls: never on the mount's thread
+            if self._uncached:
+                return
             ranges = [(blob_key(loc), loc.offset, loc.length) for loc in locs]
             self._workers().submit(self._disk_ahead, ranges)
             return
@@ -188,11 +202,12 @@ class ChunkCache:
             return
         m = self.manifest(manifest_loc)
         self._next_offset[mid] = 0
-        locs = [c.loc for c in m.chunks[: self.read_ahead]]
-        self._workers().submit(
-            self._disk_ahead, [(blob_key(loc), loc.offset, loc.length) for loc in locs]
-        )
-        for i in range(min(OPEN_AHEAD, len(m.chunks))):
+        if not self._uncached:
+            locs = [c.loc for c in m.chunks[: self.read_ahead]]
+            self._workers().submit(
+                self._disk_ahead, [(blob_key(loc), loc.offset, loc.length) for loc in locs]
+            )
+        for i in range(min(self._open_ahead, len(m.chunks))):
             loc = m.chunks[i].loc
             if loc.id not in self._chunks and loc.id not in self._pending:
                 self._pending[loc.id] = self._workers().submit(self._fetch, loc)

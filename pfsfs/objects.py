@@ -297,6 +297,21 @@ class ObjectReader:
                 )
         return data
 
+    def read_chunk(self, loc: Locator) -> bytes | memoryview:
+        """``read_raw`` for bulk reads of chunk data the caller keeps elsewhere (a mount's page
+        cache, a file ``get`` writes): from a local store past the page cache when that holds
+        little of it (``get_uncached``), else — or if those bytes are not right — ``read_raw``
+        (whose errors are the ones raised)."""
+        uncached = getattr(self.store, "get_uncached", None)
+        if uncached is not None and self.read_cache is None:
+            try:
+                data = uncached(model.blob_key(loc), loc.offset, loc.length)
+            except NotFound:
+                data = None
+            if data is not None and hash_bytes(data) == loc.id:
+                return data
+        return self.read_raw(loc)
+
     @staticmethod
     def _get_verified(
         store: ObjectStore, key: str, loc: Locator, *, cached: bool = False

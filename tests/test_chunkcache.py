@@ -11,12 +11,14 @@ import os
 import time
 from collections.abc import Callable, Iterable
 
-from pfsfsd.chunkcache import STORE_READ_AHEAD, ChunkCache
+import pytest
+from pfsfsd.chunkcache import OPEN_AHEAD_UNCACHED, STORE_READ_AHEAD, ChunkCache
 from pfsfsd.tree.content import Content
 from pfsfsd.tree.nodes import Node
 
 from pfsfs.ids import hash_bytes
 from pfsfs.model import DIR, FILE, Entry, Locator, ManifestChunk
+from pfsfs.store.directio import reads_uncached
 
 CHUNK = 4096
 NCHUNKS = 300
@@ -34,6 +36,9 @@ class MemoryReader:
         return self.manifest
 
     def read_raw(self, loc: Locator) -> bytes:
+        return self.blobs[loc.id]
+
+    def read_chunk(self, loc: Locator) -> bytes:
         return self.blobs[loc.id]
 
     def prefetch(self, locs: Iterable[Locator]) -> None:
@@ -194,4 +199,33 @@ def test_reading_a_file_to_its_end_fetches_the_next_file_in_its_directory() -> N
     content.start_reading(b)
     assert bytes(content.read(b, 0, CHUNK)) == files[bytes([2]) * 32][0]
     assert cache.misses == misses
+    cache.close()
+
+
+class UncachedStore(LocalStoreHints):
+    """A local store that reads chunks past the page cache (``get_uncached``)."""
+
+    def get_uncached(self, key: str, offset: int, length: int) -> memoryview | None:
+        raise AssertionError("MemoryReader.read_chunk serves the chunks")
+
+
+@pytest.mark.skipif(not reads_uncached(), reason="no O_DIRECT or cachestat (Linux 6.5) here")
+def test_chunks_read_past_the_page_cache_are_fetched_ahead_instead_of_hinted() -> None:
+    """Kernel read-ahead hints would only fill the page cache those reads skip: none are
+    given; opening a file fetches more of its chunks instead, and a sequential reader still
+    finds them fetched ahead."""
+    chunks = [os.urandom(CHUNK) for _ in range(NCHUNKS)]
+    reader = MemoryReader(chunks)
+    reader.store = UncachedStore()  # type: ignore[attr-defined]
+    cache = ChunkCache(reader, read_ahead=16)  # type: ignore[arg-type]
+    data = b"".join(chunks)
+    manifest = Locator(b"m" * 32)
+    cache.start(manifest)
+    ids = [c.loc.id for c in reader.manifest]
+    assert eventually(lambda: all(cache._pending[i].done() for i in ids[:OPEN_AHEAD_UNCACHED]))
+    assert ids[OPEN_AHEAD_UNCACHED] not in cache._pending
+    for off in range(0, 40 * CHUNK, CHUNK):
+        assert bytes(cache.read(manifest, off, off + CHUNK)) == data[off : off + CHUNK]
+    assert cache.misses == 0
+    assert reader.store.ranges == []  # type: ignore[attr-defined]
     cache.close()

@@ -1,4 +1,5 @@
-"""Writing new files past the page cache (``O_DIRECT``), where the filesystem allows it.
+"""Writing new files, and reading data not cached already, past the page cache (``O_DIRECT``),
+where the filesystem allows it.
 
 Why the read cache writes this way: a page the kernel has not touched lately is costly to
 touch for the first time. In the VMs this was measured in (firecracker, free page reporting) a
@@ -14,6 +15,14 @@ What it costs: the files are not in the page cache afterwards, so reading them a
 from the disk rather than memory; and each write waits for the disk, so on a slow disk the
 writer keeps up with less of a cold read (blocks it cannot take are not cached).
 
+Reading (``read_uncached``): a mount's cold read and a ``get`` read each chunk once and keep
+it elsewhere (the mount's own page cache, the file written), so a copy in the page cache of the
+store's file only costs: the kernel filling fresh pages and copying them out. Read with
+``O_DIRECT`` into a buffer from the (warm, reused) heap instead, the worker's system time for a
+cold 1 GiB fell from ~0.24 s to ~0.06 s (four threads reading the store's chunk files). Data the
+page cache holds already (just written by a put, read lately) is better read from there: the
+``cachestat`` system call (Linux 6.5) tells, and without it nothing is read this way.
+
 ``O_DIRECT`` needs the buffer's address and the length written to be multiples of the device's
 block size; ``PAGE`` (4 KiB) is a multiple of every usual one. A file whose length is not is
 written padded to ``PAGE`` and truncated back. A filesystem that refuses ``O_DIRECT`` at open
@@ -23,7 +32,9 @@ writes from then on; one that refuses a write gets an ordinary write for that fi
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import logging
 import mmap
 import os
@@ -81,3 +92,82 @@ class DirectFileWriter:
         finally:
             os.close(fd)
         return True
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+_SYS_CACHESTAT = {"x86_64": 451, "aarch64": 451}.get(os.uname().machine)
+
+
+class _Range(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _CacheStat(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in ("cache", "dirty", "writeback", "evicted", "recently_evicted")
+    ]
+
+
+class _Uncached:
+    """What this process has learnt: whether ``cachestat`` and ``O_DIRECT`` reads work."""
+
+    def __init__(self) -> None:
+        self.usable = bool(_O_DIRECT) and _SYS_CACHESTAT is not None
+        self.syscall = None
+        if self.usable:
+            try:
+                self.syscall = ctypes.CDLL(None, use_errno=True).syscall
+            except (OSError, AttributeError):
+                self.usable = False
+
+    def cached_pages(self, fd: int, offset: int, length: int) -> int | None:
+        """Pages of the range the page cache holds; None if the kernel cannot tell."""
+        rng, st = _Range(offset, length), _CacheStat()
+        if self.syscall(_SYS_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(st), 0) != 0:
+            log.debug("no cachestat (%s): reading through the page cache", ctypes.get_errno())
+            self.usable = False
+            return None
+        return int(st.cache)
+
+
+_uncached = _Uncached()
+
+
+def reads_uncached() -> bool:
+    """Whether ``read_uncached`` may read past the page cache on this system (so far)."""
+    return _uncached.usable
+
+
+def read_uncached(path: str | os.PathLike[str], offset: int, length: int) -> memoryview | None:
+    """``length`` bytes of ``path`` from ``offset`` read with ``O_DIRECT`` when the page cache
+    holds less than half of them; None when it holds more, or this cannot be done here (the
+    caller reads the ordinary way). The view may be shorter at the end of the file. Raises
+    what opening or reading raises (``FileNotFoundError``...)."""
+    if not _uncached.usable or length <= 0:
+        return None
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        cached = _uncached.cached_pages(fd, offset, length)
+        if cached is None or cached * PAGE * 2 > length:
+            return None
+        start = offset - offset % PAGE  # O_DIRECT reads whole pages into a page-aligned buffer
+        span = padded(offset + length - start)
+        buffer = bytearray(span + PAGE)
+        address = ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer))
+        skip = -address % PAGE
+        view = memoryview(buffer)[skip : skip + span]
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | _O_DIRECT)
+            got = os.preadv(fd, [view], start)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            log.debug("no O_DIRECT reads from %s (%s): reading through the page cache", path, exc)
+            _uncached.usable = False
+            return None
+        lo = offset - start
+        return view[lo : max(lo, min(got, lo + length))]
+    finally:
+        os.close(fd)

@@ -41,6 +41,7 @@ import lmdb
 
 from ..errors import Corruption, NotFound, RefChanged, StoreError, StoreFull
 from .base import BlobInfo, ObjectStore, StoreProperties, check_blob_key, check_key
+from .directio import read_uncached
 from .uploads import UploadQueue
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,25 @@ class LocalObjectStore(ObjectStore):
         except OSError as exc:
             raise io_error(exc, f"reading {key} from {self.location}") from None
         if length is not None and len(data) != length:
+            raise NotFound(f"object {key} in {self.location} is shorter than expected")
+        return data
+
+    def get_uncached(self, key: str, offset: int, length: int) -> memoryview | None:
+        """Like ``get`` of ``length`` bytes, read past the page cache when it holds little of
+        them (``directio.read_uncached``: for bulk reads that keep the bytes elsewhere, and only
+        when ``reads_uncached``); None: use ``get`` (a blob not written out yet, data mostly in
+        the page cache, or no way to do it here)."""
+        if self._uploads is not None and self._uploads.pending(key) is not None:
+            return None
+        if self._staged_path(key) is not None:
+            return None
+        try:
+            data = read_uncached(self._path(key), offset, length)
+        except FileNotFoundError:
+            raise NotFound(f"object {key} is missing from the store at {self.location}") from None
+        except OSError as exc:
+            raise io_error(exc, f"reading {key} from {self.location}") from None
+        if data is not None and len(data) != length:
             raise NotFound(f"object {key} in {self.location} is shorter than expected")
         return data
 
