@@ -32,7 +32,6 @@ from pfsfs.heldbytes import HeldBytes, owner_of
 from pfsfs.ids import hash_bytes
 from pfsfs.model import Locator, ManifestChunk, blob_key
 from pfsfs.objects import ObjectReader
-from pfsfs.store.directio import reads_uncached
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +95,13 @@ class ChunkCache:
         # Chunks read past the page cache (``ObjectReader.read_chunk``): the kernel's
         # read-ahead would only fill the page cache they skip; fetching more chunks at open
         # stands in for it.
-        self._uncached = hasattr(store, "get_uncached") and reads_uncached()
-        self._open_ahead = OPEN_AHEAD_UNCACHED if self._uncached else OPEN_AHEAD
+        self._reads_uncached = getattr(store, "reads_uncached", None)
+
+    @property
+    def _uncached(self) -> bool:
+        """Whether chunks are read past the page cache (asked each time: the first read that
+        finds it cannot be done here turns it off, and the kernel hints are back)."""
+        return self._reads_uncached is not None and self._reads_uncached()
 
     def manifest(self, loc: Locator) -> Manifest:
         m = self._manifests.get(loc.id)
@@ -207,7 +211,8 @@ class ChunkCache:
             self._workers().submit(
                 self._disk_ahead, [(blob_key(loc), loc.offset, loc.length) for loc in locs]
             )
-        for i in range(min(self._open_ahead, len(m.chunks))):
+        ahead = OPEN_AHEAD_UNCACHED if self._uncached else OPEN_AHEAD
+        for i in range(min(ahead, len(m.chunks))):
             loc = m.chunks[i].loc
             if loc.id not in self._chunks and loc.id not in self._pending:
                 self._pending[loc.id] = self._workers().submit(self._fetch, loc)
@@ -294,7 +299,7 @@ class ChunkCache:
             return parts[0]
         # A read straddling chunks (most 1 MiB reads do: chunks average ~1.1 MiB): one view of
         # the buffer a remote store fetched them in, if it holds them all; else one copy.
-        if isinstance(chunks[0], memoryview):  # a local store's chunks are plain bytes
+        if isinstance(chunks[0], memoryview):  # a remote store's spans (or uncached reads)
             locs = [c.loc for c in m.chunks[first:i]]
             lo, n = offset - m.starts[first], end - offset
             joined = self.reader.joined_view(locs, chunks, lo, n)

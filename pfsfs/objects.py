@@ -27,7 +27,7 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from . import model
-from .errors import Corruption, NotFound
+from .errors import Corruption, NotFound, StoreError
 from .ids import hash_bytes, to_hex
 from .index import Index
 from .model import Entry, Locator, ManifestChunk
@@ -298,15 +298,16 @@ class ObjectReader:
         return data
 
     def read_chunk(self, loc: Locator) -> bytes | memoryview:
-        """``read_raw`` for bulk reads of chunk data the caller keeps elsewhere (a mount's page
-        cache, a file ``get`` writes): from a local store past the page cache when that holds
-        little of it (``get_uncached``), else — or if those bytes are not right — ``read_raw``
-        (whose errors are the ones raised)."""
+        """``read_raw`` for bulk reads of chunk data the caller keeps elsewhere (a mount's
+        page cache): a chunk blob of its own from a local store past the page cache when that
+        holds little of it (``get_uncached``; packed small objects are read the ordinary way,
+        their neighbours cached with them), else — or if that fails or the bytes are not
+        right — ``read_raw`` (whose errors are the ones raised)."""
         uncached = getattr(self.store, "get_uncached", None)
-        if uncached is not None and self.read_cache is None:
+        if uncached is not None and self.read_cache is None and not loc.pack:
             try:
                 data = uncached(model.blob_key(loc), loc.offset, loc.length)
-            except NotFound:
+            except (NotFound, StoreError):  # an I/O error the ordinary read may not have
                 data = None
             if data is not None and hash_bytes(data) == loc.id:
                 return data

@@ -1064,11 +1064,14 @@ class _FetchWorker:
                 raise what
             yield what
 
-    def close(self) -> None:
+    def stop(self) -> None:
         with self.cond:
             self.stopped = True
             self.queue.clear()
             self.cond.notify_all()
+
+    def close(self) -> None:
+        self.stop()
         if self.thread.is_alive():
             self.thread.join()
 
@@ -1117,7 +1120,11 @@ class _Fetcher:
         return self.writers[k].submit(write, self.workers[k].chunks(no))
 
     def close(self) -> None:
-        """Stop reading; wait for the writers (a file they were writing is discarded)."""
+        """Stop reading; wait for the writers (a file they were writing is discarded). Every
+        stream is told to stop before any is waited for (a second ^C during a wait must not
+        leave the others writing)."""
+        for worker in self.workers:
+            worker.stop()
         for worker in self.workers:
             worker.close()
         for writer in self.writers:
@@ -1131,6 +1138,9 @@ class _Export:
 
     #: Directories whose files are still being written, at most, before the walk waits.
     DIRS_PENDING = 1024
+    #: Files handed to the writers and not written yet, at most, before the walk waits (what
+    #: the walk holds per file is small, but a tree may have millions).
+    FILES_PENDING = 4096
 
     def __init__(self, repository: Repository, progress: Progress) -> None:
         self.repository = repository
@@ -1146,8 +1156,11 @@ class _Export:
         self.stats = ExportStats()
         self.fetcher: _Fetcher | None = None
         # Post-order: a directory comes after everything below it. Each: the entry, where it
-        # goes, and the writes of the files directly in it.
-        self.dirs: deque[tuple[Entry, bytes, list[Future[None]]]] = deque()
+        # goes, and how many files directly in it are being written (a one-item list, which
+        # the writer threads count down under ``self.lock``).
+        self.dirs: deque[tuple[Entry, bytes, list[int]]] = deque()
+        self.lock = threading.Lock()
+        self.inflight: deque[Future[None]] = deque()  # the writes not waited for, in order
         self.error: BaseException | None = None  # the first write that failed
 
     def files(self, entry: Entry, out: bytes) -> list[tuple[bytes, Entry]]:
@@ -1183,7 +1196,7 @@ class _Export:
                 os.makedirs(out, exist_ok=True)
             except OSError as exc:
                 raise _write_error(exc, out) from None
-        writes: list[Future[None]] = []
+        writing = [0]
         for name, child in sorted(self.repository.list_dir(entry).items()):
             check_name(name)  # a damaged tree must not escape `out`
             target = os.path.join(out, name)
@@ -1194,24 +1207,27 @@ class _Export:
                     )
                 self.tree(child, target)
             else:
-                write = self.leaf(child, target)
-                if write is not None:
-                    writes.append(write)
-        self.dirs.append((entry, out, writes))
+                self.leaf(child, target, writing)
+        self.dirs.append((entry, out, writing))
         self._finish_dirs(wait=len(self.dirs) > self.DIRS_PENDING)
 
-    def _finish_dirs(self, *, wait: bool) -> None:
-        """Restore the metadata of the directories whose files are all written (in post-order:
-        a directory's after its subdirectories'); with ``wait``, of all of them. The first
+    def _wait_writes(self, keep: int) -> None:
+        """Wait until at most ``keep`` writes are in flight (the oldest first); the first
         failed write is raised."""
         if self.error is not None:
             raise self.error
+        while self.inflight and (len(self.inflight) > keep or self.inflight[0].done()):
+            self.inflight.popleft().result()  # raises what writing the file raised
+
+    def _finish_dirs(self, *, wait: bool) -> None:
+        """Restore the metadata of the directories whose files are all written (in post-order:
+        a directory's after its subdirectories'); with ``wait``, of all of them."""
+        self._wait_writes(0 if wait else self.FILES_PENDING)
         while self.dirs:
-            entry, out, writes = self.dirs[0]
-            if not wait and not all(w.done() for w in writes):
-                return
-            for w in writes:
-                w.result()  # raises what writing the file raised
+            entry, out, writing = self.dirs[0]
+            with self.lock:
+                if writing[0]:
+                    return  # (never with ``wait``: every write has ended)
             self.dirs.popleft()
             try:
                 _finish_meta(entry, out, show_local(out))
@@ -1222,9 +1238,9 @@ class _Export:
         if not write.cancelled() and write.exception() is not None and self.error is None:
             self.error = write.exception()
 
-    def leaf(self, entry: Entry, out: bytes) -> Future[None] | None:
-        """Write one non-directory; a regular file is written in a writer thread when the
-        fetcher has it (its future is returned)."""
+    def leaf(self, entry: Entry, out: bytes, writing: list[int]) -> None:
+        """Write one non-directory; a regular file in a writer thread when the fetcher has it
+        (counted in ``writing``, its directory's count, until it is written)."""
         if self.error is not None:
             raise self.error
         link = entry.link_id
@@ -1232,18 +1248,26 @@ class _Export:
             if entry.type == FILE:
                 self.stats.files += 1
                 self.progress(entry.size)  # the bar counts every name's bytes
-            return None
+            return
         write: Future[None] | None = None
         if entry.type == FILE:
 
             def write_file(chunks: Iterator[bytes]) -> None:
-                export_file(_counting(chunks, self.progress), entry, out)
+                try:
+                    export_file(_counting(chunks, self.progress), entry, out)
+                finally:  # before the future ends: who waited for it sees the count down
+                    with self.lock:
+                        writing[0] -= 1
 
+            with self.lock:
+                writing[0] += 1
             write = self.fetcher.submit(out, write_file) if self.fetcher is not None else None
             if write is None:
                 write_file(self.repository.iter_file(entry))
             else:
                 write.add_done_callback(self._failed)
+                self.inflight.append(write)
+                self._wait_writes(self.FILES_PENDING)
             self.stats.files += 1
         else:
             try:
@@ -1251,10 +1275,9 @@ class _Export:
             except DeviceNotCreated as exc:
                 log.warning("%s", exc.message)
                 self.stats.skipped += 1
-                return None
+                return
         if isinstance(link, bytes):
             self.links[link] = (out, _identity(entry), write)
-        return write
 
     def _link(self, link: bytes, entry: Entry, out: bytes) -> bool:
         """Hard-link ``out`` to the group's first name; False when there is none yet (or a
@@ -1269,9 +1292,11 @@ class _Export:
             os.link(first[0], tmp, follow_symlinks=False)
             os.rename(tmp, out)
             _discard(tmp)  # rename is a no-op when `out` already is this inode
-        except OSError as exc:
+        except BaseException as exc:  # ^C too: no temp name is left behind
             _discard(tmp)
-            raise _write_error(exc, out) from None
+            if isinstance(exc, OSError):
+                raise _write_error(exc, out) from None
+            raise
         return True
 
 

@@ -135,3 +135,30 @@ def test_get_onto_a_full_disk_exits_7_and_leaves_no_partial_file(
     line = fails(home, "get", "r@master", "-o", str(out), code=7)
     assert "no space left on device" in line
     assert check_no_partial_files(out, files) < len(files)
+
+
+def test_a_walk_far_ahead_of_the_writers_waits_for_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With at most 2 files and 1 directory in flight, the walk waits for the writers (the
+    bound on what a get of millions of files holds) and everything still comes back."""
+    from pfsfs import transfer
+    from pfsfs.repository import Repository
+
+    home = tmp_path / "home"
+    src = tmp_path / "src"
+    files = make_tree(src, seed=5)
+    for i in range(40):  # and many small files in one directory
+        (src / "many").mkdir(exist_ok=True)
+        (src / "many" / f"s{i:02d}").write_bytes(b"%d\n" % i)
+        files[f"many/s{i:02d}"] = b"%d\n" % i
+    run(home, "repo", "create", "r")
+    run(home, "put", "-r", "-f", f"{src}/", "r@master")
+    monkeypatch.setattr(transfer._Export, "FILES_PENDING", 2)
+    monkeypatch.setattr(transfer._Export, "DIRS_PENDING", 1)
+    out = tmp_path / "out"
+    with Repository.open(home) as repository:
+        root = repository.root_of(repository.branch_head("r", "master"))
+        stats = transfer.export_tree(repository, root, os.fsencode(out))
+    assert stats.files == len(files)
+    assert check_no_partial_files(out, files) == len(files)

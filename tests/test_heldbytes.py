@@ -49,6 +49,9 @@ class ViewReader:
     def read_raw(self, loc: Locator) -> memoryview:
         return self.chunks[loc.id]
 
+    def read_chunk(self, loc: Locator) -> memoryview:
+        return self.chunks[loc.id]
+
     def joined_view(self, *args: object) -> None:
         return None
 

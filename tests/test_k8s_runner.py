@@ -397,6 +397,8 @@ def pod_volume(c: Cluster, pod: dict[str, Any], volume: str) -> Path:
 
 
 SLOW_SUM = "sleep 3; " + fruit_spec()["transform"]["cmd"][2]
+HOLD = "while [ ! -e /run/pfsfs/go ]; do sleep 0.1; done"
+"""In a transform: it waits there until the test lets it go (a file in the pod's pfsfs-ctl)."""
 
 
 def run_in_background(c: Cluster) -> tuple[threading.Thread, list[Any]]:
@@ -428,23 +430,27 @@ def test_killed_sidecar_fails_the_attempt_and_the_retry_commits(cluster: Cluster
 
 
 def test_pod_deleted_mid_run_is_replaced(cluster: Cluster) -> None:
+    """The transform holds until the test lets it go, so the deleted pod is surely mid-run
+    (a sleep was not enough under load: the pod had finished its datum before the kubelet
+    acted on the delete); only its replacement is let go."""
     c = cluster
     spec = fruit_spec()
-    spec["transform"]["cmd"][2] = SLOW_SUM
+    spec["transform"]["cmd"][2] = HOLD + "; " + spec["transform"]["cmd"][2]
     c.create(spec)
     t, result = run_in_background(c)
     pod = wait_for("a running pod", lambda: running_user_pod(c))
-    c.kube.delete("pods", NS, pod["metadata"]["name"])
+    name = pod["metadata"]["name"]
+    c.kube.delete("pods", NS, name)
+    retry = wait_for("the replacement pod", lambda: running_user_pod(c, but=name))
+    rctl = pod_volume(c, retry, "pfsfs-ctl")
+    wait_for("the retry's datum", lambda: (rctl / "datum.1").exists())
+    (rctl / "go").write_text("")
     t.join(300)
     assert result[0].returncode == 0, c.explain()
     assert totals(c) == FRUIT_TOTALS
     assert len(c.json("log", "sum@master")) == 1
     (kjob,) = c.kube.list("jobs", NS)
     assert kjob["status"]["failed"] == 1 and kjob["status"]["succeeded"] == 1
-
-
-HOLD = "while [ ! -e /run/pfsfs/go ]; do sleep 0.1; done"
-"""Appended to a transform: it waits, output written, until the test lets it end."""
 
 
 @pytest.mark.parametrize("grace", [3, None], ids=["kubelet-sigkill", "sidecar-gives-up"])

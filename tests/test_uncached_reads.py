@@ -108,3 +108,21 @@ def test_a_cold_read_through_a_mount_leaves_the_store_out_of_the_page_cache(
         for name, data in files.items():
             assert (mp / name).read_bytes() == data
     assert sum(resident_bytes(p) for p in chunks) == 0
+
+
+def test_a_store_off_a_disk_filesystem_reads_through_the_page_cache() -> None:
+    """tmpfs (its pages are the data), NFS, FUSE: no O_DIRECT reads there."""
+    import tempfile
+
+    if filesystem_of(Path("/dev/shm")) != "tmpfs":
+        pytest.skip("/dev/shm is not a tmpfs here")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        store = LocalObjectStore(Path(d) / "store", background_writes=False)
+        data = os.urandom(MiB)
+        loc = Locator(hash_bytes(data), length=len(data))
+        store.put(blob_key(loc), data)
+        store.flush()
+        assert not store.reads_uncached()
+        assert store.get_uncached(blob_key(loc), 0, len(data)) is None
+        reader = ObjectReader(store, index=None)  # type: ignore[arg-type]
+        assert reader.read_chunk(loc) == data

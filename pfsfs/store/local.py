@@ -34,17 +34,24 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import lmdb
 
 from ..errors import Corruption, NotFound, RefChanged, StoreError, StoreFull
 from .base import BlobInfo, ObjectStore, StoreProperties, check_blob_key, check_key
-from .directio import read_uncached
+from .directio import (
+    DIRECT_READ_FILESYSTEMS,
+    filesystem_type,
+    read_uncached,
+    reads_uncached,
+)
 from .uploads import UploadQueue
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _REFS_MAP_SIZE = 1 << 30
 #: Blobs at least this large are written in the background (chunks; packs are written inline).
@@ -139,6 +146,7 @@ class LocalObjectStore(ObjectStore):
         self._refs_env: lmdb.Environment | None = None
         self._background = background_writes
         self._uploads: UploadQueue | None = None
+        self._direct_fs: bool | None = None  # the store is on a disk filesystem (reads_uncached)
 
     def _queue(self) -> UploadQueue:
         if self._uploads is None:
@@ -206,37 +214,48 @@ class LocalObjectStore(ObjectStore):
             part = queued[offset:] if length is None else queued[offset : offset + length]
             return bytes(part)
         path = self._staged_path(key) or path
-        try:
+
+        def read() -> bytes:
             with open(path, "rb") as f:
                 if offset:
                     f.seek(offset)
-                data = f.read() if length is None else f.read(length)
+                return f.read() if length is None else f.read(length)
+
+        return self._checked(key, length, read)
+
+    def _checked(self, key: str, length: int | None, read: Callable[[], T]) -> T:
+        """What ``read`` read of ``key``, its errors as the store's (a missing or short blob:
+        NotFound)."""
+        try:
+            data = read()
         except FileNotFoundError:
             raise NotFound(f"object {key} is missing from the store at {self.location}") from None
         except OSError as exc:
             raise io_error(exc, f"reading {key} from {self.location}") from None
-        if length is not None and len(data) != length:
+        if data is not None and length is not None and len(data) != length:
             raise NotFound(f"object {key} in {self.location} is shorter than expected")
         return data
+
+    def reads_uncached(self) -> bool:
+        """Whether ``get_uncached`` reads past the page cache here: a disk filesystem, and the
+        system allows it (so far)."""
+        if self._direct_fs is None:
+            self._direct_fs = filesystem_type(self.root) in DIRECT_READ_FILESYSTEMS
+        return self._direct_fs and reads_uncached()
 
     def get_uncached(self, key: str, offset: int, length: int) -> memoryview | None:
         """Like ``get`` of ``length`` bytes, read past the page cache when it holds little of
         them (``directio.read_uncached``: for bulk reads that keep the bytes elsewhere, and only
         when ``reads_uncached``); None: use ``get`` (a blob not written out yet, data mostly in
         the page cache, or no way to do it here)."""
+        if not self.reads_uncached():
+            return None
         if self._uploads is not None and self._uploads.pending(key) is not None:
             return None
         if self._staged_path(key) is not None:
             return None
-        try:
-            data = read_uncached(self._path(key), offset, length)
-        except FileNotFoundError:
-            raise NotFound(f"object {key} is missing from the store at {self.location}") from None
-        except OSError as exc:
-            raise io_error(exc, f"reading {key} from {self.location}") from None
-        if data is not None and len(data) != length:
-            raise NotFound(f"object {key} in {self.location} is shorter than expected")
-        return data
+        path = self._path(key)
+        return self._checked(key, length, lambda: read_uncached(path, offset, length))
 
     def read_ahead_ranges(self, ranges: Iterable[tuple[str, int, int]]) -> None:
         """Have the kernel read these byte ranges ahead (``POSIX_FADV_WILLNEED`` starts the
