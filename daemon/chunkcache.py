@@ -32,6 +32,7 @@ from pfsfs.heldbytes import HeldBytes, owner_of
 from pfsfs.ids import hash_bytes
 from pfsfs.model import Locator, ManifestChunk, blob_key
 from pfsfs.objects import ObjectReader
+from pfsfs.store.directio import reads_uncached
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class ChunkCache:
         disk_dir: Path | None = None,
         read_ahead: int = 2,
         read_ahead_workers: int = 1,
+        uncached_reads: bool = False,
     ) -> None:
         self.reader = reader
         self.max_bytes = max_bytes
@@ -89,19 +91,18 @@ class ChunkCache:
         self._pending: dict[bytes, Future[Chunk]] = {}
         self._next_offset: dict[bytes, int] = {}  # manifest id → where a sequential read goes on
         self._hinted: dict[bytes, int] = {}  # manifest id → chunk the store was told about upto
-        store = getattr(reader, "store", None)
         # a local store's kernel read-ahead of blob ranges (None: a store without one)
-        self._disk_ahead = getattr(store, "read_ahead_ranges", None)
-        # Chunks read past the page cache (``ObjectReader.read_chunk``): the kernel's
-        # read-ahead would only fill the page cache they skip; fetching more chunks at open
-        # stands in for it.
-        self._reads_uncached = getattr(store, "reads_uncached", None)
+        self._disk_ahead = getattr(getattr(reader, "store", None), "read_ahead_ranges", None)
+        # Chunks read past the page cache (``ObjectReader.read_chunk``; ``uncached_reads``: a
+        # local store on a disk filesystem): the kernel's read-ahead would only fill the page
+        # cache they skip; fetching more chunks at open stands in for it.
+        self._uncached_reads = uncached_reads
 
     @property
     def _uncached(self) -> bool:
         """Whether chunks are read past the page cache (asked each time: the first read that
         finds it cannot be done here turns it off, and the kernel hints are back)."""
-        return self._reads_uncached is not None and self._reads_uncached()
+        return self._uncached_reads and reads_uncached()
 
     def manifest(self, loc: Locator) -> Manifest:
         m = self._manifests.get(loc.id)
@@ -133,7 +134,8 @@ class ChunkCache:
         """Read and verify one chunk (thread-safe: no LMDB, no shared state)."""
         data = self._from_disk(loc)
         if data is None:
-            data = self.reader.read_chunk(loc)  # verifies; Corruption if missing or wrong
+            # verifies; Corruption if missing or wrong
+            data = self.reader.read_chunk(loc) if self._uncached else self.reader.read_raw(loc)
             self._to_disk(loc, data)
         return data
 

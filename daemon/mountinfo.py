@@ -60,6 +60,19 @@ def find_mount(path: str) -> MountEntry | None:
     return found
 
 
+def filesystem_of(path: str | os.PathLike[str]) -> str:
+    """The type of the filesystem ``path`` is on (the topmost mount holding it); "" if none
+    is listed."""
+    target = os.path.realpath(path)
+    best, kind = "", ""
+    for entry in mount_table():
+        point = entry.mountpoint
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):  # the longest; of equals, the last (topmost)
+            best, kind = point, entry.fstype
+    return kind
+
+
 def is_stale(path: str) -> bool:
     """A FUSE mount whose server died: every request fails with ENOTCONN. (statfs, because a
     stat may be answered from the kernel's attribute cache without asking the server.)"""

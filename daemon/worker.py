@@ -46,6 +46,7 @@ from pfsfs.ids import to_hex
 from pfsfs.ops.branches import ensure_branch, names_commit
 from pfsfs.refspec import check_name, parse_ref
 from pfsfs.repository import Repository
+from pfsfs.store.directio import DIRECT_READ_FILESYSTEMS
 
 from .chunkcache import ChunkCache
 from .fs import PfsOperations, serve
@@ -53,6 +54,7 @@ from .malloc import trim_when_idle
 from .mountinfo import (
     READ_AHEAD_KB,
     REMOTE_READ_AHEAD_KB,
+    filesystem_of,
     find_mount,
     holders,
     raise_read_ahead,
@@ -144,6 +146,15 @@ def check_mountpoint(path: str) -> str:
     return mp
 
 
+def reads_past_page_cache(store: object) -> bool:
+    """Whether a local store's chunks should be read past the page cache (``read_chunk``): a
+    store with ``get_uncached`` on a disk filesystem (``DIRECT_READ_FILESYSTEMS``)."""
+    root = getattr(store, "root", None)
+    if root is None or not hasattr(store, "get_uncached"):
+        return False
+    return filesystem_of(root) in DIRECT_READ_FILESYSTEMS
+
+
 class Worker:
     def __init__(self, home: Path, mount_id: str, chan: Channel) -> None:
         self.home = home
@@ -179,6 +190,7 @@ class Worker:
                 repo.reader,
                 read_ahead=LOCAL_READ_AHEAD,
                 read_ahead_workers=LOCAL_READ_AHEAD_WORKERS,
+                uncached_reads=reads_past_page_cache(repo.store),
             )
         # A remote store: more kernel read-ahead in flight, and chunks verified further ahead
         # (16 chunks, about a pack) by two threads (BLAKE3 releases the GIL). On 2 cores with
@@ -661,7 +673,8 @@ class Worker:
         results: list[VolumeResult] = []
         if self.precommit is not None:
             log.info(
-                "background chunking: %d files in %d jobs", self.precommit.files_done,
+                "background chunking: %d files in %d jobs",
+                self.precommit.files_done,
                 self.precommit.jobs,
             )
             self.precommit.close()

@@ -1161,7 +1161,6 @@ class _Export:
         self.dirs: deque[tuple[Entry, bytes, list[int]]] = deque()
         self.lock = threading.Lock()
         self.inflight: deque[Future[None]] = deque()  # the writes not waited for, in order
-        self.error: BaseException | None = None  # the first write that failed
 
     def files(self, entry: Entry, out: bytes) -> list[tuple[bytes, Entry]]:
         """The regular files ``tree`` will write content for, in its order: every name but
@@ -1212,10 +1211,8 @@ class _Export:
         self._finish_dirs(wait=len(self.dirs) > self.DIRS_PENDING)
 
     def _wait_writes(self, keep: int) -> None:
-        """Wait until at most ``keep`` writes are in flight (the oldest first); the first
-        failed write is raised."""
-        if self.error is not None:
-            raise self.error
+        """Wait until at most ``keep`` writes are in flight (the oldest first, and those done
+        already); the first failed write is raised."""
         while self.inflight and (len(self.inflight) > keep or self.inflight[0].done()):
             self.inflight.popleft().result()  # raises what writing the file raised
 
@@ -1234,15 +1231,9 @@ class _Export:
             except OSError as exc:
                 raise _write_error(exc, out) from None
 
-    def _failed(self, write: Future[None]) -> None:
-        if not write.cancelled() and write.exception() is not None and self.error is None:
-            self.error = write.exception()
-
     def leaf(self, entry: Entry, out: bytes, writing: list[int]) -> None:
         """Write one non-directory; a regular file in a writer thread when the fetcher has it
         (counted in ``writing``, its directory's count, until it is written)."""
-        if self.error is not None:
-            raise self.error
         link = entry.link_id
         if isinstance(link, bytes) and self._link(link, entry, out):
             if entry.type == FILE:
@@ -1265,7 +1256,6 @@ class _Export:
             if write is None:
                 write_file(self.repository.iter_file(entry))
             else:
-                write.add_done_callback(self._failed)
                 self.inflight.append(write)
                 self._wait_writes(self.FILES_PENDING)
             self.stats.files += 1

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pfsfsd import mountinfo
 
 # Local disk filesystems that take O_DIRECT (where a test may insist on it).
 DIRECT_IO_FILESYSTEMS = {"ext4", "xfs", "btrfs"}
@@ -26,13 +27,5 @@ def resident_bytes(path: Path) -> int:
 
 
 def filesystem_of(path: Path) -> str:
-    """The type of the filesystem ``path`` is on (the mount in effect: the last one listed)."""
-    target = str(path.resolve())
-    best, kind = "", ""
-    for line in Path("/proc/mounts").read_text().splitlines():
-        _, point, fstype, *_ = line.split()
-        point = point.encode().decode("unicode_escape")  # spaces are listed as \040
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best, kind = point, fstype
-    return kind
+    """The type of the filesystem ``path`` is on (the daemon's own reading of the mount table)."""
+    return mountinfo.filesystem_of(path)

@@ -11,12 +11,14 @@ import os
 import time
 from collections.abc import Callable, Iterable
 
+import pytest
 from pfsfsd.chunkcache import OPEN_AHEAD_UNCACHED, STORE_READ_AHEAD, ChunkCache
 from pfsfsd.tree.content import Content
 from pfsfsd.tree.nodes import Node
 
 from pfsfs.ids import hash_bytes
 from pfsfs.model import DIR, FILE, Entry, Locator, ManifestChunk
+from pfsfs.store import directio
 
 CHUNK = 4096
 NCHUNKS = 300
@@ -200,27 +202,18 @@ def test_reading_a_file_to_its_end_fetches_the_next_file_in_its_directory() -> N
     cache.close()
 
 
-class UncachedStore(LocalStoreHints):
-    """A local store that reads chunks past the page cache (``reads_uncached``) until told
-    it cannot."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.uncached = True
-
-    def reads_uncached(self) -> bool:
-        return self.uncached
-
-
-def test_chunks_read_past_the_page_cache_are_fetched_ahead_instead_of_hinted() -> None:
+def test_chunks_read_past_the_page_cache_are_fetched_ahead_instead_of_hinted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Kernel read-ahead hints would only fill the page cache those reads skip: none are
     given; opening a file fetches more of its chunks instead, and a sequential reader still
     finds them fetched ahead. Once the store finds it cannot read so, the hints are back."""
     chunks = [os.urandom(CHUNK) for _ in range(NCHUNKS)]
     reader = MemoryReader(chunks)
-    store = UncachedStore()
+    store = LocalStoreHints()
     reader.store = store  # type: ignore[attr-defined]
-    cache = ChunkCache(reader, read_ahead=16)  # type: ignore[arg-type]
+    monkeypatch.setattr(directio._uncached, "usable", True)  # as where cachestat works
+    cache = ChunkCache(reader, read_ahead=16, uncached_reads=True)  # type: ignore[arg-type]
     data = b"".join(chunks)
     manifest = Locator(b"m" * 32)
     cache.start(manifest)
@@ -231,7 +224,7 @@ def test_chunks_read_past_the_page_cache_are_fetched_ahead_instead_of_hinted() -
         assert bytes(cache.read(manifest, off, off + CHUNK)) == data[off : off + CHUNK]
     assert cache.misses == 0
     assert store.ranges == []
-    store.uncached = False  # e.g. the first O_DIRECT read was refused
+    monkeypatch.setattr(directio._uncached, "usable", False)  # an O_DIRECT read was refused
     other = Locator(b"n" * 32)
     cache.start(other)
     assert eventually(lambda: len(store.ranges) == 1)

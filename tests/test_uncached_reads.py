@@ -110,19 +110,14 @@ def test_a_cold_read_through_a_mount_leaves_the_store_out_of_the_page_cache(
     assert sum(resident_bytes(p) for p in chunks) == 0
 
 
-def test_a_store_off_a_disk_filesystem_reads_through_the_page_cache() -> None:
-    """tmpfs (its pages are the data), NFS, FUSE: no O_DIRECT reads there."""
+def test_only_a_store_on_a_disk_filesystem_is_read_past_the_page_cache(disk_dir: Path) -> None:
+    """tmpfs (its pages are the data), NFS, FUSE: the mount reads through the page cache."""
     import tempfile
 
+    from pfsfsd.worker import reads_past_page_cache
+
+    assert reads_past_page_cache(LocalObjectStore(disk_dir / "store"))
     if filesystem_of(Path("/dev/shm")) != "tmpfs":
         pytest.skip("/dev/shm is not a tmpfs here")
     with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
-        store = LocalObjectStore(Path(d) / "store", background_writes=False)
-        data = os.urandom(MiB)
-        loc = Locator(hash_bytes(data), length=len(data))
-        store.put(blob_key(loc), data)
-        store.flush()
-        assert not store.reads_uncached()
-        assert store.get_uncached(blob_key(loc), 0, len(data)) is None
-        reader = ObjectReader(store, index=None)  # type: ignore[arg-type]
-        assert reader.read_chunk(loc) == data
+        assert not reads_past_page_cache(LocalObjectStore(Path(d) / "store"))

@@ -140,30 +140,10 @@ def reads_uncached() -> bool:
     return _uncached.usable
 
 
-#: Filesystems whose ``O_DIRECT`` reads go straight to a local disk. Elsewhere (NFS, FUSE, CIFS:
-#: the client's own read-ahead would be lost; tmpfs: its pages are the data) reads stay cached.
+#: Filesystems whose ``O_DIRECT`` reads go straight to a local disk: the ones a caller should
+#: read past the page cache from. Elsewhere (NFS, FUSE, CIFS: the client's own read-ahead would
+#: be lost; tmpfs: its pages are the data) reads stay cached.
 DIRECT_READ_FILESYSTEMS = frozenset({"ext4", "xfs", "btrfs", "f2fs"})
-
-
-def filesystem_type(path: str | os.PathLike[str]) -> str:
-    """The type of the filesystem ``path`` is on (the mount listed last that holds it); "" if
-    it cannot be told."""
-    target = os.path.realpath(path)
-    best, kind = "", ""
-    try:
-        with open("/proc/self/mounts") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return ""
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best, kind = point, fields[2]
-    return kind
 
 
 def read_uncached(path: str | os.PathLike[str], offset: int, length: int) -> memoryview | None:

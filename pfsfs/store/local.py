@@ -42,12 +42,7 @@ import lmdb
 
 from ..errors import Corruption, NotFound, RefChanged, StoreError, StoreFull
 from .base import BlobInfo, ObjectStore, StoreProperties, check_blob_key, check_key
-from .directio import (
-    DIRECT_READ_FILESYSTEMS,
-    filesystem_type,
-    read_uncached,
-    reads_uncached,
-)
+from .directio import read_uncached
 from .uploads import UploadQueue
 
 log = logging.getLogger(__name__)
@@ -146,7 +141,6 @@ class LocalObjectStore(ObjectStore):
         self._refs_env: lmdb.Environment | None = None
         self._background = background_writes
         self._uploads: UploadQueue | None = None
-        self._direct_fs: bool | None = None  # the store is on a disk filesystem (reads_uncached)
 
     def _queue(self) -> UploadQueue:
         if self._uploads is None:
@@ -236,20 +230,11 @@ class LocalObjectStore(ObjectStore):
             raise NotFound(f"object {key} in {self.location} is shorter than expected")
         return data
 
-    def reads_uncached(self) -> bool:
-        """Whether ``get_uncached`` reads past the page cache here: a disk filesystem, and the
-        system allows it (so far)."""
-        if self._direct_fs is None:
-            self._direct_fs = filesystem_type(self.root) in DIRECT_READ_FILESYSTEMS
-        return self._direct_fs and reads_uncached()
-
     def get_uncached(self, key: str, offset: int, length: int) -> memoryview | None:
         """Like ``get`` of ``length`` bytes, read past the page cache when it holds little of
-        them (``directio.read_uncached``: for bulk reads that keep the bytes elsewhere, and only
-        when ``reads_uncached``); None: use ``get`` (a blob not written out yet, data mostly in
-        the page cache, or no way to do it here)."""
-        if not self.reads_uncached():
-            return None
+        them (``directio.read_uncached``: for bulk reads that keep the bytes elsewhere; whether
+        this store's filesystem suits is the caller's to know); None: use ``get`` (a blob not
+        written out yet, data mostly in the page cache, or no way to do it here)."""
         if self._uploads is not None and self._uploads.pending(key) is not None:
             return None
         if self._staged_path(key) is not None:
