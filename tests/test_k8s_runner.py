@@ -524,15 +524,17 @@ def test_deadline_overrun_fails_the_job_and_the_rerun_keeps_what_was_stored(
     gc keeps its output) and the rerun with a longer deadline reuses it instead of running
     it again, and commits both."""
     c = cluster
-    # sales2's command ends 35 s after it starts, past the 15 s deadline plus the 10 s grace
-    slow = 'if [ -e /pfs/data/sales2 ]; then trap "" TERM; sleep 35; fi; ' + SUM_ONE
-    c.create(per_file_spec(slow, parallelism=2, kubernetes={"job_timeout": "15s"}))
+    # sales2's command ends 60 s after it starts, past the 40 s deadline plus the 10 s grace.
+    # (A 15 s deadline was too short under CI load: the other datum's pod had not stored its
+    # output by then, and both datums failed.)
+    slow = 'if [ -e /pfs/data/sales2 ]; then trap "" TERM; sleep 60; fi; ' + SUM_ONE
+    c.create(per_file_spec(slow, parallelism=2, kubernetes={"job_timeout": "40s"}))
     proc = c.pfsfs("pipeline", "run", code=None)
     assert proc.returncode != 0
     (job,) = c.json("job", "list", "--pipeline", "sum")
     inspect = c.pfsfs("job", "inspect", job["id"]).stdout
     assert job["state"] == "failure", c.explain()
-    assert "ran past its deadline (activeDeadlineSeconds 15)" in inspect, inspect
+    assert "ran past its deadline (activeDeadlineSeconds 40)" in inspect, inspect
     assert "1 of 2 datums failed" in job["reason"]
     assert not c.json("log", "sum@master")  # nothing committed
     killed = [h for h in c.kubelet.history.values() if "user" in h["sigkilled"]]
