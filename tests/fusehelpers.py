@@ -175,13 +175,17 @@ class Env:
     def commits(self, ref: str) -> int:
         return len([x for x in self.out("log", ref).splitlines() if x and "no commits" not in x])
 
-    def cat(self, ref_path: str) -> bytes:
-        proc = subprocess.run(
+    def cat_raw(self, ref_path: str) -> subprocess.CompletedProcess[bytes]:
+        """``pfsfs cat`` with its output as bytes, whatever its exit code."""
+        return subprocess.run(
             [PFSFS, "--home", str(self.home), "cat", ref_path],
             capture_output=True,
             timeout=60,
             env=self.environ,
         )
+
+    def cat(self, ref_path: str) -> bytes:
+        proc = self.cat_raw(ref_path)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
