@@ -21,6 +21,15 @@ whole staging directory at unmount, is renamed into ``<home>/staging/.trash/`` a
 background thread (what a process exit interrupts, the daemon removes later; see
 ``clear_trash``). A crash mid-swap leaves ``data.new``: ``Staging.open`` moves its files back.
 
+Each mount's directory starts in a block group of its own on ext2/3/4: the staging root carries
+the "top of a directory hierarchy" flag (``chattr +T``, ``spread_subdirectories``), so ext4
+places each subdirectory by the hash of its name, as it does the top-level ones. Without it a new
+mount's files take the inode numbers the last mount's trash just freed, and on an ext4 without a
+journal each new inode then checks the just-freed ones one by one (``recently_deleted``): 10,000
+creates ran at ~4,000/s instead of ~9,500/s in a mount made right after another was unmounted.
+(Only the root: flagged, a mount directory would place every mount's ``data`` in the group that
+name hashes to, together again.)
+
 Nothing here is in LMDB: staged state is per mount and must survive the daemon, so it lives in
 plain files next to the data it describes. Open mounts keep their base commits alive through
 ``Index.set_gc_roots("mount:<id>", ...)``.
@@ -29,6 +38,7 @@ plain files next to the data it describes. Open mounts keep their base commits a
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -92,6 +102,32 @@ def clear_trash(home: Path, mount_id: str | None = None) -> None:
             shutil.rmtree(root / name, ignore_errors=True)
 
 
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IOC_SETFLAGS = 0x40086602
+_FS_TOPDIR_FL = 0x00020000
+
+
+def spread_subdirectories(path: Path) -> None:
+    """Ask the filesystem to place ``path``'s new subdirectories as it does top-level ones:
+    each in the block group its name hashes to (ext4's Orlov allocator honours the flag; other
+    filesystems refuse or ignore it, which only costs the speed-up)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        flags = bytearray(8)  # the kernel reads and writes an int at its start
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags)
+        current = struct.unpack_from("i", flags)[0]
+        if not current & _FS_TOPDIR_FL:
+            struct.pack_into("i", flags, 0, current | _FS_TOPDIR_FL)
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, flags)
+    except OSError as exc:  # ENOTTY, EOPNOTSUPP, EPERM...: a placement hint, nothing more
+        log.debug("%s keeps its default directory placement: %s", path, exc)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -145,8 +181,11 @@ class Staging:
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
     def create(cls, home: Path, mount_id: str, meta: dict[str, Any]) -> Staging:
-        path = staging_root(home) / mount_id
-        (path / "data").mkdir(parents=True, exist_ok=False)
+        root = staging_root(home)
+        root.mkdir(parents=True, exist_ok=True)
+        spread_subdirectories(root)
+        path = root / mount_id
+        (path / "data").mkdir(parents=True)
         staging = cls(path)
         staging.write_meta(meta)
         return staging

@@ -7,11 +7,16 @@ control requests while a writer keeps it busy."""
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pfsfsd import staging as st
+from pfsfsd.mountinfo import filesystem_of
 from pfsfsd.staging import Staging
 
 from .fusehelpers import Env, env, no_leftovers
@@ -157,3 +162,59 @@ def test_clearing_the_trash_leaves_the_calling_threads_priority_alone(tmp_path: 
     t.join()
     assert seen == [before]  # a pooled thread would otherwise run its next work at nice 19
     assert not any(st.trash_root(tmp_path).iterdir())
+
+
+@contextmanager
+def _on_ext4(tmp_path: Path) -> Iterator[Path]:
+    """A directory on ext4: ``tmp_path`` itself if it is, else a loop-mounted image."""
+    if filesystem_of(tmp_path) in ("ext2", "ext3", "ext4"):
+        yield tmp_path
+        return
+    image, mnt = tmp_path / "ext4.img", tmp_path / "ext4"
+    mnt.mkdir()
+    subprocess.run(["mkfs.ext4", "-q", str(image), "32M"], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:  # lazily if busy: a failed test may leave a background removal running in it
+        if subprocess.run(["umount", str(mnt)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def _has_topdir_flag(path: Path) -> bool:
+    """``lsattr``'s word, not our ioctl's: "T" among the directory's attributes."""
+    out = subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True, check=True)
+    return "T" in out.stdout.split()[0]
+
+
+def test_each_mount_is_staged_in_a_directory_the_filesystem_places_apart(tmp_path: Path) -> None:
+    """ext4 places the subdirectories of a directory flagged +T by the hash of their names,
+    so a new mount's staged files do not take the inode numbers the last mount's trash just
+    freed. Only the root is flagged (flagged mount directories would put every ``data``
+    directory in one group), and a root made by an older pfsfs gets the flag too."""
+    with _on_ext4(tmp_path) as home:
+        s = Staging.create(home, "m1", {})
+        assert _has_topdir_flag(st.staging_root(home)) and not _has_topdir_flag(s.path)
+        _stage(s, 5, b"staged")
+        assert Path(s.data_path(5)).read_bytes() == b"staged"
+        s.destroy()
+        subprocess.run(["chattr", "-T", str(st.staging_root(home))], check=True)
+        s = Staging.create(home, "m2", {})
+        assert _has_topdir_flag(st.staging_root(home))
+        s.destroy()
+        deadline = time.monotonic() + 20  # the background removal is done with the filesystem
+        while any(st.trash_root(home).iterdir()):
+            assert time.monotonic() < deadline, "the staging directory stayed in the trash"
+            time.sleep(0.05)
+
+
+def test_staging_on_a_filesystem_without_the_placement_flag(tmp_path: Path) -> None:
+    """tmpfs refuses the +T flag: staging works the same without it."""
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+        home = Path(shm)
+        s = Staging.create(home, "m1", {})
+        _stage(s, 5, b"staged")
+        s.close()
+        s = Staging.open(home, "m1")
+        assert Path(s.data_path(5)).read_bytes() == b"staged"
+        s.destroy()
