@@ -190,13 +190,18 @@ def _has_topdir_flag(path: Path) -> bool:
 def test_each_mount_is_staged_in_a_directory_the_filesystem_places_apart(tmp_path: Path) -> None:
     """ext4 places the subdirectories of a directory flagged +T by the hash of their names,
     so a new mount's staged files do not take the inode numbers the last mount's trash just
-    freed. Only the root is flagged (flagged mount directories would put every ``data``
-    directory in one group), and a root made by an older pfsfs gets the flag too."""
+    freed. The root and the trash are flagged, where a fresh data directory is made before a
+    snapshot's swap renames it into place; mount directories are not (every ``data`` would go
+    to one group). A root made by an older pfsfs gets the flag too."""
     with _on_ext4(tmp_path) as home:
         s = Staging.create(home, "m1", {})
         assert _has_topdir_flag(st.staging_root(home)) and not _has_topdir_flag(s.path)
+        for ino in range(10, 10 + st.SWAP_MIN):
+            _stage(s, ino, b"file %d" % ino)
         _stage(s, 5, b"staged")
-        assert Path(s.data_path(5)).read_bytes() == b"staged"
+        s.keep_only({5})
+        assert _has_topdir_flag(st.trash_root(home))
+        assert s.data_inos() == [5] and Path(s.data_path(5)).read_bytes() == b"staged"
         s.destroy()
         subprocess.run(["chattr", "-T", str(st.staging_root(home))], check=True)
         s = Staging.create(home, "m2", {})
