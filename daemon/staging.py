@@ -63,6 +63,7 @@ JOURNAL = "journal"
 META = "meta.json"
 TRASH = ".trash"  # under the staging root: directories being removed in the background
 DATA_NEW = "data.new"
+FRESH = ".fresh-"  # in the trash: a directory being made to be renamed into place (not trash)
 SWAP_MIN = 64  # fewer data files to drop than this: unlink them one by one
 
 
@@ -98,7 +99,16 @@ def clear_trash(home: Path, mount_id: str | None = None) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        if mount_id is None or name.split(".", 1)[0] == mount_id:
+        fresh = name.startswith(FRESH)
+        owner = name[len(FRESH) :] if fresh else name
+        if mount_id is not None and owner.split(".", 1)[0] != mount_id:
+            continue
+        if fresh:  # left empty by a crash; never rmtree: a live mount may be renaming it
+            try:  # into place, and files moved into it then are staged data
+                os.rmdir(root / name)
+            except OSError:
+                pass
+        else:
             # not _remove_tree: this runs on a pooled thread (trio's), which must not keep
             # the lowest priority for the work it does next
             shutil.rmtree(root / name, ignore_errors=True)
@@ -240,17 +250,19 @@ class Staging:
             return
         remove_in_background(trash)
 
-    def _trash_name(self) -> Path:
+    def _trash_name(self, prefix: str = "") -> Path:
         root = _placing_apart(self.path.parent / TRASH)
-        return root / f"{self.mount_id}.{uuid.uuid4().hex[:12]}"
+        return root / f"{prefix}{self.mount_id}.{uuid.uuid4().hex[:12]}"
 
     def _fresh_directory(self, path: Path) -> None:
         """``mkdir path``, in a block group of its own (module docstring): made in the trash
-        under a unique name, then renamed into place. A crash in between leaves an empty
-        directory in the trash, which is cleared like the rest of it."""
+        under a unique ``FRESH`` name, then renamed into place. A crash in between leaves it
+        empty in the trash, where ``clear_trash`` removes it only while it is empty: a
+        ``rmtree`` started just before the rename could have removed the live files moved in
+        after it."""
         if path.is_dir():
             return
-        made = self._trash_name()
+        made = self._trash_name(FRESH)
         made.mkdir()
         os.rename(made, path)
 

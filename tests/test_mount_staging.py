@@ -223,3 +223,23 @@ def test_staging_on_a_filesystem_without_the_placement_flag(tmp_path: Path) -> N
         s = Staging.open(home, "m1")
         assert Path(s.data_path(5)).read_bytes() == b"staged"
         s.destroy()
+
+
+def test_a_crash_before_a_fresh_data_directory_is_in_place_leaves_nothing(tmp_path: Path) -> None:
+    """A snapshot's fresh data directory is made in the trash and renamed into place. Left
+    there by a crash, it is removed; but clearing the trash never empties one, which may be a
+    live mount's data directory by the time its files are removed."""
+    s = Staging.create(tmp_path, "m1", {})
+    left = s._trash_name(st.FRESH)
+    left.mkdir()  # the crash: made, never renamed
+    live = s._trash_name(st.FRESH)
+    live.mkdir()
+    (live / "7").write_bytes(b"staged")  # what rmtree would have found had it raced the rename
+    st.clear_trash(tmp_path, "m1")
+    assert not left.exists()
+    assert (live / "7").read_bytes() == b"staged"
+    old = s._trash_name()
+    old.mkdir()
+    (old / "3").write_bytes(b"dead")
+    st.clear_trash(tmp_path)  # every mount's, and ordinary trash whole
+    assert not old.exists() and (live / "7").exists()
