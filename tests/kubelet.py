@@ -1,26 +1,26 @@
 """A small Job controller and "kubelet" for tests/fakekube.py that run pods with podman.
 
-``Kubelet(kube, root)`` is a thread. As the Job controller it creates the pods of each Indexed
-Job (``parallelism`` at a time, one per index, label ``batch.kubernetes.io/job-name``, the
-completion-index annotation), counts failed pods per index against ``backoffLimitPerIndex``,
-applies the ``podFailurePolicy`` exit-code rules and ``activeDeadlineSeconds``, and writes the
-Job's status and Complete/Failed conditions. As the kubelet it runs every pod's containers with
-podman, in the order KEP-753 gives: regular init containers to completion, then native sidecars
-(``restartPolicy: Always``) started detached — podman 4.3's ``kube play`` cannot run those —
-and waited for through their startupProbe, then the main containers; a sidecar that dies while
-they run is started again; when they have exited, sidecars get SIGTERM in reverse order within
-``terminationGracePeriodSeconds``. A pod deleted through the API (``deletionTimestamp``: the
-fake API deletes pods gracefully) is stopped within ONE grace period, the deletion's: SIGTERM to
-the main containers, then, once they have exited, to the sidecars in reverse order, and SIGKILL
-to whatever still runs when the grace is over (a container gets at least ``MIN_GRACE`` seconds
-after its SIGTERM); then its phase is written and the API object removed. Until then the Job
-controller counts it as active and starts no replacement (``podReplacementPolicy: Failed``).
-emptyDirs are directories under ``root`` (a bind mount made rshared, as the kubelet's root
-is), so ``Bidirectional`` -> ``rshared`` and ``HostToContainer`` -> ``rslave`` propagate the
-sidecar's FUSE mounts; ``privileged`` -> ``--privileged`` (/dev/fuse), ``runAsUser`` ->
-``--user``, ``resources.limits`` -> ``--memory``/``--cpus``, ``/dev/termination-log`` a file per
-container. A missing image leaves the pod Pending with ``ImagePullBackOff``. Statuses (exit
-codes, OOMKilled, termination messages) and logs go back into the fake API.
+``Kubelet(kube, root)`` is a thread. As the Job controller it creates the pods of each Indexed Job
+(``parallelism`` at a time, one per index, label ``batch.kubernetes.io/job-name``, the
+completion-index annotation), counts failed pods per index against ``backoffLimitPerIndex``, applies
+the ``podFailurePolicy`` exit-code rules and ``activeDeadlineSeconds`` (on a clock a test can move
+on: ``pass_time``), and writes the Job's status and Complete/Failed conditions. As the kubelet it
+runs every pod's containers with podman, in the order KEP-753 gives: regular init containers to
+completion, then native sidecars (``restartPolicy: Always``) started detached — podman 4.3's ``kube
+play`` cannot run those — and waited for through their startupProbe, then the main containers; a
+sidecar that dies while they run is started again; when they have exited, sidecars get SIGTERM in
+reverse order within ``terminationGracePeriodSeconds``. A pod deleted through the API
+(``deletionTimestamp``: the fake API deletes pods gracefully) is stopped within ONE grace period,
+the deletion's: SIGTERM to the main containers, then, once they have exited, to the sidecars in
+reverse order, and SIGKILL to whatever still runs when the grace is over (a container gets at least
+``MIN_GRACE`` seconds after its SIGTERM); then its phase is written and the API object removed.
+Until then the Job controller counts it as active and starts no replacement (``podReplacementPolicy:
+Failed``). emptyDirs are directories under ``root`` (a bind mount made rshared, as the kubelet's
+root is), so ``Bidirectional`` -> ``rshared`` and ``HostToContainer`` -> ``rslave`` propagate the
+sidecar's FUSE mounts; ``privileged`` -> ``--privileged`` (/dev/fuse), ``runAsUser`` -> ``--user``,
+``resources.limits`` -> ``--memory``/``--cpus``, ``/dev/termination-log`` a file per container. A
+missing image leaves the pod Pending with ``ImagePullBackOff``. Statuses (exit codes, OOMKilled,
+termination messages) and logs go back into the fake API.
 
 Only ``hostNetwork`` pods are supported (moto listens on the host's loopback).
 """
@@ -92,6 +92,16 @@ class Kubelet(threading.Thread):
         self.history: dict[str, dict[str, Any]] = {}
         """pod name -> its last container statuses and the containers SIGKILLed at the end of
         their grace period (a deleted pod's API object is gone, not its story)."""
+        self.skipped = 0.0
+        """Seconds the Job controller's clock has been moved on by ``pass_time``."""
+
+    def pass_time(self, seconds: float) -> None:
+        """Move the Job controller's clock on, so ``activeDeadlineSeconds`` runs out at the
+        moment a test chooses rather than after a wall-clock wait that CI load can upset."""
+        self.skipped += seconds
+
+    def clock(self) -> float:
+        return time.monotonic() + self.skipped
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> Kubelet:
@@ -130,7 +140,7 @@ class Kubelet(threading.Thread):
         state = self.jobs.setdefault(
             uid,
             {
-                "start": time.monotonic(),
+                "start": self.clock(),
                 "failures": {},
                 "succeeded": set(),
                 "seen": set(),
@@ -164,7 +174,7 @@ class Kubelet(threading.Thread):
             condition = ("Failed", fail_job, "a pod matched a FailJob rule")
         elif failed_indexes:
             condition = ("Failed", "FailedIndexes", f"index {failed_indexes[0]} failed")
-        elif deadline and time.monotonic() - state["start"] > deadline:
+        elif deadline and self.clock() - state["start"] > deadline:
             condition = ("Failed", "DeadlineExceeded", "Job was active longer than allowed")
         elif len(state["succeeded"]) >= completions:
             condition = ("Complete", "", "")

@@ -336,12 +336,18 @@ def test_copy_mode_two_shards(cluster: Cluster) -> None:
 
 def test_failing_datum_fails_the_job_and_commits_nothing(cluster: Cluster) -> None:
     c = cluster
-    # The bad datum fails late: once its index has failed datum_tries times the Job fails and
-    # its other pods are stopped, so the good datum must have stored its record by then (on a
-    # loaded machine its pod could still be starting after two quick failures).
-    cmd = SUM_ONE + '; if [ -e /pfs/data/sales2 ]; then sleep 6; echo "bad sales2" >&2; exit 3; fi'
+    # The bad datum fails only once the good one has stored its record: when its index has
+    # failed datum_tries times the Job fails and its other pods are stopped. It waits for a "go"
+    # that the test gives every pod once that record is there (a fixed sleep had to guess how
+    # long a loaded machine takes to start the good datum's pod).
+    cmd = SUM_ONE + f'; if [ -e /pfs/data/sales2 ]; then {HOLD}; echo "bad sales2" >&2; exit 3; fi'
     c.create(per_file_spec(cmd, parallelism=2, datum_tries=2))
-    proc = c.pfsfs("pipeline", "run", code=None)
+    t, result = run_in_background(c)
+    wait_for(
+        "the good datum stored", lambda: any("/datums/" in k for k in c.record_keys()), 240
+    )
+    release_until_done(c, t)
+    proc = result[0]
     assert proc.returncode != 0
     (job,) = c.json("job", "list", "--pipeline", "sum")
     assert job["state"] == "failure"
@@ -399,6 +405,28 @@ def pod_volume(c: Cluster, pod: dict[str, Any], volume: str) -> Path:
 SLOW_SUM = "sleep 3; " + fruit_spec()["transform"]["cmd"][2]
 HOLD = "while [ ! -e /run/pfsfs/go ]; do sleep 0.1; done"
 """In a transform: it waits there until the test lets it go (a file in the pod's pfsfs-ctl)."""
+
+
+def offered_ctl(c: Cluster) -> Path | None:
+    """The pfsfs-ctl directory of a running pod that has been offered a datum."""
+    for pod in c.kube.list("pods", NS):
+        if pod["status"].get("phase") == "Running":
+            ctl = pod_volume(c, pod, "pfsfs-ctl")
+            if (ctl / "datum.1").exists():
+                return ctl
+    return None
+
+
+def release_until_done(c: Cluster, t: threading.Thread, timeout: float = 300) -> None:
+    """Give every running pod its "go" (see HOLD), pods started later too, until ``t`` ends."""
+    deadline = time.monotonic() + timeout
+    while t.is_alive() and time.monotonic() < deadline:
+        for pod in c.kube.list("pods", NS):
+            ctl = pod_volume(c, pod, "pfsfs-ctl")
+            if pod["status"].get("phase") == "Running" and ctl.is_dir():
+                (ctl / "go").touch()
+        t.join(0.2)
+    assert not t.is_alive(), "the run did not end"
 
 
 def run_in_background(c: Cluster) -> tuple[threading.Thread, list[Any]]:
@@ -524,21 +552,27 @@ def test_deadline_overrun_fails_the_job_and_the_rerun_keeps_what_was_stored(
     gc keeps its output) and the rerun with a longer deadline reuses it instead of running
     it again, and commits both."""
     c = cluster
-    # sales2's command ends 60 s after it starts, past the 40 s deadline plus the 10 s grace.
-    # (A 15 s deadline was too short under CI load: the other datum's pod had not stored its
-    # output by then, and both datums failed.)
-    slow = 'if [ -e /pfs/data/sales2 ]; then trap "" TERM; sleep 60; fi; ' + SUM_ONE
-    c.create(per_file_spec(slow, parallelism=2, kubernetes={"job_timeout": "40s"}))
-    proc = c.pfsfs("pipeline", "run", code=None)
-    assert proc.returncode != 0
+    # sales2's command waits for a "go" that never comes in the first run, and ignores SIGTERM.
+    # The deadline is run out on the Job controller's clock once the other datum's output is
+    # stored: a wall-clock deadline had to guess how long that takes under CI load (15 s, then
+    # 40 s were too short, and both datums failed).
+    slow = f'if [ -e /pfs/data/sales2 ]; then trap "" TERM; {HOLD}; fi; ' + SUM_ONE
+    c.create(per_file_spec(slow, parallelism=2, kubernetes={"job_timeout": "10m"}))
+    t, result = run_in_background(c)
+    wait_for(
+        "the other datum stored", lambda: any("/datums/" in k for k in c.record_keys()), 240
+    )
+    c.kubelet.pass_time(600)
+    t.join(300)
+    assert result[0].returncode != 0
     (job,) = c.json("job", "list", "--pipeline", "sum")
     inspect = c.pfsfs("job", "inspect", job["id"]).stdout
     assert job["state"] == "failure", c.explain()
-    assert "ran past its deadline (activeDeadlineSeconds 40)" in inspect, inspect
+    assert "ran past its deadline (activeDeadlineSeconds 600)" in inspect, inspect
     assert "1 of 2 datums failed" in job["reason"]
     assert not c.json("log", "sum@master")  # nothing committed
     killed = [h for h in c.kubelet.history.values() if "user" in h["sigkilled"]]
-    assert len(killed) == 1, c.kubelet.history  # the slow command overran the grace: SIGKILL
+    assert len(killed) == 1, c.kubelet.history  # the held command overran the grace: SIGKILL
     datums = {d["desc"]: d for d in c.json("datum", "list", job["id"])}
     stored = next(d for desc, d in datums.items() if "sales2" not in desc)
     assert stored["state"] == "processed"
@@ -552,8 +586,11 @@ def test_deadline_overrun_fails_the_job_and_the_rerun_keeps_what_was_stored(
         "-f",
         c.spec_file(per_file_spec(slow, parallelism=2, kubernetes={"job_timeout": "5m"})),
     )
-    proc = c.pfsfs("pipeline", "run", code=None)
-    assert proc.returncode == 0, c.explain()
+    t, result = run_in_background(c)
+    ctl = wait_for("the rerun's datum offered", lambda: offered_ctl(c), 240)
+    (ctl / "go").write_text("")
+    t.join(300)
+    assert result[0].returncode == 0, c.explain()
     (rerun,) = [j for j in c.json("job", "list", "--pipeline", "sum") if j["id"] != job["id"]]
     assert rerun["state"] == "success"
     again = {d["desc"]: d for d in c.json("datum", "list", rerun["id"])}
