@@ -76,6 +76,23 @@ def test_kill_after_snapshot(env: Env) -> None:
     assert env.out("recover", "--list") == "nothing to recover"
 
 
+def _wait_for_ack(path: os.PathLike[str], at_least: int, timeout: float = 60) -> int:
+    """The writer's ack (a counter it rewrites and fsyncs) once it is at least ``at_least``:
+    waiting for it rather than a fixed time keeps a loaded machine from crashing the daemon
+    before anything was acknowledged."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                seen = int(f.read() or 0)
+        except (OSError, ValueError):
+            seen = 0
+        if seen >= at_least:
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"the writer acknowledged nothing up to {at_least} in {timeout} s")
+
+
 def test_kill_during_writes(env: Env) -> None:
     mp = env.mount("data@master", "mnt", "--create")
     script = (
@@ -92,7 +109,7 @@ def test_kill_during_writes(env: Env) -> None:
     )
     writer = subprocess.Popen([sys.executable, "-c", script, str(mp)], stderr=subprocess.DEVNULL)
     try:
-        time.sleep(1.5)
+        seen = _wait_for_ack(mp / "ack", at_least=20)
         _crash_and_restart(env, mp)
     finally:
         writer.kill()
@@ -100,7 +117,8 @@ def test_kill_during_writes(env: Env) -> None:
         force_unmount(mp)
     env.out("recover")
     ack = int(env.cat("data@master:/ack"))
-    assert ack >= 10
+    # The writer fsynced the ack before `seen` before it wrote `seen`: that one was acknowledged.
+    assert ack >= seen - 10
     files = env.out("ls", "data@master:/")
     assert "f0" in files
 
