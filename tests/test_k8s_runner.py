@@ -377,7 +377,7 @@ def test_failing_datum_fails_the_job_and_commits_nothing(cluster: Cluster) -> No
     c.pfsfs("fsck", "--deep")
 
 
-def wait_for(what: str, check: Any, timeout: float = 60) -> Any:
+def wait_for(what: str, check: Any, timeout: float = 180) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = check()
