@@ -564,6 +564,7 @@ def test_deadline_overrun_fails_the_job_and_the_rerun_keeps_what_was_stored(
     )
     c.kubelet.pass_time(600)
     t.join(300)
+    assert not t.is_alive(), "the run did not end at the deadline"
     assert result[0].returncode != 0
     (job,) = c.json("job", "list", "--pipeline", "sum")
     inspect = c.pfsfs("job", "inspect", job["id"]).stdout
@@ -590,6 +591,7 @@ def test_deadline_overrun_fails_the_job_and_the_rerun_keeps_what_was_stored(
     ctl = wait_for("the rerun's datum offered", lambda: offered_ctl(c), 240)
     (ctl / "go").write_text("")
     t.join(300)
+    assert not t.is_alive(), "the rerun did not end"
     assert result[0].returncode == 0, c.explain()
     (rerun,) = [j for j in c.json("job", "list", "--pipeline", "sum") if j["id"] != job["id"]]
     assert rerun["state"] == "success"

@@ -117,7 +117,8 @@ def test_kill_during_writes(env: Env) -> None:
         force_unmount(mp)
     env.out("recover")
     ack = int(env.cat("data@master:/ack"))
-    # The writer fsynced the ack before `seen` before it wrote `seen`: that one was acknowledged.
+    # Before it wrote `seen`, the writer had fsynced the value before it: that one was
+    # acknowledged, so it survives the crash.
     assert ack >= seen - 10
     files = env.out("ls", "data@master:/")
     assert "f0" in files
