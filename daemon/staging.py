@@ -200,7 +200,9 @@ class Staging:
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
     def create(cls, home: Path, mount_id: str, meta: dict[str, Any]) -> Staging:
+        # Flagged at each mount (a root made by an older pfsfs gets it too), not at each swap.
         path = _placing_apart(staging_root(home)) / mount_id
+        _placing_apart(trash_root(home))
         (path / "data").mkdir(parents=True)
         staging = cls(path)
         staging.write_meta(meta)
@@ -251,7 +253,8 @@ class Staging:
         remove_in_background(trash)
 
     def _trash_name(self, prefix: str = "") -> Path:
-        root = _placing_apart(self.path.parent / TRASH)
+        root = trash_root(self.path.parent.parent)  # the mount's directory is home/staging/<id>
+        root.mkdir(exist_ok=True)
         return root / f"{prefix}{self.mount_id}.{uuid.uuid4().hex[:12]}"
 
     def _fresh_directory(self, path: Path) -> None:

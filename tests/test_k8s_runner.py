@@ -343,9 +343,7 @@ def test_failing_datum_fails_the_job_and_commits_nothing(cluster: Cluster) -> No
     cmd = SUM_ONE + f'; if [ -e /pfs/data/sales2 ]; then {HOLD}; echo "bad sales2" >&2; exit 3; fi'
     c.create(per_file_spec(cmd, parallelism=2, datum_tries=2))
     t, result = run_in_background(c)
-    wait_for(
-        "the good datum stored", lambda: any("/datums/" in k for k in c.record_keys()), 240
-    )
+    wait_for("the good datum stored", lambda: datum_recorded(c))
     release_until_done(c, t)
     proc = result[0]
     assert proc.returncode != 0
@@ -405,6 +403,11 @@ def pod_volume(c: Cluster, pod: dict[str, Any], volume: str) -> Path:
 SLOW_SUM = "sleep 3; " + fruit_spec()["transform"]["cmd"][2]
 HOLD = "while [ ! -e /run/pfsfs/go ]; do sleep 0.1; done"
 """In a transform: it waits there until the test lets it go (a file in the pod's pfsfs-ctl)."""
+
+
+def datum_recorded(c: Cluster) -> bool:
+    """Whether some datum's output is stored: its record is in the bucket."""
+    return any("/datums/" in k for k in c.record_keys())
 
 
 def offered_ctl(c: Cluster) -> Path | None:
@@ -559,9 +562,7 @@ def test_deadline_overrun_fails_the_job_and_the_rerun_keeps_what_was_stored(
     slow = f'if [ -e /pfs/data/sales2 ]; then trap "" TERM; {HOLD}; fi; ' + SUM_ONE
     c.create(per_file_spec(slow, parallelism=2, kubernetes={"job_timeout": "10m"}))
     t, result = run_in_background(c)
-    wait_for(
-        "the other datum stored", lambda: any("/datums/" in k for k in c.record_keys()), 240
-    )
+    wait_for("the other datum stored", lambda: datum_recorded(c))
     c.kubelet.pass_time(600)
     t.join(300)
     assert not t.is_alive(), "the run did not end at the deadline"
@@ -588,7 +589,7 @@ def test_deadline_overrun_fails_the_job_and_the_rerun_keeps_what_was_stored(
         c.spec_file(per_file_spec(slow, parallelism=2, kubernetes={"job_timeout": "5m"})),
     )
     t, result = run_in_background(c)
-    ctl = wait_for("the rerun's datum offered", lambda: offered_ctl(c), 240)
+    ctl = wait_for("the rerun's datum offered", lambda: offered_ctl(c))
     (ctl / "go").write_text("")
     t.join(300)
     assert not t.is_alive(), "the rerun did not end"
