@@ -29,6 +29,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from pfsfs.buffers import concat
 from pfsfs.heldbytes import HeldBytes, owner_of
 from pfsfs.ids import hash_bytes
 from pfsfs.model import Locator, ManifestChunk, blob_key
@@ -258,7 +259,9 @@ class ChunkCache:
         except OSError as exc:  # the cache is best effort (a full disk must not fail reads)
             log.debug("cannot cache chunk %s: %s", loc.hex[:12], exc)
 
-    def read(self, manifest_loc: Locator | None, offset: int, end: int) -> bytes | memoryview:
+    def read(
+        self, manifest_loc: Locator | None, offset: int, end: int
+    ) -> bytes | bytearray | memoryview:
         """Bytes ``[offset, end)`` of a committed file (``end`` within its size); a memoryview
         into a cached chunk when the range lies in one chunk (no copy)."""
         if manifest_loc is None or end <= offset:
@@ -301,11 +304,12 @@ class ChunkCache:
         if len(parts) == 1:
             return parts[0]
         # A read straddling chunks (most 1 MiB reads do: chunks average ~1.1 MiB): one view of
-        # the buffer a remote store fetched them in, if it holds them all; else one copy.
+        # the buffer a remote store fetched them in, if it holds them all; else one copy (made
+        # outside the GIL when it can: the read-ahead threads need it meanwhile).
         if isinstance(chunks[0], memoryview):  # a remote store's spans (or uncached reads)
             locs = [c.loc for c in m.chunks[first:i]]
             lo, n = offset - m.starts[first], end - offset
             joined = self.reader.joined_view(locs, chunks, lo, n)
             if joined is not None:
                 return joined
-        return b"".join(parts)
+        return concat(parts)

@@ -406,7 +406,7 @@ class PfsOperations(pyfuse3.Operations):
         return self._open_info(node), attr
 
     @fuse_op
-    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+    async def read(self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:
         return self.tree.read(self.tree.node(self._files[fh]), off, size)
 
     @fuse_op

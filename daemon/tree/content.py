@@ -207,7 +207,7 @@ class Content:
         return sorted(out)
 
     # -- reading -----------------------------------------------------------------------------
-    def read(self, node: Node, offset: int, size: int) -> bytes | memoryview:
+    def read(self, node: Node, offset: int, size: int) -> bytes | bytearray | memoryview:
         if node.virt is not None:
             return self.pfs.read(node, offset, size)
         end = min(node.size, offset + size)

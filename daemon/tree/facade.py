@@ -159,7 +159,7 @@ class Tree:
     def write(self, ino: int, offset: int, data: bytes, now: int | None) -> int:
         return self.content.write(ino, offset, data, now)
 
-    def read(self, node: Node, offset: int, size: int) -> bytes | memoryview:
+    def read(self, node: Node, offset: int, size: int) -> bytes | bytearray | memoryview:
         return self.content.read(node, offset, size)
 
     def file_closed(self, node: Node) -> None:

@@ -39,6 +39,8 @@ import logging
 import mmap
 import os
 
+from pfsfs.buffers import uninitialized
+
 log = logging.getLogger(__name__)
 
 PAGE = mmap.PAGESIZE
@@ -160,7 +162,7 @@ def read_uncached(path: str | os.PathLike[str], offset: int, length: int) -> mem
             return None
         start = offset - offset % PAGE  # O_DIRECT reads whole pages into a page-aligned buffer
         span = padded(offset + length - start)
-        buffer = bytearray(span + PAGE)
+        buffer = uninitialized(span + PAGE)  # preadv fills it: no zeroing under the GIL
         address = ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer))
         skip = -address % PAGE
         view = memoryview(buffer)[skip : skip + span]
