@@ -195,6 +195,7 @@ def _readme_claims() -> list[tuple[list[str], list[str], str]]:
     written in brackets is marked optional with a leading "?"."""
     from pfsfs.cli.main import cli
 
+    cli.load_all()  # commands are imported when used: have them all in cli.commands
     claims = []
     parent: list[str] = []
     for seg, row in _readme_table_commands():

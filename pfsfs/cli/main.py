@@ -36,7 +36,31 @@ from .common import (
 )
 
 
-@click.group(cls=PfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def _command_modules() -> dict[str, str]:
+    """Each command's module. The core's are always there; the higher layers' (daemon,
+    pipelines, sync, sidecar) may not be installed, and then their commands are not offered."""
+    modules = {
+        "repo_cmds": ["repo", "branch", "du"],
+        "data_cmds": ["put", "get", "cat", "ls"],
+        "history_cmds": ["log", "inspect", "diff", "rollback"],
+        "maint_cmds": ["gc", "fsck", "stats"],
+        "completion": ["completion"],
+        "mount_cmds": ["daemon", "mount", "unmount", "snapshot", "mounts", "recover"],
+        "pipeline_cmds": [
+            *("pipeline", "job", "datum", "logs", "provenance", "subvenance", "wait"),
+            *("lineage", "why"),
+        ],
+        "sync_cmds": ["push", "pull", "remote", "refresh"],
+        "sidecar_cmds": ["sidecar"],
+    }
+    return {name: f"pfsfs.cli.{m}" for m, names in modules.items() for name in names}
+
+
+@click.group(
+    cls=PfsGroup,
+    lazy=_command_modules(),
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "--home",
     envvar="PFSFS_HOME",
@@ -184,26 +208,6 @@ def _report_modes(home: Path, outside: Path | None, created: bool, shared_group:
             err=True,
         )
 
-
-def _register() -> None:
-    from . import completion, data_cmds, history_cmds, maint_cmds, repo_cmds
-
-    for module in (repo_cmds, data_cmds, history_cmds, maint_cmds, completion):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-    # Optional command groups from higher layers (daemon, pipelines) register themselves here.
-    for name in ("mount_cmds", "pipeline_cmds", "sync_cmds", "sidecar_cmds"):
-        try:
-            module = __import__(f"pfsfs.cli.{name}", fromlist=["COMMANDS"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"pfsfs.cli.{name}":
-                raise
-            continue
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
 
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in pfsfs, not bad input
