@@ -8,13 +8,16 @@ release the GIL) while the mount thread answers the kernel. A local store's chun
 past the page cache where it can (``ObjectReader.read_chunk``: the kernel keeps the bytes in
 the mount's own page cache, a second cached copy of the chunk file only cost): cold 1 GiB reads
 ~1,220 -> ~1,360 MB/s, and with ``OPEN_AHEAD_UNCACHED`` chunks fetched at open ~1,560 (A/B,
-interleaved, 3-4 runs each). Where it cannot (a store off a disk filesystem, no ``cachestat``,
-no ``O_DIRECT``: ``uncached_reads``, ``directio.reads_uncached``) the kernel is asked instead
-(``read_ahead_ranges``: ``POSIX_FADV_WILLNEED``, from a worker thread) to read the chunk files
-of the next ``STORE_READ_AHEAD`` chunks, so a cold disk serves many reads at once instead of
-the few the fetching threads wait for. For a remote store without a read
-cache of its own, a disk cache under ``<home>/cache/chunks`` keeps verified chunks across
-mounts (S3 has one: ``CachingStore``), so re-reading committed data does not hit the network.
+interleaved, 3-4 runs each); with its buffers left unzeroed and reads that straddle two chunks
+joined outside the GIL (``pfsfs.buffers``: the read-ahead threads need it meanwhile) ~1,730
+(``bench_mount.py --only physical``, against the disk's ~1,880). Where it cannot (a store
+off a disk filesystem, no ``cachestat``, no ``O_DIRECT``: ``uncached_reads``,
+``directio.reads_uncached``) the kernel is asked instead (``read_ahead_ranges``:
+``POSIX_FADV_WILLNEED``, from a worker thread) to read the chunk files of the next
+``STORE_READ_AHEAD`` chunks, so a cold disk serves many reads at once instead of the few the
+fetching threads wait for. For a remote store without a read cache of its own, a disk cache
+under ``<home>/cache/chunks`` keeps verified chunks across mounts (S3 has one:
+``CachingStore``), so re-reading committed data does not hit the network.
 Memory use is bounded (``max_bytes``, ``MAX_ENTRIES``) whatever the file sizes, plus the
 read-aheads not consumed yet (at most ``4 * read_ahead`` chunks). (Mapping store files instead
 of reading them was measured slower on tmpfs: page-table setup costs more than the copy.)
