@@ -79,16 +79,16 @@ def _address(part: memoryview) -> int | None:
         _release_buffer(ctypes.byref(view))
 
 
-def concat(parts: Sequence[memoryview]) -> bytes | bytearray:
+def concat(parts: Sequence[bytes | bytearray | memoryview]) -> bytes | bytearray:
     """The parts' bytes one after the other in a new buffer, copied outside the GIL (off
     CPython: ``b"".join``, the same bytes)."""
-    parts = [p for p in parts if len(p)]
-    addresses = [_address(p) for p in parts]
-    if not parts or None in addresses:
-        return b"".join(parts)
-    out = uninitialized(sum(len(p) for p in parts))
+    views = [v for v in map(memoryview, parts) if v.nbytes]
+    addresses = [_address(v) for v in views]
+    if not views or None in addresses:
+        return b"".join(views)
+    out = uninitialized(sum(v.nbytes for v in views))
     dst = ctypes.addressof(ctypes.c_char.from_buffer(out))
-    for part, src in zip(parts, addresses, strict=True):
-        ctypes.memmove(dst, src, len(part))  # a foreign call: the GIL is released meanwhile
-        dst += len(part)
+    for view, src in zip(views, addresses, strict=True):
+        ctypes.memmove(dst, src, view.nbytes)  # a foreign call: the GIL is released meanwhile
+        dst += view.nbytes
     return out

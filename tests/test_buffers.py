@@ -44,9 +44,12 @@ def test_concat_equals_join_for_random_splits(seed: int) -> None:
     assert type(got) is bytearray  # copied outside the GIL into a new buffer, read-only or not
 
 
-def test_concat_of_nothing_is_empty() -> None:
+def test_concat_of_nothing_is_empty_and_any_buffer_is_a_part() -> None:
     assert concat([]) == b""
     assert concat([memoryview(bytearray(5))[2:2]]) == b""
+    assert concat([b"ab", bytearray(b"cd"), memoryview(b"xefx")[1:3]]) == b"abcdef"
+    wide = memoryview(bytearray(range(8))).cast("I")  # items of 4 bytes: all 8 bytes count
+    assert concat([wide, b"!"]) == bytes(range(8)) + b"!"
 
 
 class BytearrayReader(MemoryReader):
