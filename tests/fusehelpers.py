@@ -44,6 +44,25 @@ def fuse_mounts(under: str = "/") -> list[str]:
     return found
 
 
+def daemons_under(base: str) -> list[int]:
+    """Processes of pfsfs's daemon or mount workers whose ``--home`` lies below ``base``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not any(a == "pfsfsd" or a.startswith("pfsfsd.") for a in args):
+            continue
+        homes = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--home"]
+        if any((h.rstrip("/") + "/").startswith(base.rstrip("/") + "/") for h in homes):
+            found.append(int(entry))
+    return found
+
+
 def is_mounted(path: Path | str) -> bool:
     return os.path.realpath(path) in fuse_mounts()
 
