@@ -46,10 +46,8 @@ def _command_modules() -> dict[str, str]:
         "maint_cmds": ["gc", "fsck", "stats"],
         "completion": ["completion"],
         "mount_cmds": ["daemon", "mount", "unmount", "snapshot", "mounts", "recover"],
-        "pipeline_cmds": [
-            *("pipeline", "job", "datum", "logs", "provenance", "subvenance", "wait"),
-            *("lineage", "why"),
-        ],
+        "pipeline_cmds": ["pipeline", "job", "datum", "logs", "provenance", "subvenance"]
+        + ["wait", "lineage", "why"],
         "sync_cmds": ["push", "pull", "remote", "refresh"],
         "sidecar_cmds": ["sidecar"],
     }
@@ -207,7 +205,6 @@ def _report_modes(home: Path, outside: Path | None, created: bool, shared_group:
             f"`chmod 700 {outside}` unless that is meant (or share it: --shared-group)",
             err=True,
         )
-
 
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in pfsfs, not bad input
