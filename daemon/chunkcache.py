@@ -209,9 +209,11 @@ class ChunkCache:
         if manifest_loc is None or not self.read_ahead or self._disk_ahead is None:
             return
         mid = manifest_loc.id
-        if mid in self._next_offset:  # being read already
-            return
         m = self.manifest(manifest_loc)
+        if 0 < self._next_offset.get(mid, 0) < m.size:  # being read already, by another open
+            return
+        # Not read yet, or read to its end before (read again, its pages evicted: an epoch
+        # over a dataset larger than memory): a read from the start again.
         self._next_offset[mid] = 0
         if not self._uncached:
             locs = [c.loc for c in m.chunks[: self.read_ahead]]

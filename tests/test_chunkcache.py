@@ -229,3 +229,26 @@ def test_chunks_read_past_the_page_cache_are_fetched_ahead_instead_of_hinted(
     cache.start(other)
     assert eventually(lambda: len(store.ranges) == 1)
     cache.close()
+
+
+def test_a_file_read_to_its_end_and_opened_again_is_fetched_ahead_again() -> None:
+    """An epoch over data larger than memory: the kernel evicted the file's pages, so the
+    next pass reads it through the cache again, and must find its first chunks fetched at open
+    as the first pass did (it waited for each one on the mount's thread). A file opened a
+    second time while it is being read is not restarted."""
+    chunks = [os.urandom(CHUNK) for _ in range(64)]
+    reader = MemoryReader(chunks)
+    reader.store = LocalStoreHints()  # type: ignore[attr-defined]
+    cache = ChunkCache(reader, max_bytes=8 * CHUNK, read_ahead=4)  # type: ignore[arg-type]
+    data, manifest = b"".join(chunks), Locator(b"m" * 32)
+    first = reader.manifest[0].loc.id
+    for _ in range(2):  # two passes; the cache holds too little to keep the first chunk
+        cache.start(manifest)
+        assert eventually(lambda: first in cache._pending and cache._pending[first].done())
+        for off in range(0, len(data), CHUNK):
+            assert bytes(cache.read(manifest, off, off + CHUNK)) == data[off : off + CHUNK]
+            if off == 8 * CHUNK:
+                cache.start(manifest)  # another open meanwhile: not a new pass
+                assert first not in cache._pending
+    assert cache.misses == 0
+    cache.close()
