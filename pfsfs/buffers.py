@@ -11,8 +11,9 @@ spots were on the cold-read path (``perf``: 4% of all samples in ``memset``, 5% 
   held. ``concat`` copies with ``ctypes.memmove``, a foreign call that releases it, from the
   parts' buffers (their addresses from ``PyObject_GetBuffer``).
 
-Cold 1 GiB ``cat`` through a local-store mount (4 interleaved rounds, the disk's own cold ``cat``
-of the source files 1,890-2,030 MB/s): 1,470-1,550 MB/s before, 1,730-1,810 with both.
+Cold 1 GiB ``cat`` through a local-store mount (5 interleaved rounds, old and new code, the
+disk's own cold ``cat`` of the source files 1,890-1,974 MB/s): 1,424-1,569 MB/s before,
+1,654-1,789 after.
 
 Uninitialized bytes are never handed out: a caller exposes only what it has written (what
 ``preadv`` returned; every byte of a ``concat``). Off CPython (no ``ctypes.pythonapi``) the
@@ -24,8 +25,10 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Sequence
 
+# Function objects of our own (``pythonapi[name]`` makes a new one; ``pythonapi.name`` is shared
+# by the whole process, and setting its prototype would change it for every other user).
 try:
-    _new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    _new_bytearray = ctypes.pythonapi["PyByteArray_FromStringAndSize"]
     _new_bytearray.restype = ctypes.py_object
     _new_bytearray.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
 except (AttributeError, OSError):  # not CPython
@@ -58,10 +61,11 @@ class _PyBuffer(ctypes.Structure):
 
 
 try:
-    _get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+    _get_buffer = ctypes.pythonapi["PyObject_GetBuffer"]
     _get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
-    _release_buffer = ctypes.pythonapi.PyBuffer_Release
+    _release_buffer = ctypes.pythonapi["PyBuffer_Release"]
     _release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+    _release_buffer.restype = None
 except (AttributeError, OSError):  # not CPython
     _get_buffer = None
 
@@ -69,7 +73,7 @@ except (AttributeError, OSError):  # not CPython
 def _address(part: memoryview) -> int | None:
     """Where a contiguous view's bytes start (None: not to be had here). Valid while ``part``
     lives: its buffer cannot move or shrink while a view of it exists."""
-    if _get_buffer is None or not part.contiguous:
+    if _get_buffer is None or not part.c_contiguous:
         return None
     view = _PyBuffer()
     _get_buffer(part, ctypes.byref(view), 0)  # PyBUF_SIMPLE; raises if it cannot
@@ -79,12 +83,20 @@ def _address(part: memoryview) -> int | None:
         _release_buffer(ctypes.byref(view))
 
 
+#: Below this many bytes ``b"".join`` is cheaper: each foreign call gives the GIL up and has to
+#: win it back from the read-ahead threads.
+CONCAT_MIN = 256 << 10
+
+
 def concat(parts: Sequence[bytes | bytearray | memoryview]) -> bytes | bytearray:
-    """The parts' bytes one after the other in a new buffer, copied outside the GIL (off
-    CPython: ``b"".join``, the same bytes)."""
+    """The parts' bytes one after the other in a new buffer, copied outside the GIL when there
+    are ``CONCAT_MIN`` of them or more (else, and off CPython: ``b"".join``, the same bytes).
+    No other thread may write into a part meanwhile (chunks are never written once filled)."""
     views = [v for v in map(memoryview, parts) if v.nbytes]
+    if sum(v.nbytes for v in views) < CONCAT_MIN:
+        return b"".join(views)
     addresses = [_address(v) for v in views]
-    if not views or None in addresses:
+    if None in addresses:
         return b"".join(views)
     out = uninitialized(sum(v.nbytes for v in views))
     dst = ctypes.addressof(ctypes.c_char.from_buffer(out))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -24,12 +25,14 @@ def nothing_left_running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     the daemon itself, say): such leftovers are killed and the session fails."""
     yield
     base = str(tmp_path_factory.getbasetemp())
+    deadline = time.monotonic() + 3.0  # a daemon told to stop by the last test may be ending
+    while (daemons := daemons_under(base)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     mounts = fuse_mounts(base)
-    daemons = daemons_under(base)
     for pid in daemons:
         try:
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+        except OSError:  # gone meanwhile
             pass
     for mp in mounts:
         subprocess.run(["fusermount3", "-uz", mp], capture_output=True, check=False)

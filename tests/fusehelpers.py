@@ -45,7 +45,8 @@ def fuse_mounts(under: str = "/") -> list[str]:
 
 
 def daemons_under(base: str) -> list[int]:
-    """Processes of pfsfs's daemon or mount workers whose ``--home`` lies below ``base``."""
+    """Processes of pfsfs's daemon, its mount workers and sidecar, and the pipeline scheduler,
+    whose ``--home`` lies below ``base``."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -55,7 +56,8 @@ def daemons_under(base: str) -> list[int]:
                 args = f.read().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if not any(a == "pfsfsd" or a.startswith("pfsfsd.") for a in args):
+        ours = ("pfsfsd", "pfsfs.pipeline.scheduler")
+        if not any(a in ours or a.startswith("pfsfsd.") for a in args):
             continue
         homes = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--home"]
         if any((h.rstrip("/") + "/").startswith(base.rstrip("/") + "/") for h in homes):

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from pfsfs.buffers import concat, uninitialized
+from pfsfs.buffers import CONCAT_MIN, concat, uninitialized
 
 from .test_chunkcache import MemoryReader
 
@@ -41,7 +41,8 @@ def test_concat_equals_join_for_random_splits(seed: int) -> None:
     ]
     got = concat(parts)
     assert got == data
-    assert type(got) is bytearray  # copied outside the GIL into a new buffer, read-only or not
+    # from CONCAT_MIN bytes on: copied outside the GIL into a new buffer, read-only parts or not
+    assert type(got) is (bytearray if len(data) >= CONCAT_MIN else bytes)
 
 
 def test_concat_of_nothing_is_empty_and_any_buffer_is_a_part() -> None:
@@ -50,6 +51,9 @@ def test_concat_of_nothing_is_empty_and_any_buffer_is_a_part() -> None:
     assert concat([b"ab", bytearray(b"cd"), memoryview(b"xefx")[1:3]]) == b"abcdef"
     wide = memoryview(bytearray(range(8))).cast("I")  # items of 4 bytes: all 8 bytes count
     assert concat([wide, b"!"]) == bytes(range(8)) + b"!"
+    big = os.urandom(CONCAT_MIN)
+    got = concat([memoryview(bytearray(big)).cast("I"), b"!"])
+    assert type(got) is bytearray and got == big + b"!"
 
 
 class BytearrayReader(MemoryReader):

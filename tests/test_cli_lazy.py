@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .cli import run
 
 
@@ -20,6 +22,9 @@ def test_the_table_names_every_command_of_every_module_and_no_other() -> None:
     from pfsfs.cli.main import _command_modules
 
     table = _command_modules()
+    cli_dir = Path(importlib.import_module("pfsfs.cli").__file__).parent  # type: ignore[arg-type]
+    on_disk = {f"pfsfs.cli.{p.stem}" for p in cli_dir.glob("*_cmds.py")}
+    assert on_disk <= set(table.values()), "a command module the table does not name"
     for module_name in sorted(set(table.values())):
         module = importlib.import_module(module_name)
         names = {c.name for c in module.COMMANDS}
@@ -56,9 +61,12 @@ def test_a_command_imports_its_own_module_only(tmp_path: Path) -> None:
     assert "pfsfs.cli.mount_cmds" in _modules_after(home, "mounts", "--help")  # no daemon
 
 
-def test_help_lists_every_command_and_a_typo_is_one_line(tmp_path: Path) -> None:
+def test_help_lists_every_command_and_a_typo_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pfsfs.cli.main import _command_modules
 
+    monkeypatch.setenv("COLUMNS", "200")  # one line per command
     out = run(tmp_path / "home", "--help").stdout.decode()
     listed = {line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()}
     assert set(_command_modules()) | {"init"} == listed

@@ -24,7 +24,8 @@ def _before_start(signum: int, _frame: FrameType | None) -> None:
 
 def main() -> None:
     previous = {s: signal.signal(s, _before_start) for s in _EARLY}
-    from .main import main as run_cli  # the slow part
+    from .main import main as run_cli  # the slow part (click, the repository; a command's
+    # own module is imported later, when click looks the command up)
 
     for s, handler in previous.items():
         signal.signal(s, handler)
