@@ -93,12 +93,11 @@ def concat(parts: Sequence[bytes | bytearray | memoryview]) -> bytes | bytearray
     are ``CONCAT_MIN`` of them or more (else, and off CPython: ``b"".join``, the same bytes).
     No other thread may write into a part meanwhile (chunks are never written once filled)."""
     views = [v for v in map(memoryview, parts) if v.nbytes]
-    if sum(v.nbytes for v in views) < CONCAT_MIN:
-        return b"".join(views)
-    addresses = [_address(v) for v in views]
+    total = sum(v.nbytes for v in views)
+    addresses = [_address(v) for v in views] if total >= CONCAT_MIN else [None]
     if None in addresses:
         return b"".join(views)
-    out = uninitialized(sum(v.nbytes for v in views))
+    out = uninitialized(total)
     dst = ctypes.addressof(ctypes.c_char.from_buffer(out))
     for view, src in zip(views, addresses, strict=True):
         ctypes.memmove(dst, src, view.nbytes)  # a foreign call: the GIL is released meanwhile

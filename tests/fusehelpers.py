@@ -27,10 +27,6 @@ from pfsfs.launch import CHILD_CWD, python_module_argv
 BIN = Path(sys.executable).parent
 PFSFS = str(BIN / "pfsfs") if (BIN / "pfsfs").exists() else "pfsfs"
 
-_daemons: list[subprocess.Popen[bytes]] = []
-_roots: set[str] = set()
-
-
 def fuse_mounts(under: str = "/") -> list[str]:
     """Mount points of FUSE filesystems below ``under``."""
     found = []
@@ -78,7 +74,6 @@ class Env:
         self.environ = {**os.environ, **(extra_env or {})}
         self.log_path = tmp_path / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        _roots.add(str(tmp_path))
 
     # -- CLI ---------------------------------------------------------------------------------
     def run(
@@ -131,7 +126,6 @@ class Env:
             env=self.environ,
         )
         log.close()
-        _daemons.append(self.proc)
         client = DaemonClient(self.home)
         deadline = time.monotonic() + 30
         while client.ping() is None:
@@ -238,18 +232,25 @@ def stop_any_daemon(home: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def no_leftovers() -> Iterator[None]:
-    """At the end of the session: no mount under a test directory, no daemon alive."""
+def no_leftovers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the session no daemon, worker or scheduler of a test's home is alive and
+    nothing is mounted below the session's temp directory, whoever started them (a command
+    that starts the daemon itself, say): such leftovers are killed or unmounted, and the
+    session fails. Every session runs it (``conftest.py``)."""
     yield
-    left = [mp for root in _roots for mp in fuse_mounts(root)]
-    for mp in left:
-        subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
-    alive = [p.pid for p in _daemons if p.poll() is None]
-    for p in _daemons:
-        if p.poll() is None:
-            p.kill()
-    assert not left, f"mounts left behind: {left}"
-    assert not alive, f"daemons left running: {alive}"
+    base = str(tmp_path_factory.getbasetemp())
+    deadline = time.monotonic() + 3.0  # a daemon told to stop by the last test may be ending
+    while (daemons := daemons_under(base)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    mounts = fuse_mounts(base)
+    for pid in daemons:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # gone meanwhile
+            pass
+    for mp in mounts:
+        subprocess.run(["fusermount3", "-uz", mp], capture_output=True, check=False)
+    assert not mounts and not daemons, f"left behind: mounts {mounts}, processes {daemons}"
 
 
 @pytest.fixture

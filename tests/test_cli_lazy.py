@@ -35,8 +35,8 @@ def _modules_after(home: Path, *args: str) -> set[str]:
     """The pfsfs.cli modules imported by the time ``pfsfs ARGS`` finished."""
     code = (
         "import sys, atexit\n"
-        "atexit.register(lambda: print(' '.join(sorted(m for m in sys.modules "
-        "if m.startswith('pfsfs.cli.'))), file=sys.stderr))\n"
+        "atexit.register(lambda: print('MODULES', *sorted(m for m in sys.modules "
+        "if m.startswith('pfsfs.cli.')), file=sys.stderr))\n"
         "from pfsfs.cli.main import main\n"
         f"sys.argv = ['pfsfs', *{list(args)!r}]\n"
         "main()\n"
@@ -46,7 +46,8 @@ def _modules_after(home: Path, *args: str) -> set[str]:
         [sys.executable, "-c", code], capture_output=True, env=env, timeout=120, check=False
     )
     assert proc.returncode == 0, proc.stderr
-    return set(proc.stderr.decode().split()[-40:])
+    (line,) = [x for x in proc.stderr.decode().splitlines() if x.startswith("MODULES")]
+    return set(line.split()[1:])
 
 
 def test_a_command_imports_its_own_module_only(tmp_path: Path) -> None:
