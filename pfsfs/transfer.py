@@ -43,6 +43,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -1254,7 +1255,8 @@ class _Export:
                 writing[0] += 1
             write = self.fetcher.submit(out, write_file) if self.fetcher is not None else None
             if write is None:
-                write_file(self.repository.iter_file(entry))
+                with file_chunks(self.repository, entry) as chunks:
+                    write_file(chunks)
             else:
                 self.inflight.append(write)
                 self._wait_writes(self.FILES_PENDING)
@@ -1313,6 +1315,44 @@ def _counting(chunks: Iterator[bytes], progress: Progress) -> Iterator[bytes]:
     for data in chunks:
         progress(len(data))
         yield data
+
+
+#: A file at least this big is read ahead in a thread of its own (``file_chunks``); a smaller
+#: one (a few chunks at most) in the caller's thread, where a thread would cost more than the
+#: little it overlaps.
+READ_AHEAD_MIN_BYTES = 4 << 20
+
+
+@contextmanager
+def file_chunks(repository: Repository, entry: Entry) -> Iterator[Iterator[bytes]]:
+    """A regular file's content, chunk by chunk, every chunk verified: read and verified in a
+    thread of their own (at most ``_Fetcher.AHEAD_BYTES`` ahead) while the caller writes them
+    out, as ``get`` of a directory does. Reading, hashing and writing one after another in
+    one thread took 1.82 s for a cold 1 GiB file here, against 1.0 s for the same file in a
+    directory ``get``. Leaving the block (the end, an error, ^C) stops the reading thread."""
+    if entry.type != FILE:
+        raise InvalidInput("not a regular file")
+    if entry.size < READ_AHEAD_MIN_BYTES:
+        yield repository.iter_file(entry)
+        return
+    worker = _FetchWorker(repository.reader, [(0, entry)], _Fetcher.AHEAD_BYTES)
+    try:
+        yield worker.chunks(0)
+    finally:
+        worker.close()
+
+
+def export_committed_file(
+    repository: Repository,
+    entry: Entry,
+    out: bytes,
+    progress: Progress = _no_progress,
+    *,
+    into_special: bool = False,
+) -> None:
+    """``export_file`` of a committed file, its chunks read ahead (``file_chunks``)."""
+    with file_chunks(repository, entry) as chunks:
+        export_file(_counting(chunks, progress), entry, out, into_special=into_special)
 
 
 if TYPE_CHECKING:

@@ -22,7 +22,9 @@ Rows (``ROWS``, in order; ``--only`` picks some by name):
 - ``put``: ``pfsfs put -r`` of the tree into a fresh home on the same disk, + ``sync``;
 - ``reput``: the same put again after 1 MiB in the middle of one file was rewritten;
 - ``small``: ``pfsfs put -r`` of 10k × 1 KiB files into a fresh home, + ``sync``;
-- ``get``: ``pfsfs get`` of the committed tree into a fresh directory, + ``sync``.
+- ``get``: ``pfsfs get`` of the committed tree into a fresh directory, + ``sync``;
+- ``get-file``: ``pfsfs get -o`` of the same bytes committed as one file, + ``sync``;
+- ``cat``: ``pfsfs cat`` of that file into /dev/null (the reference: ``ref-read``).
 
 Adding a row (e.g. the mount rows): write ``def row_x(b: Bench) -> Sample`` measuring one run,
 and register it in ``ROWS`` as ``Row("name", "label", row_x, reference="ref-read", target=...,
@@ -118,6 +120,7 @@ class Bench:
         self.cold_ok = True
         self._homes = 0
         self.put_home: Path | None = None  # the home of the last ``put`` row (reput, get use it)
+        self.one_file_put = False  # whether put_home holds /one.bin (``_one_file``)
 
     def make_trees(self) -> None:
         self.big.mkdir()
@@ -252,7 +255,7 @@ def row_put(b: Bench) -> Sample:
     home = b.fresh_home()
     b.cold()
     t = b.timed(lambda: (b.pfsfs(home, "put", "bench@master:/big", "-r", "-f", str(b.big)), sync()))
-    b.put_home = home
+    b.put_home, b.one_file_put = home, False
     return Sample(t, b.size)
 
 
@@ -287,6 +290,33 @@ def row_get(b: Bench) -> Sample:
     home = b.put_home
     t = b.timed(lambda: (b.pfsfs(home, "get", "bench@master:/big", "-o", str(out)), sync()))
     shutil.rmtree(out)
+    return Sample(t, b.size)
+
+
+def _one_file(b: Bench) -> Path:
+    """The put row's home, holding the tree's bytes also as one file (``/one.bin``, put once
+    from the in-memory copy, untimed): what the one-file rows read."""
+    if b.put_home is None:
+        raise RuntimeError("needs the put row")
+    if not b.one_file_put:
+        b.pfsfs(b.put_home, "put", "bench@master:/one.bin", "-f", str(_memory_copy(b)))
+        b.one_file_put = True
+    return b.put_home
+
+
+def row_get_file(b: Bench) -> Sample:
+    home = _one_file(b)
+    out = b.scratch("got.bin")
+    b.cold()
+    t = b.timed(lambda: (b.pfsfs(home, "get", "bench@master:/one.bin", "-o", str(out)), sync()))
+    out.unlink()
+    return Sample(t, b.size)
+
+
+def row_cat(b: Bench) -> Sample:
+    home = _one_file(b)
+    b.cold()
+    t = b.timed(lambda: b.pfsfs(home, "cat", "bench@master:/one.bin"))  # stdout: /dev/null
     return Sample(t, b.size)
 
 
@@ -332,6 +362,16 @@ ROWS: list[Row] = [
         target=">= 80% of disk write",
         met=_at_least(0.8),
     ),
+    Row(
+        "get-file",
+        "get one {size} file (+ sync)",
+        row_get_file,
+        reference="ref-write",
+        also=("ref-rw",),
+        target=">= 80% of disk write",
+        met=_at_least(0.8),
+    ),
+    Row("cat", "cat one {size} file (> /dev/null)", row_cat, reference="ref-read"),
 ]
 # The mount rows of issue 19 go here too: a ``row_x(b: Bench) -> Sample`` each, appended to
 # ROWS with its reference row (``reference="ref-read"`` for cold reads through a mount).

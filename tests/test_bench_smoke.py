@@ -46,12 +46,15 @@ def test_bench_speed_tiny(tmp_path: Path) -> None:
     args = ("--size-mib", "8", "--files", "4", "--small-files", "50", "--runs", "2")
     proc = run(SCRIPTS / "bench_speed.py", *args, "--dir", work, "--json", out)
     table = proc.stdout
-    for label in ("cp -a", "dd, fsync", "cold read + disk write", "re-put", "get 8 MiB"):
+    labels = ("cp -a", "dd, fsync", "cold read + disk write", "re-put", "get 8 MiB", "cat one")
+    for label in labels:
         assert label in table, table
     assert "failed" not in table, table
     rows = measured(json.loads(out.read_text()))
     assert rows["get"]["runs"] == 2
     assert set(rows["get"]["ratios"]) == {"ref-write", "ref-rw", "ref-cp"}  # type: ignore[arg-type]
+    assert set(rows["get-file"]["ratios"]) == {"ref-write", "ref-rw"}  # type: ignore[arg-type]
+    assert set(rows["cat"]["ratios"]) == {"ref-read"}  # type: ignore[arg-type]
     assert rows["put"]["met"] in (True, False)
     assert list(work.iterdir()) == [], "the benchmark left files behind"
 

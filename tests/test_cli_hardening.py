@@ -541,3 +541,48 @@ def test_a_signal_while_pfsfs_starts_up_is_one_line(tmp_path: Path, sig: signal.
         lines = err.decode().strip().splitlines()
         assert proc.returncode == 128 + sig, (delay, proc.returncode, lines)
         assert len(lines) == 1 and "Traceback" not in lines[0], (delay, lines)
+
+
+#: A command that writes to a pipe whose reader is gone: standard output (``stdout``) or
+#: another pipe of its own (``other``); run through the real ``main``.
+BROKEN_PIPE = """
+import os, sys
+import click
+from pfsfs.cli import main as m
+
+@click.command("brokenpipe")
+@click.argument("where")
+def brokenpipe(where):
+    if where == "stdout":
+        while True:
+            sys.stdout.buffer.write(b"x" * 65536)
+    r, w = os.pipe()
+    os.close(r)
+    os.write(w, b"lost")
+
+m.cli.add_command(brokenpipe)
+sys.argv = ["pfsfs", "brokenpipe", sys.argv[1]]
+m.main()
+"""
+
+
+def test_a_reader_of_stdout_that_goes_away_is_exit_0_and_any_other_broken_pipe_an_error(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "PFSFS_HOME": str(tmp_path / "home")}
+    gone = subprocess.Popen(
+        [sys.executable, "-c", BROKEN_PIPE, "stdout"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert gone.stdout is not None and gone.stderr is not None
+    gone.stdout.read(1000)
+    gone.stdout.close()  # as `head -c 1000` does
+    assert gone.wait(timeout=60) == 0
+    assert gone.stderr.read() == b""
+    other = subprocess.run(
+        [sys.executable, "-c", BROKEN_PIPE, "other"], capture_output=True, env=env, timeout=60
+    )
+    assert other.returncode == 7, other
+    assert other.stderr.decode().splitlines() == ["pfsfs: error: broken pipe"]

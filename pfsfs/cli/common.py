@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import select
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ from typing import Any
 import click
 
 from ..display import plural as plural  # re-exported: the commands count with it
+from ..errors import StoreError
 from ..refspec import short_repr
 from ..repository import Repository
 
@@ -90,6 +92,13 @@ def _on_terminate(signum: int, frame: object) -> None:
         signal.raise_signal(signal.SIGINT)
     else:
         raise KeyboardInterrupt
+
+
+class ReaderGone(BaseException):
+    """The reader of standard output went away (``pfsfs cat big | head``): ``main`` exits 0.
+
+    What a ``BrokenPipeError`` of a command becomes in ``PfsGroup.invoke``: click would turn
+    the error itself into a silent exit 1 before ``main`` saw it."""
 
 
 def install_signal_handlers() -> None:
@@ -160,7 +169,24 @@ class PfsGroup(click.Group):
         except BaseException as exc:
             if is_interrupt(exc):
                 raise interrupted() from None
+            if isinstance(exc, BrokenPipeError):
+                if stdout_reader_gone():
+                    raise ReaderGone() from None
+                # Any other pipe (a transform's stdin, a socket): an error with its line.
+                where = f": {exc.filename}" if exc.filename else ""
+                raise StoreError(f"broken pipe{where}") from None
             raise
+
+
+def stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe or socket whose reader has closed it (``poll``
+    reports an error on the writing end then)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no stdout, or one without a descriptor
+        return False
 
 
 NO_CHANGES = "no changes; nothing committed"

@@ -16,7 +16,7 @@ from ..ops.put import parse_target, resolve_target
 from ..ops.put import put as ops_put
 from ..refspec import parse_ref
 from ..repository import Repository
-from ..transfer import export_file, export_special, export_tree
+from ..transfer import export_committed_file, export_special, export_tree, file_chunks
 from .common import (
     NO_CHANGES,
     UTF8_TEXT,
@@ -129,21 +129,16 @@ def get(app: AppContext, ref: str, output: str | None) -> None:
         out = os.path.join(out, name)
     if entry.type == FILE:
         with progress_bar(entry.size, "get") as update:
-            export_file(_counting(repository, entry, update), entry, out, into_special=True)
+            export_committed_file(repository, entry, out, update, into_special=True)
     else:
         export_special(entry, out, replace_any=False)
 
 
-def _counting(repository: Repository, entry: Entry, update):  # type: ignore[no-untyped-def]
-    for data in repository.iter_file(entry):
-        update(len(data))
-        yield data
-
-
 def _to_stdout(repository: Repository, entry: Entry) -> None:
     out = sys.stdout.buffer
-    for data in repository.iter_file(entry):
-        out.write(data)
+    with file_chunks(repository, entry) as chunks:
+        for data in chunks:
+            out.write(data)
     out.flush()
 
 

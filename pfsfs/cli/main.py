@@ -30,6 +30,7 @@ from .common import (
     AppContext,
     Interrupted,
     PfsGroup,
+    ReaderGone,
     install_signal_handlers,
     interrupted,
     pass_app,
@@ -250,8 +251,9 @@ def _report(exc: BaseException) -> int:
     if isinstance(exc, PfsError):
         click.echo(f"pfsfs: error: {exc.message}", err=True)
         return exc.exit_code
-    if isinstance(exc, BrokenPipeError):
-        # `pfsfs cat big | head`: the reader went away; that is not an error.
+    if isinstance(exc, (ReaderGone, BrokenPipeError)):
+        # `pfsfs cat big | head`: the reader went away; that is not an error. (Standard
+        # output goes to /dev/null: its buffer must not fail again at exit.)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0

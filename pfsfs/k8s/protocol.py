@@ -33,7 +33,7 @@ from ..model import Entry, Locator
 from ..refs import JOB_RECORDS, Refs
 from ..repository import Repository
 from ..store.base import ObjectStore
-from ..transfer import export_file
+from ..transfer import export_committed_file
 
 PLAN_VERSION = 1
 RECORD_VERSION = 1
@@ -282,7 +282,7 @@ class InputFiles:
                 raise PfsError(f"{item.repo}@{item.commit[:12]}: {path} is not in the commit")
             dest = base + os.fsencode(path)
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            export_file(self.repository.iter_file(entry), entry, dest)
+            export_committed_file(self.repository, entry, dest)
 
 
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./@:+=-]*$")

@@ -56,7 +56,7 @@ from ..ids import to_hex
 from ..model import DIR, FILE, SYMLINK, Entry, Locator
 from ..objects import ObjectWriter
 from ..repository import Repository
-from ..transfer import export_file, file_entry, store_chunks
+from ..transfer import export_committed_file, file_entry, store_chunks
 from ..treediff import same_entry, same_meta
 from .commitsets import job_origins
 from .datums import Datum, compute_datums, datum_hash, missing_code, select_code
@@ -668,7 +668,7 @@ class _JobRun:
                 if parent not in made:
                     os.makedirs(parent, exist_ok=True)
                     made.add(parent)
-                export_file(self.repository.iter_file(entry), entry, target)
+                export_committed_file(self.repository, entry, target)
         return ctx
 
     def _open_tracer(self) -> Tracer | None:
@@ -1053,9 +1053,7 @@ def output_changes(
     return changes
 
 
-def _stays(
-    path: bytes, old: Entry, desired: Mapping[bytes, Entry], new_dirs: set[bytes]
-) -> bool:
+def _stays(path: bytes, old: Entry, desired: Mapping[bytes, Entry], new_dirs: set[bytes]) -> bool:
     """Whether ``path`` of the base commit (``old``) is still there as the same kind: a
     directory still written or implied by a path, or a non-directory that a desired one
     replaces in place (a put) rather than after a delete."""
