@@ -960,6 +960,10 @@ class _FetchWorker:
     the ``get``'s order), in order, at most ``ahead_bytes`` ahead of the writing thread."""
 
     PREFETCH = 16
+    #: The same for a remote store (as far ahead as a mount's reader, ``STORE_READ_AHEAD``):
+    #: its read cache fetches 32 MiB spans, so 16 chunks (~17 MiB) ahead of one file kept a
+    #: single span request in flight, not several.
+    REMOTE_PREFETCH = 56
 
     def __init__(
         self, reader: ObjectReader, files: list[tuple[int, Entry]], ahead_bytes: int
@@ -990,15 +994,17 @@ class _FetchWorker:
 
     def _run(self) -> None:
         """Read chunk after chunk, asking the store for the next ``PREFETCH`` (across file
-        boundaries) ahead: a local store has the kernel read them ahead, a remote one starts
-        fetching them. ``read_raw`` verifies each (and has the cache-or-store fallbacks)."""
+        boundaries; ``REMOTE_PREFETCH`` for a remote store) ahead: a local store has the
+        kernel read them ahead, a remote one starts fetching them. ``read_raw`` verifies each
+        (and has the cache-or-store fallbacks)."""
         stream = self._stream()
         ahead: deque[tuple[int, Locator | BaseException | None]] = deque()
         failed = -1  # the file whose read failed: the rest of its chunks are skipped
         local = getattr(self.reader.store, "read_ahead_ranges", None)  # a local store's
+        depth = self.PREFETCH if local is not None else self.REMOTE_PREFETCH
 
         def fill() -> None:
-            while len(ahead) < self.PREFETCH:
+            while len(ahead) < depth:
                 step = next(stream, None)
                 if step is None:
                     return

@@ -309,6 +309,45 @@ def test_data_blocks_are_cached_bare_and_past_the_page_cache(cached: CachingStor
     assert cached.disk_usage() == len(data)
 
 
+def test_without_keep_file_data_fetched_blocks_stay_off_disk_and_cached_ones_serve(
+    cached: CachingStore, tmp_path: Path
+) -> None:
+    """``keep_file_data = False`` (a ``get``): data-pack blocks fetched from the store are not
+    written to the cache; blocks already on disk are still read from it, and metadata packs
+    are cached as ever."""
+    kept = [os.urandom(100_000), os.urandom(60_000)]
+    _key, kept_locs = _cached_data_pack(cached, kept)
+    before = sorted(p for p in cached._data_blocks.rglob("*") if p.is_file())
+    assert before  # what a mount's read left there
+    cached.keep_file_data = False
+    pack = new_pack_name(DATA_PACK)
+    chunks = [os.urandom(70_000), os.urandom(90_000)]
+    cached.inner.put(pack_key(pack), b"".join(chunks))
+    meta = meta_key()
+    cached.inner.put(meta, b"trees" * 1000)
+    cached.inner.flush()
+    reader = ObjectReader(cached.inner, None, cache=cached)  # type: ignore[arg-type]
+    locs, offset = [], 0
+    for c in chunks:
+        locs.append(Locator(hash_bytes(c), pack, offset, len(c)))
+        offset += len(c)
+    assert [reader.read_raw(loc) for loc in locs] == chunks
+    assert cached.get(meta, 5, 10) == (b"trees" * 1000)[5:15]
+    cached.drain_cache_writes()
+    assert sorted(p for p in cached._data_blocks.rglob("*") if p.is_file()) == before
+    assert cached._blob_path(meta).is_file()
+    # A fresh process on the same cache directory reads the cached pack from disk alone.
+    other = CachingStore(cached.inner, tmp_path / "cache", block_size=cached.block_size)
+    other.keep_file_data = False
+    try:
+        sent = requests(cached)
+        other_reader = ObjectReader(cached.inner, None, cache=other)  # type: ignore[arg-type]
+        assert [other_reader.read_raw(loc) for loc in kept_locs] == kept
+        assert requests(cached) == sent
+    finally:
+        other.close()
+
+
 def test_reads_go_on_without_memory_for_cache_write_buffers(
     cached: CachingStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -544,6 +544,12 @@ def test_a_big_file_moves_in_few_large_requests(tmp_path: Path, s3_server: MotoS
     assert out.read_bytes() == big
     gets = s3_requests(done.stderr)["GetObject"]
     assert gets <= 16, gets  # 8 MiB spans: ~5 for the data, plus refs, commit, metadata pack
+    # A get writes the content out: the read cache keeps the metadata it read, not the data.
+    cache = reader / "cache" / "store"
+    assert [p for p in (cache / "data-blocks").rglob("*") if p.is_file()] == []
+    assert any(p.is_file() for p in (cache / "blobs").rglob("*"))
+    assert run(reader, "cat", "data@master:/big.bin").stdout == big
+    assert [p for p in (cache / "data-blocks").rglob("*") if p.is_file()] == []
 
     # Editing the middle stores a few new chunks (in a new pack), not the file again.
     edited = bytearray(big)

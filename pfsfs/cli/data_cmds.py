@@ -106,7 +106,7 @@ def get(app: AppContext, ref: str, output: str | None) -> None:
     one). An existing device or FIFO given as -o (``/dev/stdout``, a tape) is written into;
     an existing regular file is replaced atomically.
     """
-    repository = app.repo
+    repository = _copying_out(app.repo)
     entry, where, path = _resolve_entry(repository, ref)
     name = path[-1] if path else os.fsencode(parse_ref(ref).repo)
     if entry.is_dir:
@@ -134,6 +134,15 @@ def get(app: AppContext, ref: str, output: str | None) -> None:
         export_special(entry, out, replace_any=False)
 
 
+def _copying_out(repository: Repository) -> Repository:
+    """``repository`` for a ``get`` or ``cat``: the file content they fetch from a remote
+    store is not kept in the read cache (``CachingStore.keep_file_data``), as it is written
+    to a file or pipe anyway; trees and manifests still are."""
+    if repository.cache is not None:
+        repository.cache.keep_file_data = False
+    return repository
+
+
 def _to_stdout(repository: Repository, entry: Entry) -> None:
     out = sys.stdout.buffer
     with file_chunks(repository, entry) as chunks:
@@ -151,12 +160,13 @@ def _shown(path: tuple[bytes, ...]) -> str:
 @pass_app
 def cat(app: AppContext, ref: str) -> None:
     """Print a file of a commit."""
-    entry, where, path = _resolve_entry(app.repo, ref)
+    repository = _copying_out(app.repo)
+    entry, where, path = _resolve_entry(repository, ref)
     if entry.is_dir:
         raise InvalidInput(f"{where}:{_shown(path)} is a directory")
     if entry.type != FILE:
         raise InvalidInput(f"{where}:{_shown(path)} is not a regular file")
-    _to_stdout(app.repo, entry)
+    _to_stdout(repository, entry)
 
 
 def _mode_string(entry: Entry) -> str:
