@@ -765,23 +765,31 @@ def _write_view(fd: int, view: memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _write_sparse(fd: int, data: bytes) -> None:
-    """Write ``data`` at the file offset, leaving all-zero blocks as holes (lseek over them)."""
-    view, n, i = memoryview(data), len(data), 0
+def _zero_block(data: bytes | bytearray | memoryview, i: int, end: int) -> bool:
+    """Whether ``data[i:end]`` is all zero bytes (its first and last byte first: cheap, and
+    for most data blocks the answer). A view's block is copied to be counted, only then."""
+    if data[i] or data[end - 1]:
+        return False
+    if isinstance(data, memoryview):
+        return bytes(data[i:end]).count(0) == end - i
+    return data.count(0, i, end) == end - i
+
+
+def _write_sparse(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write ``data`` at the file offset, leaving all-zero blocks as holes (lseek over them).
+    A view (a chunk in the read cache's buffer) is written from where it is, not copied."""
+    view = memoryview(data).cast("B")
+    if isinstance(data, memoryview):
+        data = view
+    n, i = len(view), 0
     while i < n:
         j = i
-        while j < n:  # the run of blocks that hold data
-            end = min(j + HOLE_BLOCK, n)
-            if data[j] == 0 and data[end - 1] == 0 and data.count(0, j, end) == end - j:
-                break
-            j = end
+        while j < n and not _zero_block(data, j, min(j + HOLE_BLOCK, n)):
+            j = min(j + HOLE_BLOCK, n)  # the run of blocks that hold data
         _write_view(fd, view[i:j])
         i = j
-        while i < n:  # the run of zero blocks after it
-            end = min(i + HOLE_BLOCK, n)
-            if not (data[i] == 0 and data[end - 1] == 0 and data.count(0, i, end) == end - i):
-                break
-            i = end
+        while i < n and _zero_block(data, i, min(i + HOLE_BLOCK, n)):
+            i = min(i + HOLE_BLOCK, n)  # the run of zero blocks after it
         if i > j:
             os.lseek(fd, i - j, os.SEEK_CUR)
 
@@ -792,7 +800,7 @@ def _write_all(fd: int, chunks: Iterator[bytes], *, holes: bool) -> None:
     for data in chunks:
         size += len(data)
         if holes:
-            _write_sparse(fd, bytes(data))
+            _write_sparse(fd, data)
         else:
             _write_view(fd, memoryview(data))
     if holes:

@@ -186,3 +186,36 @@ def test_a_small_file_is_read_in_the_callers_thread(home: Path) -> None:
         with transfer.file_chunks(repository, entry) as chunks:
             assert reading_threads() == []
             assert b"".join(chunks) == content(SIZES[2], seed=2)
+
+
+def test_the_zero_run_of_a_file_comes_back_as_a_hole(home: Path, tmp_path: Path) -> None:
+    i = len(SIZES) - 1  # 2 MiB of zeros in its middle
+    out = tmp_path / "out"
+    run(home, "get", f"r@master:/f{i}", "-o", str(out))
+    assert out.read_bytes() == content(SIZES[i], seed=i)
+    assert out.stat().st_blocks * 512 <= SIZES[i] - MiB
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_sparse_writes_of_any_buffer_keep_the_bytes_and_skip_zero_blocks(
+    tmp_path: Path, kind: type
+) -> None:
+    """``_write_sparse`` of bytes, a bytearray or a view (a read cache's chunk): the same
+    bytes, and every aligned all-zero block left a hole, also at a buffer's ends."""
+    block = transfer.HOLE_BLOCK
+    rng = random.Random(kind.__name__)
+    layout = [0, 1, 1, 0, 0, 1, 0]  # 1: data, 0: zeros, one HOLE_BLOCK each
+    data = b"".join(rng.randbytes(block) if d else bytes(block) for d in layout)
+    data += b"\0" * 100 + b"\1"  # a short last block that holds data
+    parts = [data[: 3 * block + 5], data[3 * block + 5 :]]  # a chunk boundary off the blocks
+    out = tmp_path / "sparse"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        chunks = [kind(p) if kind is not memoryview else memoryview(bytes(p)) for p in parts]
+        transfer._write_all(fd, iter(chunks), holes=True)
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == data
+    # Zero blocks wholly inside one chunk are holes: blocks 0 and 4 (3 straddles the chunks).
+    allocated = out.stat().st_blocks * 512
+    assert allocated <= len(data) - 2 * block, allocated

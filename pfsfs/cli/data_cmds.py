@@ -16,7 +16,13 @@ from ..ops.put import parse_target, resolve_target
 from ..ops.put import put as ops_put
 from ..refspec import parse_ref
 from ..repository import Repository
-from ..transfer import export_committed_file, export_special, export_tree, file_chunks
+from ..transfer import (
+    export_committed_file,
+    export_special,
+    export_tree,
+    file_chunks,
+    tune_malloc,
+)
 from .common import (
     NO_CHANGES,
     UTF8_TEXT,
@@ -137,9 +143,11 @@ def get(app: AppContext, ref: str, output: str | None) -> None:
 def _copying_out(repository: Repository) -> Repository:
     """``repository`` for a ``get`` or ``cat``: the file content they fetch from a remote
     store is not kept in the read cache (``CachingStore.keep_file_data``), as it is written
-    to a file or pipe anyway; trees and manifests still are."""
+    to a file or pipe anyway; trees and manifests still are. And this process keeps its freed
+    chunk buffers for the next chunks (``tune_malloc``), as a ``put`` does."""
     if repository.cache is not None:
         repository.cache.keep_file_data = False
+    tune_malloc()
     return repository
 
 
