@@ -19,7 +19,7 @@ from pfsfs import transfer
 from pfsfs.repository import Repository
 
 from .cli import PFSFS, fails, run
-from .test_get_streams import ROOT, chunk_files
+from .test_get_streams import ROOT, chunk_files, flip_bit
 
 MiB = 1 << 20
 THRESHOLD = transfer.READ_AHEAD_MIN_BYTES
@@ -83,12 +83,7 @@ def corrupt_home(tmp_path: Path) -> tuple[Path, bytes]:
     run(home, "put", "r@master:/big", "-f", str(src))
     chunks = sorted(chunk_files(home), key=lambda p: p.stat().st_size)
     assert len(chunks) >= 4, "the file should span several chunks"
-    target = chunks[len(chunks) // 2]
-    with open(target, "r+b") as f:
-        f.seek(100)
-        byte = f.read(1)
-        f.seek(100)
-        f.write(bytes([byte[0] ^ 0x01]))
+    flip_bit(chunks[len(chunks) // 2], 100, 0x01)
     return home, data
 
 

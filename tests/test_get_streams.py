@@ -27,6 +27,15 @@ def chunk_files(home: Path) -> set[Path]:
     return {p for p in (home / "store" / "chunk").rglob("*") if p.is_file()}
 
 
+def flip_bit(path: Path, offset: int, mask: int) -> None:
+    """Corrupt a stored file in place: the byte at ``offset`` XOR ``mask``."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ mask]))
+
+
 def make_tree(src: Path, seed: int) -> dict[str, bytes]:
     """Sixteen files of 1-3 MiB in nested directories, by seed."""
     rng = random.Random(seed)
@@ -66,12 +75,7 @@ def test_a_corrupt_chunk_in_one_file_fails_the_get_and_leaves_no_partial_file(
     run(home, "put", f"r@master:/{victim}", "-f", str(src / victim))
     own = sorted(chunk_files(home))
     run(home, "put", "-r", "-f", f"{src}/", "r@master")
-    target = own[len(own) // 2]
-    with open(target, "r+b") as f:
-        f.seek(1000)
-        byte = f.read(1)
-        f.seek(1000)
-        f.write(bytes([byte[0] ^ 0x40]))
+    flip_bit(own[len(own) // 2], 1000, 0x40)
 
     out = tmp_path / "out"
     line = fails(home, "get", "r@master", "-o", str(out), code=6)
