@@ -37,12 +37,13 @@ from pfsfs.heldbytes import HeldBytes, owner_of
 from pfsfs.ids import hash_bytes
 from pfsfs.model import Locator, ManifestChunk, blob_key
 from pfsfs.objects import ObjectReader
+from pfsfs.store.base import SEQUENTIAL_AHEAD_CHUNKS
 from pfsfs.store.directio import reads_uncached
 
 log = logging.getLogger(__name__)
 
 SEQUENTIAL_SLACK = 4 << 20  # bytes a read may start before or after the last one's end
-STORE_READ_AHEAD = 56  # chunks (~64 MiB) a remote store may fetch ahead of a sequential reader
+STORE_READ_AHEAD = SEQUENTIAL_AHEAD_CHUNKS  # a remote store fetches ahead of a sequential reader
 
 Chunk = bytes | memoryview
 MAX_ENTRIES = 4096  # chunks held at most

@@ -67,6 +67,7 @@ from .model import (
     entry_extra,
 )
 from .objects import ObjectReader, ObjectWriter
+from .store.base import SEQUENTIAL_AHEAD_CHUNKS
 from .store.local import start_writeback
 
 log = logging.getLogger(__name__)
@@ -775,10 +776,11 @@ def _zero_block(data: bytes | bytearray | memoryview, i: int, end: int) -> bool:
     return data.count(0, i, end) == end - i
 
 
-def _write_sparse(fd: int, data: bytes | bytearray | memoryview) -> None:
-    """Write ``data`` at the file offset, leaving all-zero blocks as holes (lseek over them).
-    A view (a chunk in the read cache's buffer) is written from where it is, not copied."""
-    view = memoryview(data).cast("B")
+def _write_sparse(fd: int, data: bytes | bytearray | memoryview) -> int:
+    """Write ``data`` at the file offset, leaving all-zero blocks as holes (lseek over them);
+    returns its size in bytes. A view (a chunk in the read cache's buffer) is written from
+    where it is, not copied."""
+    view = memoryview(data).cast("B")  # bytes, whatever the view's item size and shape
     if isinstance(data, memoryview):
         data = view
     n, i = len(view), 0
@@ -792,17 +794,17 @@ def _write_sparse(fd: int, data: bytes | bytearray | memoryview) -> None:
             i = min(i + HOLE_BLOCK, n)  # the run of zero blocks after it
         if i > j:
             os.lseek(fd, i - j, os.SEEK_CUR)
+    return n
 
 
 def _write_all(fd: int, chunks: Iterator[bytes], *, holes: bool) -> None:
     """Write every chunk; with ``holes`` (a fresh file), zero blocks become holes."""
     size = 0
     for data in chunks:
-        size += len(data)
         if holes:
-            _write_sparse(fd, data)
+            size += _write_sparse(fd, data)
         else:
-            _write_view(fd, memoryview(data))
+            _write_view(fd, memoryview(data).cast("B"))
     if holes:
         os.ftruncate(fd, size)  # a trailing hole
 
@@ -882,6 +884,8 @@ def _write_into(chunks: Iterator[bytes], out: bytes) -> None:
         raise _write_error(exc, out) from None
     try:
         _write_all(fd, chunks, holes=False)
+    except BrokenPipeError as exc:  # `get -o /dev/stdout | head`: the CLI decides (exit 0)
+        raise BrokenPipeError(exc.errno, exc.strerror, show_local(out)) from None
     except OSError as exc:
         raise _write_error(exc, out) from None
     finally:
@@ -968,22 +972,29 @@ class _FetchWorker:
     the ``get``'s order), in order, at most ``ahead_bytes`` ahead of the writing thread."""
 
     PREFETCH = 16
-    #: The same for a remote store (as far ahead as a mount's reader, ``STORE_READ_AHEAD``):
-    #: its read cache fetches 32 MiB spans, so 16 chunks (~17 MiB) ahead of one file kept a
-    #: single span request in flight, not several.
-    REMOTE_PREFETCH = 56
 
     def __init__(
-        self, reader: ObjectReader, files: list[tuple[int, Entry]], ahead_bytes: int
+        self,
+        reader: ObjectReader,
+        files: list[tuple[int, Entry]],
+        ahead_bytes: int,
+        *,
+        remote_prefetch: int = PREFETCH,
     ) -> None:
+        """``remote_prefetch``: how many chunks a remote store is asked for ahead (a lone
+        reader may go as far as a mount's, ``SEQUENTIAL_AHEAD_CHUNKS``; the four streams of a
+        directory ``get`` together no further: the read cache drops blocks fetched that far
+        ahead before they are read, and a ``get`` keeps none on disk to read them back)."""
         self.reader = reader
         self.files = files
         self.ahead_bytes = ahead_bytes
+        self.remote_prefetch = remote_prefetch
         self.cond = threading.Condition()
         # (file number, a verified chunk or the file's end: None or the error reading it)
         self.queue: deque[tuple[int, bytes | BaseException | None]] = deque()
         self.buffered = 0
         self.stopped = False
+        self.died: BaseException | None = None  # what ended the thread unexpectedly (a bug)
         self.thread = threading.Thread(target=self._run, name="pfsfs-get-read", daemon=True)
         if files:
             self.thread.start()
@@ -1001,15 +1012,36 @@ class _FetchWorker:
             yield no, None
 
     def _run(self) -> None:
+        """``_read``; whatever else ends it (a bug, no memory) is raised to the writing thread
+        instead of leaving it waiting for chunks that never come."""
+        try:
+            self._read()
+        except BaseException as exc:  # noqa: BLE001 - handed to the writing thread
+            with self.cond:
+                self.died = exc
+                self.cond.notify_all()
+
+    def _hint(self, local: Callable[..., None] | None, loc: Locator) -> None:
+        """Ask the store to start reading ``loc``; a hint that fails is only a lost hint (the
+        read itself reports what is wrong)."""
+        try:
+            if local is not None:
+                local([(blob_key(loc), loc.offset, loc.length)])
+            else:
+                self.reader.prefetch([loc])
+        except Exception as exc:  # noqa: BLE001
+            log.debug("read-ahead hint for %s failed: %s", loc.hex[:16], exc)
+
+    def _read(self) -> None:
         """Read chunk after chunk, asking the store for the next ``PREFETCH`` (across file
-        boundaries; ``REMOTE_PREFETCH`` for a remote store) ahead: a local store has the
+        boundaries; ``remote_prefetch`` for a remote store) ahead: a local store has the
         kernel read them ahead, a remote one starts fetching them. ``read_raw`` verifies each
         (and has the cache-or-store fallbacks)."""
         stream = self._stream()
         ahead: deque[tuple[int, Locator | BaseException | None]] = deque()
         failed = -1  # the file whose read failed: the rest of its chunks are skipped
         local = getattr(self.reader.store, "read_ahead_ranges", None)  # a local store's
-        depth = self.PREFETCH if local is not None else self.REMOTE_PREFETCH
+        depth = self.PREFETCH if local is not None else self.remote_prefetch
 
         def fill() -> None:
             while len(ahead) < depth:
@@ -1017,12 +1049,8 @@ class _FetchWorker:
                 if step is None:
                     return
                 ahead.append(step)
-                loc = step[1]
-                if isinstance(loc, Locator):
-                    if local is not None:
-                        local([(blob_key(loc), loc.offset, loc.length)])
-                    else:
-                        self.reader.prefetch([loc])
+                if isinstance(step[1], Locator):
+                    self._hint(local, step[1])
 
         fill()
         while ahead:
@@ -1066,6 +1094,8 @@ class _FetchWorker:
                 while not self.queue:
                     if self.stopped:  # the get is ending (an error elsewhere, ^C)
                         raise _Stopped
+                    if self.died is not None:
+                        raise self.died
                     self.cond.wait()
                 got, what = self.queue.popleft()
                 if isinstance(what, bytes):
@@ -1349,10 +1379,23 @@ def file_chunks(repository: Repository, entry: Entry) -> Iterator[Iterator[bytes
     if entry.size < READ_AHEAD_MIN_BYTES:
         yield repository.iter_file(entry)
         return
-    worker = _FetchWorker(repository.reader, [(0, entry)], _Fetcher.AHEAD_BYTES)
+    worker = _FetchWorker(
+        repository.reader,
+        [(0, entry)],
+        _Fetcher.AHEAD_BYTES,
+        remote_prefetch=SEQUENTIAL_AHEAD_CHUNKS,
+    )
     try:
         yield worker.chunks(0)
-    finally:
+    except Exception:
+        worker.close()
+        raise
+    except BaseException:
+        # ^C or SIGTERM: no wait for a read in flight (on S3, up to a minute per attempt).
+        # The thread only reads; told to stop, it ends when that read does.
+        worker.stop()
+        raise
+    else:
         worker.close()
 
 

@@ -27,6 +27,7 @@ from .common import (
     NO_CHANGES,
     UTF8_TEXT,
     AppContext,
+    ReaderGone,
     emit_json,
     human_bytes,
     human_time,
@@ -153,10 +154,13 @@ def _copying_out(repository: Repository) -> Repository:
 
 def _to_stdout(repository: Repository, entry: Entry) -> None:
     out = sys.stdout.buffer
-    with file_chunks(repository, entry) as chunks:
-        for data in chunks:
-            out.write(data)
-    out.flush()
+    try:
+        with file_chunks(repository, entry) as chunks:
+            for data in chunks:
+                out.write(data)
+        out.flush()
+    except BrokenPipeError:  # (only the writes can raise it) the reader went away
+        raise ReaderGone() from None
 
 
 def _shown(path: tuple[bytes, ...]) -> str:

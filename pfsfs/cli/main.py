@@ -34,6 +34,7 @@ from .common import (
     install_signal_handlers,
     interrupted,
     pass_app,
+    stdout_reader_gone,
 )
 
 
@@ -251,7 +252,9 @@ def _report(exc: BaseException) -> int:
     if isinstance(exc, PfsError):
         click.echo(f"pfsfs: error: {exc.message}", err=True)
         return exc.exit_code
-    if isinstance(exc, (ReaderGone, BrokenPipeError)):
+    if isinstance(exc, ReaderGone) or (
+        isinstance(exc, BrokenPipeError) and stdout_reader_gone()  # (from a trio group)
+    ):
         # `pfsfs cat big | head`: the reader went away; that is not an error. (Standard
         # output goes to /dev/null: its buffer must not fail again at exit.)
         devnull = os.open(os.devnull, os.O_WRONLY)

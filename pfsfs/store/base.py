@@ -38,6 +38,13 @@ from dataclasses import dataclass
 
 from ..errors import NotFound
 
+#: Chunks (~64 MiB) one sequential reader (a mount's file, a ``get`` of one file) has a remote
+#: store's read cache fetch ahead of it: several spans in flight, and half of the memory that
+#: holds fetched blocks until they are read (``CachingStore``'s ``memory_bytes``, 128 MiB): a
+#: reader further ahead, or several readers this far ahead, would have their blocks dropped
+#: before they got to them.
+SEQUENTIAL_AHEAD_CHUNKS = 56
+
 _KEY_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 
