@@ -586,3 +586,14 @@ def test_a_reader_of_stdout_that_goes_away_is_exit_0_and_any_other_broken_pipe_a
     )
     assert other.returncode == 7, other
     assert other.stderr.decode().splitlines() == ["pfsfs: error: broken pipe"]
+
+
+def test_a_broken_pipe_that_reaches_main_unconverted_is_the_same_one_line_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One from a trio group (``pipeline run``) passes no command's ``invoke``: ``main``
+    decides it the same way (stdout here is not a pipe whose reader left)."""
+    from pfsfs.cli.main import _report
+
+    assert _report(BrokenPipeError(32, "Broken pipe", "fifo")) == 7
+    assert capsys.readouterr().err.splitlines() == ["pfsfs: error: broken pipe: fifo"]

@@ -170,12 +170,17 @@ class PfsGroup(click.Group):
             if is_interrupt(exc):
                 raise interrupted() from None
             if isinstance(exc, BrokenPipeError):
-                if stdout_reader_gone():
-                    raise ReaderGone() from None
-                # Any other pipe (a transform's stdin, a socket): an error with its line.
-                where = f": {exc.filename}" if exc.filename else ""
-                raise StoreError(f"broken pipe{where}") from None
+                raise broken_pipe(exc) from None
             raise
+
+
+def broken_pipe(exc: BrokenPipeError) -> BaseException:
+    """What a broken pipe means: ``ReaderGone`` (exit 0) when it is standard output's reader
+    that went away, else an error with its line (a transform's stdin, a FIFO, a socket)."""
+    if stdout_reader_gone():
+        return ReaderGone()
+    where = f": {exc.filename}" if exc.filename else ""
+    return StoreError(f"broken pipe{where}")
 
 
 def stdout_reader_gone() -> bool:

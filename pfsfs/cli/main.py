@@ -31,10 +31,10 @@ from .common import (
     Interrupted,
     PfsGroup,
     ReaderGone,
+    broken_pipe,
     install_signal_handlers,
     interrupted,
     pass_app,
-    stdout_reader_gone,
 )
 
 
@@ -252,9 +252,9 @@ def _report(exc: BaseException) -> int:
     if isinstance(exc, PfsError):
         click.echo(f"pfsfs: error: {exc.message}", err=True)
         return exc.exit_code
-    if isinstance(exc, ReaderGone) or (
-        isinstance(exc, BrokenPipeError) and stdout_reader_gone()  # (from a trio group)
-    ):
+    if isinstance(exc, BrokenPipeError):  # one that no command's invoke saw (a trio group's)
+        return _report(broken_pipe(exc))
+    if isinstance(exc, ReaderGone):
         # `pfsfs cat big | head`: the reader went away; that is not an error. (Standard
         # output goes to /dev/null: its buffer must not fail again at exit.)
         devnull = os.open(os.devnull, os.O_WRONLY)

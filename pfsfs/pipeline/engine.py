@@ -1053,7 +1053,9 @@ def output_changes(
     return changes
 
 
-def _stays(path: bytes, old: Entry, desired: Mapping[bytes, Entry], new_dirs: set[bytes]) -> bool:
+def _stays(
+    path: bytes, old: Entry, desired: Mapping[bytes, Entry], new_dirs: set[bytes]
+) -> bool:
     """Whether ``path`` of the base commit (``old``) is still there as the same kind: a
     directory still written or implied by a path, or a non-directory that a desired one
     replaces in place (a put) rather than after a delete."""
