@@ -4,8 +4,9 @@
 Every row is measured ``--runs`` times (default 3), interleaved (run 1 of every row, then run
 2, ...) so a busy machine slows every row alike; the page cache is dropped before each timed
 step (root only: otherwise the table says "warm"), then the CLI is run once untimed so the
-program itself is warm (``Bench.cold``). Printed per row: min / median / max and the
-ratio of the medians to the row's reference. The machine's load average is printed before and
+program itself is warm (``Bench.cold``). Printed per row: min / median / max, and against each
+reference the median (min-max) of the per-run ratios (``run_ratios``), the target's verdict on
+the median and in how many runs it was met. The machine's load average is printed before and
 after. The exit code is 0 whatever the figures are: the numbers are the output.
 
 Rows (``ROWS``, in order; ``--only`` picks some by name):
@@ -392,6 +393,20 @@ def spread(row: Row) -> tuple[float, float, float]:
     return values[0], statistics.median(values), values[-1]
 
 
+def run_ratios(row: Row, by_name: dict[str, Row]) -> dict[str, list[float]]:
+    """For each of the row's references measured: the row's figure over the reference's in
+    each run. The rows of one run are measured one right after another, so these pair figures
+    taken minutes apart at most; a ratio of medians would pair runs far apart, and this disk's
+    speed drifts by up to 2x between them (``dd`` of 1 GiB: 472-1,320 MB/s in one bench run)."""
+    out: dict[str, list[float]] = {}
+    for name in (row.reference, *row.also):
+        ref = by_name.get(name or "")
+        if name and ref is not None and ref.samples and not ref.error:
+            pairs = zip(row.samples, ref.samples, strict=False)  # a failed ref stopped early
+            out[name] = [figure(row, s) / figure(ref, r) for s, r in pairs]
+    return out
+
+
 def fmt(row: Row, v: float) -> str:
     if row.unit == "s":
         return f"{v:.2f} s"
@@ -402,8 +417,8 @@ def print_table(rows: list[Row], b: Bench, load: tuple[list[float], list[float]]
     by_name = {r.name: r for r in rows}
     sizes = {"size": f"{b.size / MiB:.0f} MiB", "small": f"{b.small_files:,}"}
     print(
-        f"{'workload':<38} {'min':>15} {'median':>15} {'max':>15}  {'ratio':<48} "
-        f"{'median s':>8}  target"
+        f"{'workload':<38} {'min':>15} {'median':>15} {'max':>15}  "
+        f"{'ratio per run: median (min-max)':<60} {'median s':>8}  target"
     )
     for row in rows:
         label = row.label.format(**sizes)
@@ -413,18 +428,20 @@ def print_table(rows: list[Row], b: Bench, load: tuple[list[float], list[float]]
         lo, med, hi = spread(row)
         times = statistics.median(s.seconds for s in row.samples)
         ratio, shown = None, []
-        for i, name in enumerate((row.reference, *row.also)):
-            ref = by_name.get(name or "")
-            if ref is not None and ref.samples and not ref.error:
-                r = med / spread(ref)[1]
-                ratio = r if i == 0 else ratio
-                shown.append(f"{r:.0%} of {ref.name}")
+        per_run = run_ratios(row, by_name)
+        for i, (name, ratios) in enumerate(per_run.items()):
+            r = statistics.median(ratios)
+            ratio = r if i == 0 else ratio
+            shown.append(f"{r:.0%} ({min(ratios):.0%}-{max(ratios):.0%}) of {name}")
         verdict = ""
         if row.met is not None:
             verdict = f"{row.target}: {'met' if row.met(med, ratio) else 'MISSED'}"
+            if row.reference in per_run:  # how often a single run met it
+                runs = per_run[row.reference]
+                verdict += f" ({sum(row.met(med, r) for r in runs)} of {len(runs)} runs)"
         print(
             f"{label:<38} {fmt(row, lo):>15} {fmt(row, med):>15} {fmt(row, hi):>15}  "
-            f"{', '.join(shown):<48} {times:>8.2f}  {verdict}"
+            f"{', '.join(shown):<60} {times:>8.2f}  {verdict}"
         )
     before, after = load
     print()
@@ -452,13 +469,11 @@ def summary(rows: list[Row], b: Bench) -> list[dict[str, object]]:
             out.append(item)
             continue
         lo, med, hi = spread(row)
-        ratios: dict[str, float] = {}
-        for name in (row.reference, *row.also):
-            ref = by_name.get(name or "")
-            if ref is not None and ref.samples and not ref.error and name:
-                ratios[name] = med / spread(ref)[1]
+        per_run = run_ratios(row, by_name)
+        ratios = {name: statistics.median(r) for name, r in per_run.items()}
+        ratio_range = {name: [min(r), max(r)] for name, r in per_run.items()}
         item.update(unit=row.unit, runs=len(row.samples), min=lo, median=med, max=hi)
-        item.update(ratios=ratios, target=row.target)
+        item.update(ratios=ratios, ratio_range=ratio_range, target=row.target)
         if row.met is not None:
             item["met"] = row.met(med, ratios.get(row.reference or ""))
         out.append(item)

@@ -38,7 +38,8 @@ def fmt(value: float, unit: str) -> str:
 
 
 def speed_rows(doc: dict[str, Any]) -> list[tuple[str, ...]]:
-    """bench_speed's rows: ratios of medians to each reference of the same run."""
+    """bench_speed's rows: against each reference, the median (min-max) of the per-run
+    ratios."""
     out = []
     runs = max((int(r.get("runs", 0)) for r in doc["rows"]), default=0)
     section = f"speed ({plural(runs)}{'' if doc.get('cold', True) else ', warm'})"
@@ -47,7 +48,13 @@ def speed_rows(doc: dict[str, Any]) -> list[tuple[str, ...]]:
             out.append((section, row["label"], "failed:", row["error"], "", "", ""))
             continue
         unit = row["unit"]
-        ratio = ", ".join(f"{v:.0%} of {k}" for k, v in row.get("ratios", {}).items())
+        spans = row.get("ratio_range", {})
+        ratio = ", ".join(
+            f"{v:.0%} ({spans[k][0]:.0%}-{spans[k][1]:.0%}) of {k}"
+            if k in spans
+            else f"{v:.0%} of {k}"
+            for k, v in row.get("ratios", {}).items()
+        )
         verdict = ""
         if "met" in row:
             verdict = f"{row['target']}: {'met' if row['met'] else 'MISSED'}"

@@ -55,8 +55,30 @@ def test_bench_speed_tiny(tmp_path: Path) -> None:
     assert set(rows["get"]["ratios"]) == {"ref-write", "ref-rw", "ref-cp"}  # type: ignore[arg-type]
     assert set(rows["get-file"]["ratios"]) == {"ref-write", "ref-rw"}  # type: ignore[arg-type]
     assert set(rows["cat"]["ratios"]) == {"ref-read"}  # type: ignore[arg-type]
+    for name, (lo, hi) in rows["get"]["ratio_range"].items():  # type: ignore[attr-defined]
+        assert 0 < lo <= rows["get"]["ratios"][name] <= hi  # type: ignore[index]
     assert rows["put"]["met"] in (True, False)
     assert list(work.iterdir()) == [], "the benchmark left files behind"
+
+
+def test_bench_speed_pairs_each_run_with_its_own_reference() -> None:
+    """A disk that drifts between runs moves a row and its reference alike: each run's
+    ratio is taken against the reference measured in the same run, not the medians."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import bench_speed as bs
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    ref = bs.Row("ref-write", "ref", lambda b: bs.Sample(0.0))
+    get = bs.Row("get", "get", lambda b: bs.Sample(0.0), reference="ref-write")
+    ref.samples = [bs.Sample(1.0, 400e6), bs.Sample(1.0, 1300e6), bs.Sample(2.0, 1000e6)]
+    get.samples = [bs.Sample(1.0, 380e6), bs.Sample(1.0, 780e6), bs.Sample(1.0, 450e6)]
+    ratios = bs.run_ratios(get, {"ref-write": ref})["ref-write"]
+    assert [round(r, 6) for r in ratios] == [0.95, 0.6, 0.9]  # run 1 with run 1, ...
+    get.samples = get.samples[:2]  # a row that failed in run 3: two pairs
+    ref.error, get.also = "", ("missing",)
+    assert list(bs.run_ratios(get, {"ref-write": ref})) == ["ref-write"]
+    assert len(bs.run_ratios(get, {"ref-write": ref})["ref-write"]) == 2
 
 
 @pytest.mark.skipif(moto_server_binary() is None, reason="needs moto_server")
