@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,31 +85,54 @@ def s3_rows(doc: dict[str, Any]) -> list[tuple[str, ...]]:
     return out
 
 
-def mount_rows(text: str) -> list[tuple[str, ...]]:
-    """bench_mount's table as printed: its pfsfs column, ratio, target and result."""
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("operation")), None)
-    if start is None:
-        return [("mount", "no table found in its output", "", "", "", "", "")]
-    head = re.split(r"\s{2,}", lines[start].strip())
-    best = re.search(r"best of (\d+)", text)
-    section = f"mount (best of {best.group(1)})" if best else "mount"
-    out = []
-    for line in lines[start + 1 :]:
-        if not line.strip():
-            break
-        if set(line.strip()) <= {"-", " "}:
+def _tables(lines: list[str]) -> Iterator[list[dict[str, str]]]:
+    """Every table printed: a header line starting with "operation", then rows (columns split
+    where two or more spaces stand) up to a blank line."""
+    for start, line in enumerate(lines):
+        if not line.startswith("operation"):
             continue
-        cols = dict(zip(head, re.split(r"\s{2,}", line.strip()), strict=False))
-        if len(cols) < 2:
-            break
-        ratio = cols.get("pfsfs/ref", "")
-        ref = cols.get("reference", "")
-        ratio = f"{ratio} of reference ({ref}; tmpfs {cols.get('tmpfs', '-')})" if ratio else ""
-        verdict = " ".join(x for x in (cols.get("target", ""), cols.get("result", "")) if x)
-        out.append(
-            (section, cols.get("operation", "?"), "", cols.get("pfsfs", ""), "", ratio, verdict)
-        )
+        head = re.split(r"\s{2,}", line.strip())
+        rows = []
+        for row in lines[start + 1 :]:
+            if not row.strip():
+                break
+            if set(row.strip()) <= {"-", " "}:
+                continue
+            cols = dict(zip(head, re.split(r"\s{2,}", row.strip()), strict=False))
+            if len(cols) < 2:
+                break
+            rows.append(cols)
+        yield rows
+
+
+def mount_rows(text: str) -> list[tuple[str, ...]]:
+    """bench_mount's tables as printed: against the reference FUSE filesystem (its pfsfs
+    column, ratio, target and result) and against the disk (the physical table: pfsfs's
+    median [min-max], the disk's figure, ratio, target and result)."""
+    lines = text.splitlines()
+    best = re.search(r"best of (\d+)", text)
+    runs = re.search(r"median \[min-max\] of (\d+)", text)
+    out = []
+    for table in _tables(lines):
+        for cols in table:
+            verdict = " ".join(
+                x for x in (cols.get("target", ""), cols.get("result", "")) if x not in ("", "-")
+            )
+            ratio = cols.get("pfsfs/ref", "")
+            if "pfsfs (median [min-max])" in cols:  # the physical table
+                section = f"mount, disk ({plural(int(runs.group(1))) if runs else 'runs'})"
+                ref = f"{cols.get('reference', '')} {cols.get('reference value', '')}".strip()
+                ratio = f"{ratio} of {ref}" if ratio and ratio != "-" else ""
+                figure = cols["pfsfs (median [min-max])"]
+            else:
+                section = f"mount (best of {best.group(1)})" if best else "mount"
+                ref = cols.get("reference", "")
+                tmpfs = cols.get("tmpfs", "-")
+                ratio = f"{ratio} of reference ({ref}; tmpfs {tmpfs})" if ratio else ""
+                figure = cols.get("pfsfs", "")
+            out.append((section, cols.get("operation", "?"), "", figure, "", ratio, verdict))
+    if not out:
+        return [("mount", "no table found in its output", "", "", "", "", "")]
     return out
 
 

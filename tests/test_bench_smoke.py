@@ -116,3 +116,32 @@ def test_bench_s3_tiny_and_the_summary(tmp_path: Path) -> None:
     if mount_ok:
         assert any(line.startswith("mount") and "seq write" in line for line in lines), summary
     assert "load average (1 min) 1.50 at the start" in summary
+
+
+MOUNT_TABLES = """\
+base /dev/shm (tmpfs); throughputs: best of 3, interleaved
+operation                                      tmpfs        reference            pfsfs  pfsfs/ref  target         result
+-----------------------------------  ---------------  ---------------  ---------------  ---------  -------------  ------
+seq write 1 GiB, bs=1M                    2,308 MB/s       1,162 MB/s       1,161 MB/s       1.00  >= 50% of ref  met
+
+physical references: pfsfs home and disk directories in /var/tmp (ext4); median [min-max] of 3 interleaved run(s)
+operation                                 pfsfs (median [min-max])  reference                             reference value  pfsfs/ref  target            result
+-------------------------------------  ---------------------------  ------------------  ---------------------------------  ---------  ----------------  ------
+create+write 1 KiB+stat, 10,000 files  3,600 files/s [3,500-3,700]  ext4                   11,187 files/s [10,430-27,041]       0.32  >= 5,000 files/s  MISSED
+unmount right after cp -a 1 GiB                 0.27 s [0.26-1.12]  -                                                   -          -  <= 2 s            met
+"""  # noqa: E501 - bench_mount.py's tables as it prints them
+
+
+def test_bench_summary_shows_both_mount_tables(tmp_path: Path) -> None:
+    """The physical table (issue 19's create, cold read and unmount rows against the disk)
+    comes after the reference-filesystem table: the summary shows the rows of both."""
+    (tmp_path / "mount.txt").write_text(MOUNT_TABLES)
+    lines = run(SCRIPTS / "bench_summary.py", tmp_path).stdout.splitlines()
+    seq = [line for line in lines if "seq write 1 GiB, bs=1M" in line]
+    assert seq and seq[0].startswith("mount (best of 3)") and "1,161 MB/s" in seq[0], lines
+    create = [line for line in lines if "create+write 1 KiB+stat" in line]
+    assert create and create[0].startswith("mount, disk (3 runs)"), lines
+    assert "3,600 files/s [3,500-3,700]" in create[0] and "0.32 of ext4" in create[0]
+    assert create[0].rstrip().endswith(">= 5,000 files/s MISSED"), create
+    unmount = [line for line in lines if "unmount right after" in line]
+    assert unmount and unmount[0].rstrip().endswith("<= 2 s met"), unmount
