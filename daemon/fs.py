@@ -100,11 +100,11 @@ async def serve() -> None:
         served = 0
         yield_by = 0  # after this (monotonic ns), take only requests already queued
         spin = SpinWindow(spin_enabled())
+        queued = [(fd, select.POLLIN)]  # anything else (POLLHUP: unmounted) goes the usual way
 
         def next_request() -> bool:
             """Whether a request is queued, waiting for one first while within the budget:
             polling for the spin window, then blocking for up to ``WAIT_MS``."""
-            queued = [(fd, select.POLLIN)]  # anything else (POLLHUP: unmounted) goes the usual way
             now = time.monotonic_ns()
             if now >= yield_by:
                 return poller.poll(0) == queued

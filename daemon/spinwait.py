@@ -93,4 +93,6 @@ def usable_cpus(
 
 
 def spin_enabled() -> bool:
+    """Whether the request loop may poll: only with ``MIN_CPUS`` usable, so the program it
+    waits for keeps a CPU of its own."""
     return usable_cpus() >= MIN_CPUS
