@@ -9,10 +9,12 @@
 #          (5 interleaved runs: min/median/max and per-run ratios)
 #
 # Each section's own table is printed as it finishes; the summary comes last, with the load
-# average at the start and end. BENCH_ONLY=speed,mount,s3 picks sections (any of them, comma-
-# separated); BENCH_ALL=1 also runs the storage and pipeline benchmarks (bench_store.py,
-# bench_pipeline.py), which are not issue 19's. A section that fails is reported in the
-# summary and the others still run; the exit code is 0 whatever the figures are.
+# average at the start and end, then the machine facts that bound the figures
+# (scripts/bench_machine.py: wake-up round trips, guest halt polling, CPU the host took).
+# BENCH_ONLY=speed,mount,s3 picks sections (any of them, comma-separated); BENCH_ALL=1 also
+# runs the storage and pipeline benchmarks (bench_store.py, bench_pipeline.py), which are not
+# issue 19's. A section that fails is reported in the summary and the others still run; the
+# exit code is 0 whatever the figures are.
 #
 # Quick mode for a smoke run (small sizes, one or two runs): BENCH_QUICK=1 scripts/bench.sh
 set -euo pipefail
@@ -25,6 +27,8 @@ out=$(mktemp -d /tmp/pfsfs-bench.XXXXXX)
 trap 'rm -rf "$out"' EXIT
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 echo "pfsfs benchmarks, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+# wake-up round trips and CPU counters now; after the summary, the CPU the host took meanwhile
+$PY scripts/bench_machine.py --start "$out/machine.json" || echo "bench: no machine facts" >&2
 
 wants() { [[ "$only" == *",$1,"* ]]; }
 section() {  # section NAME CMD...: run one benchmark, its failure noted, not fatal
@@ -69,3 +73,5 @@ fi
 echo
 echo "== summary (issue 19)"
 $PY scripts/bench_summary.py "$out" --load-before "$load_before"
+echo
+$PY scripts/bench_machine.py --report "$out/machine.json"

@@ -145,3 +145,42 @@ def test_bench_summary_shows_both_mount_tables(tmp_path: Path) -> None:
     assert create[0].rstrip().endswith(">= 5,000 files/s MISSED"), create
     unmount = [line for line in lines if "unmount right after" in line]
     assert unmount and unmount[0].rstrip().endswith("<= 2 s met"), unmount
+
+
+def test_bench_machine_notes_round_trips_and_reports_the_steal(tmp_path: Path) -> None:
+    """``--start`` measures the wake-up round trips and notes the CPU counters; ``--report``
+    says them with the share of CPU the host took since, and the create bound they imply."""
+    facts = tmp_path / "machine.json"
+    run(SCRIPTS / "bench_machine.py", "--start", facts)
+    noted = json.loads(facts.read_text())
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert 0 < noted["round_trip_polled_us"] and 0 < noted["round_trip_two_cpus_us"]
+    assert 0 < noted["round_trip_one_cpu_us"] and noted["ticks"] > 0
+    text = run(SCRIPTS / "bench_machine.py", "--report", facts).stdout
+    assert text.startswith("machine: a pipe round trip between two processes takes"), text
+    assert "% of the CPU time during the run (steal)" in text, text
+
+
+def test_bench_machine_report_says_what_bounds_a_create(tmp_path: Path) -> None:
+    facts = tmp_path / "machine.json"
+    facts.write_text(
+        json.dumps(
+            {
+                "round_trip_two_cpus_us": 83.0,
+                "round_trip_one_cpu_us": 9.3,
+                "round_trip_polled_us": 29.0,
+                "guest_halt_poll_ns": 0,
+                "cpuidle_governor": "haltpoll",
+            }
+        )
+    )
+    text = run(SCRIPTS / "bench_machine.py", "--report", facts).stdout
+    assert "takes 83 us across two CPUs, 9.3 us on one" in text, text
+    assert "guest halt polling off (cpuidle governor haltpoll)" in text, text
+    assert "~145 us a file go to wake-ups alone (at most ~6,897 files/s" in text, text
+    assert "steal" not in text  # no counters noted: no share to tell
+
+
+def test_bench_machine_report_without_facts_is_one_line(tmp_path: Path) -> None:
+    proc = run(SCRIPTS / "bench_machine.py", "--report", tmp_path / "missing.json")
+    assert proc.stdout.startswith("machine: no facts noted (") and proc.stdout.count("\n") == 1

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""The machine facts that bound issue 19's figures, measured where the benchmarks run.
+
+A create in a mount is five FUSE requests the program waits for (LOOKUP, CREATE, the WRITE at
+close, the GETATTR of the directory for the permission check, the GETATTR of ``stat``), each a
+round trip between the program and the daemon. In a VM without guest halt polling
+(``/sys/module/haltpoll/parameters/guest_halt_poll_ns`` 0) an idle vCPU halts, and waking it
+goes through the host. The mount's request loop polls for a while after each reply
+(``pfsfsd.spinwait``), so its side is awake when the next request comes; the program's side
+still sleeps while the daemon works. On a 2-CPU firecracker VM a pipe round trip between two
+processes took 83-89 us across the CPUs with both sleeping, 29 us with one polling, 9 us on
+one CPU: ~145 us of each file's time went to wake-ups before any work (at 2,300 files/s a file
+takes 435 us). CPU time the host takes (``steal`` in ``/proc/stat``) slows every row, unevenly.
+
+``--start FILE`` measures the round trips and notes the CPU counters in FILE (JSON);
+``--report FILE`` prints what FILE holds and the CPU stolen since it was written, as one
+paragraph (``bench.sh`` calls it after the summary). Without options: both at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROUND_TRIPS = 5000
+HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+GOVERNOR = Path("/sys/devices/system/cpu/cpuidle/current_governor")
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(all ticks, steal ticks) of the ``cpu`` line of ``/proc/stat`` (0, 0 elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return 0, 0
+    if not fields or fields[0] != "cpu":
+        return 0, 0
+    ticks = [int(x) for x in fields[1:]]
+    # guest and guest_nice (fields 9 and 10) are already counted in user and nice
+    total = sum(ticks[:8])
+    steal = ticks[7] if len(ticks) > 7 else 0
+    return total, steal
+
+
+def round_trip_us(
+    cpus: tuple[int, int], *, echo_polls: bool = False, count: int = ROUND_TRIPS
+) -> float | None:
+    """The mean of ``count`` one-byte pipe round trips between this process, on ``cpus[0]``,
+    and a child echoing on ``cpus[1]``; None where it cannot be measured. ``echo_polls``: the
+    child polls its pipe without sleeping (as the mount's request loop does for a while after
+    each reply), so only this side's wake-up is counted."""
+    if not hasattr(os, "fork") or not hasattr(os, "sched_setaffinity"):
+        return None
+    mine = os.sched_getaffinity(0)
+    child_in, to_child = os.pipe()  # (read end, write end)
+    parent_in, to_parent = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the echo side
+        code = 0
+        try:
+            os.sched_setaffinity(0, {cpus[1]})
+            os.set_blocking(child_in, not echo_polls)
+            for _ in range(count + 1):
+                while True:
+                    try:
+                        os.read(child_in, 1)
+                        break
+                    except BlockingIOError:
+                        continue
+                os.write(to_parent, b".")
+        except OSError:
+            code = 1
+        os._exit(code)
+    try:
+        os.sched_setaffinity(0, {cpus[0]})
+        os.write(to_child, b".")  # one unmeasured trip: both sides are running
+        os.read(parent_in, 1)
+        start = time.perf_counter()
+        for _ in range(count):
+            os.write(to_child, b".")
+            os.read(parent_in, 1)
+        return (time.perf_counter() - start) / count * 1e6
+    except OSError:
+        return None
+    finally:
+        os.sched_setaffinity(0, mine)
+        for fd in (to_child, child_in, parent_in, to_parent):
+            os.close(fd)
+        os.waitpid(pid, 0)
+
+
+def read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def measure() -> dict[str, Any]:
+    """The facts at the start of a benchmark run."""
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    facts: dict[str, Any] = {"cpus": len(usable) or os.cpu_count()}
+    if len(usable) >= 2:
+        facts["round_trip_two_cpus_us"] = round_trip_us((usable[0], usable[1]))
+        facts["round_trip_polled_us"] = round_trip_us((usable[0], usable[1]), echo_polls=True)
+    if usable:
+        facts["round_trip_one_cpu_us"] = round_trip_us((usable[0], usable[0]))
+    facts["guest_halt_poll_ns"] = read_int(HALT_POLL)
+    try:
+        facts["cpuidle_governor"] = GOVERNOR.read_text().strip()
+    except OSError:
+        facts["cpuidle_governor"] = None
+    facts["ticks"], facts["steal_ticks"] = cpu_ticks()
+    return facts
+
+
+def report(facts: dict[str, Any]) -> str:
+    """One paragraph: the round trips, halt polling, and the CPU stolen since ``facts``."""
+    parts = []
+    two, one = facts.get("round_trip_two_cpus_us"), facts.get("round_trip_one_cpu_us")
+    if two is not None and one is not None:
+        parts.append(
+            f"a pipe round trip between two processes takes {two:.0f} us across two CPUs, "
+            f"{one:.1f} us on one"
+        )
+    poll = facts.get("guest_halt_poll_ns")
+    if poll is not None:
+        governor = facts.get("cpuidle_governor") or "?"
+        state = "off" if poll == 0 else f"{poll:,} ns"
+        parts.append(f"guest halt polling {state} (cpuidle governor {governor})")
+    total, steal = cpu_ticks()
+    spent = total - int(facts.get("ticks") or 0)
+    if facts.get("ticks") and spent > 0:
+        stolen = (steal - int(facts.get("steal_ticks") or 0)) / spent * 100
+        parts.append(f"the host took {stolen:.1f}% of the CPU time during the run (steal)")
+    if not parts:
+        return "machine: no facts to be had here"
+    text = "machine: " + "; ".join(parts) + "."
+    polled = facts.get("round_trip_polled_us")
+    if polled is not None:
+        text += (
+            f" With the other side polling, a round trip takes {polled:.0f} us: a create in a"
+            f" mount waits for five FUSE requests, so ~{5 * polled:.0f} us a file go to"
+            f" wake-ups alone (at most ~{1e6 / (5 * polled):,.0f} files/s before any work)."
+        )
+    return text
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--start", type=Path, help="measure and note the facts in this file")
+    ap.add_argument("--report", type=Path, help="print the facts noted in this file")
+    args = ap.parse_args()
+    if args.start is not None:
+        args.start.write_text(json.dumps(measure()))
+    if args.report is not None:
+        try:
+            facts = json.loads(args.report.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"machine: no facts noted ({exc})")
+            return 0
+        print(report(facts))
+    if args.start is None and args.report is None:
+        print(report(measure()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
