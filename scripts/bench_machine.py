@@ -5,12 +5,15 @@ A create in a mount is five FUSE requests the program waits for (LOOKUP, CREATE,
 close, the GETATTR of the directory for the permission check, the GETATTR of ``stat``), each a
 round trip between the program and the daemon. In a VM without guest halt polling
 (``/sys/module/haltpoll/parameters/guest_halt_poll_ns`` 0) an idle vCPU halts, and waking it
-goes through the host. The mount's request loop polls for a while after each reply
-(``pfsfsd.spinwait``), so its side is awake when the next request comes; the program's side
-still sleeps while the daemon works. On a 2-CPU firecracker VM a pipe round trip between two
-processes took 83-89 us across the CPUs with both sleeping, 29 us with one polling, 9 us on
-one CPU: ~145 us of each file's time went to wake-ups before any work (at 2,300 files/s a file
-takes 435 us). CPU time the host takes (``steal`` in ``/proc/stat``) slows every row, unevenly.
+goes through the host: the longer it was halted, the longer it takes. The mount's request loop
+polls for a while after each reply (``pfsfsd.spinwait``), so its side is awake when the next
+request comes; the program's side still sleeps while the daemon works. On a 2-CPU firecracker
+VM a pipe round trip between two processes took 75-94 us across the CPUs, 7-10 us on one;
+with the other side polling and working 50 us before it answered, the waiting side lost
+30-60 us a round trip to sleeping and waking up (60-250 us in a busier hour) and 23-34 us
+when a process at ``SCHED_IDLE`` kept its CPU from halting. Five of those a file are most of
+a create's ~0.5 ms there (2,000 files/s). CPU time the host takes (``steal`` in
+``/proc/stat``) slows every row, unevenly.
 
 ``--start FILE`` measures the round trips and notes the CPU counters in FILE (JSON);
 ``--report FILE`` prints what FILE holds and the CPU stolen since it was written, as one
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 ROUND_TRIPS = 5000
+ECHO_WORK_US = 50  # about what the daemon spends on a create's request before it answers
 HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
 GOVERNOR = Path("/sys/devices/system/cpu/cpuidle/current_governor")
 
@@ -49,34 +53,42 @@ def cpu_ticks() -> tuple[int, int]:
 
 
 def round_trip_us(
-    cpus: tuple[int, int], *, echo_polls: bool = False, count: int = ROUND_TRIPS
+    cpus: tuple[int, int], *, echo_work_us: float | None = None, count: int = ROUND_TRIPS
 ) -> float | None:
     """The mean of ``count`` one-byte pipe round trips between this process, on ``cpus[0]``,
-    and a child echoing on ``cpus[1]``; None where it cannot be measured. ``echo_polls``: the
-    child polls its pipe without sleeping (as the mount's request loop does for a while after
-    each reply), so only this side's wake-up is counted."""
+    and a child echoing on ``cpus[1]``; None where it cannot be measured. ``echo_work_us``:
+    the child polls its pipe without sleeping (as the mount's request loop does after each
+    reply) and works that long before it answers (as the daemon does on a request), and the
+    figure is the round trip less that work: what this side's waiting and waking cost."""
     if not hasattr(os, "fork") or not hasattr(os, "sched_setaffinity"):
         return None
     mine = os.sched_getaffinity(0)
     child_in, to_child = os.pipe()  # (read end, write end)
     parent_in, to_parent = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the echo side
+    if pid == 0:  # the echo side: its ends only, so the parent's going away is an end of file
         code = 0
         try:
+            os.close(to_child)
+            os.close(parent_in)
             os.sched_setaffinity(0, {cpus[1]})
-            os.set_blocking(child_in, not echo_polls)
-            for _ in range(count + 1):
-                while True:
-                    try:
-                        os.read(child_in, 1)
-                        break
-                    except BlockingIOError:
-                        continue
+            os.set_blocking(child_in, echo_work_us is None)
+            work = (echo_work_us or 0) / 1e6
+            while True:
+                try:
+                    if not os.read(child_in, 1):
+                        break  # the parent closed its end
+                except BlockingIOError:
+                    continue
+                until = time.perf_counter() + work
+                while time.perf_counter() < until:
+                    pass
                 os.write(to_parent, b".")
         except OSError:
             code = 1
         os._exit(code)
+    os.close(child_in)
+    os.close(to_parent)
     try:
         os.sched_setaffinity(0, {cpus[0]})
         os.write(to_child, b".")  # one unmeasured trip: both sides are running
@@ -85,13 +97,13 @@ def round_trip_us(
         for _ in range(count):
             os.write(to_child, b".")
             os.read(parent_in, 1)
-        return (time.perf_counter() - start) / count * 1e6
+        return (time.perf_counter() - start) / count * 1e6 - (echo_work_us or 0)
     except OSError:
         return None
     finally:
         os.sched_setaffinity(0, mine)
-        for fd in (to_child, child_in, parent_in, to_parent):
-            os.close(fd)
+        os.close(to_child)  # the child reads an end of file and leaves
+        os.close(parent_in)
         os.waitpid(pid, 0)
 
 
@@ -108,7 +120,9 @@ def measure() -> dict[str, Any]:
     facts: dict[str, Any] = {"cpus": len(usable) or os.cpu_count()}
     if len(usable) >= 2:
         facts["round_trip_two_cpus_us"] = round_trip_us((usable[0], usable[1]))
-        facts["round_trip_polled_us"] = round_trip_us((usable[0], usable[1]), echo_polls=True)
+        facts["wake_after_work_us"] = round_trip_us(
+            (usable[0], usable[1]), echo_work_us=ECHO_WORK_US
+        )
     if usable:
         facts["round_trip_one_cpu_us"] = round_trip_us((usable[0], usable[0]))
     facts["guest_halt_poll_ns"] = read_int(HALT_POLL)
@@ -142,12 +156,14 @@ def report(facts: dict[str, Any]) -> str:
     if not parts:
         return "machine: no facts to be had here"
     text = "machine: " + "; ".join(parts) + "."
-    polled = facts.get("round_trip_polled_us")
-    if polled is not None:
+    woke = facts.get("wake_after_work_us")
+    if woke is not None:
         text += (
-            f" With the other side polling, a round trip takes {polled:.0f} us: a create in a"
-            f" mount waits for five FUSE requests, so ~{5 * polled:.0f} us a file go to"
-            f" wake-ups alone (at most ~{1e6 / (5 * polled):,.0f} files/s before any work)."
+            f" A process that waits {ECHO_WORK_US} us for another CPU to answer (that CPU"
+            f" polling, as the mount's request loop does) loses {woke:.0f} us a round trip to"
+            f" sleeping and waking up; a create in a mount waits for five FUSE requests:"
+            f" ~{5 * woke:.0f} us a file, ~{1e6 / (5 * (woke + ECHO_WORK_US)):,.0f} files/s if"
+            f" each request takes {ECHO_WORK_US} us of work."
         )
     return text
 
