@@ -65,9 +65,14 @@ def round_trip_us(
     mine = os.sched_getaffinity(0)
     child_in, to_child = os.pipe()  # (read end, write end)
     parent_in, to_parent = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in (child_in, to_child, parent_in, to_parent):
+            os.close(fd)
+        return None
     if pid == 0:  # the echo side: its ends only, so the parent's going away is an end of file
-        code = 0
+        code = 1
         try:
             os.close(to_child)
             os.close(parent_in)
@@ -84,19 +89,21 @@ def round_trip_us(
                 while time.perf_counter() < until:
                     pass
                 os.write(to_parent, b".")
-        except OSError:
-            code = 1
-        os._exit(code)
+            code = 0
+        finally:  # whatever happens here (^C too), the child never runs the parent's code
+            os._exit(code)
     os.close(child_in)
     os.close(to_parent)
     try:
         os.sched_setaffinity(0, {cpus[0]})
         os.write(to_child, b".")  # one unmeasured trip: both sides are running
-        os.read(parent_in, 1)
+        if not os.read(parent_in, 1):
+            return None  # the child could not run where asked
         start = time.perf_counter()
         for _ in range(count):
             os.write(to_child, b".")
-            os.read(parent_in, 1)
+            if not os.read(parent_in, 1):
+                return None
         return (time.perf_counter() - start) / count * 1e6 - (echo_work_us or 0)
     except OSError:
         return None
@@ -117,7 +124,7 @@ def read_int(path: Path) -> int | None:
 def measure() -> dict[str, Any]:
     """The facts at the start of a benchmark run."""
     usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    facts: dict[str, Any] = {"cpus": len(usable) or os.cpu_count()}
+    facts: dict[str, Any] = {}
     if len(usable) >= 2:
         facts["round_trip_two_cpus_us"] = round_trip_us((usable[0], usable[1]))
         facts["wake_after_work_us"] = round_trip_us(
@@ -174,14 +181,19 @@ def main() -> int:
     ap.add_argument("--report", type=Path, help="print the facts noted in this file")
     args = ap.parse_args()
     if args.start is not None:
-        args.start.write_text(json.dumps(measure()))
+        try:
+            args.start.write_text(json.dumps(measure()))
+        except OSError as exc:
+            print(f"bench_machine: cannot write {args.start}: {exc.strerror}", file=sys.stderr)
+            return 1
     if args.report is not None:
         try:
             facts = json.loads(args.report.read_text())
-        except (OSError, ValueError) as exc:
+            if not isinstance(facts, dict):
+                raise ValueError("not an object of facts")
+            print(report(facts))
+        except (OSError, ValueError, TypeError) as exc:  # TypeError: a fact of the wrong type
             print(f"machine: no facts noted ({exc})")
-            return 0
-        print(report(facts))
     if args.start is None and args.report is None:
         print(report(measure()))
     return 0

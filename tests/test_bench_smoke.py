@@ -186,3 +186,33 @@ def test_bench_machine_report_says_what_bounds_a_create(tmp_path: Path) -> None:
 def test_bench_machine_report_without_facts_is_one_line(tmp_path: Path) -> None:
     proc = run(SCRIPTS / "bench_machine.py", "--report", tmp_path / "missing.json")
     assert proc.stdout.startswith("machine: no facts noted (") and proc.stdout.count("\n") == 1
+
+
+def test_bench_machine_bad_input_is_one_line(tmp_path: Path) -> None:
+    """Facts that are not an object, or a fact of the wrong type: one line, no traceback; a
+    facts file that cannot be written: one line on stderr, exit 1."""
+    facts = tmp_path / "machine.json"
+    for bad in ("[1]", '{"round_trip_two_cpus_us": "x", "round_trip_one_cpu_us": 1}'):
+        facts.write_text(bad)
+        proc = run(SCRIPTS / "bench_machine.py", "--report", facts)
+        assert proc.stdout.startswith("machine: no facts noted (") and proc.stdout.count("\n") == 1
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_machine.py"), "--start", tmp_path / "no" / "f"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("bench_machine: cannot write ") and proc.stderr.count("\n") == 1
+
+
+def test_bench_machine_round_trip_to_a_cpu_it_may_not_use_is_none() -> None:
+    """The echo child cannot run on the CPU asked for: no figure, and no hang."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import bench_machine
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    cpu = min(os.sched_getaffinity(0))
+    assert bench_machine.round_trip_us((cpu, 4095), count=10) is None
+    assert bench_machine.round_trip_us((cpu, cpu), count=10) is not None
